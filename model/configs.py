@@ -1,0 +1,64 @@
+"""The named model sizes, and loading a size from a YAML file."""
+
+from __future__ import annotations
+
+from dataclasses import fields, replace
+from pathlib import Path
+
+import yaml
+
+from model.gpt import GPTConfig
+
+NAMED_CONFIGS: dict[str, GPTConfig] = {
+    # ~10M parameters, 8M of them the token embedding: trains in minutes on a laptop CPU
+    "nano": GPTConfig(n_layer=6, n_head=5, n_embd=160, context_length=256),
+    # ~51M
+    "small": GPTConfig(n_layer=8, n_head=8, n_embd=512, context_length=512),
+    # ~124M: the shape of GPT-2 small
+    "medium": GPTConfig(n_layer=12, n_head=12, n_embd=768, context_length=1024),
+}
+
+
+class UnknownConfigError(ValueError):
+    """A config name or file that does not describe a GPTConfig."""
+
+
+def config_fields() -> list[str]:
+    return [f.name for f in fields(GPTConfig)]
+
+
+def load_config(name_or_path: str) -> GPTConfig:
+    """A named size (nano, small, medium) or a YAML file of GPTConfig fields (missing ones keep defaults)."""
+    if name_or_path in NAMED_CONFIGS:
+        return NAMED_CONFIGS[name_or_path]
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        known = ", ".join(NAMED_CONFIGS)
+        raise UnknownConfigError(f"unknown config '{name_or_path}' (known: {known}, or a .yaml file)")
+    if not path.is_file():
+        raise UnknownConfigError(f"config file not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise UnknownConfigError(f"config file {path} is not valid YAML: {error}".splitlines()[0]) from None
+    if not isinstance(values, dict):
+        raise UnknownConfigError(f"config file {path} must hold a mapping of GPTConfig fields")
+    return with_overrides(GPTConfig(), values, source=str(path))
+
+
+def with_overrides(config: GPTConfig, overrides: dict, source: str = "override") -> GPTConfig:
+    """A copy of config with fields replaced; unknown fields and wrong types are refused."""
+    known = {f.name: f for f in fields(GPTConfig)}
+    checked = {}
+    for key, value in overrides.items():
+        if key not in known:
+            raise UnknownConfigError(f"unknown model field '{key}' in {source} (known: {', '.join(known)})")
+        expected = type(getattr(GPTConfig(), key))
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not expected:
+            raise UnknownConfigError(
+                f"model field '{key}' in {source} must be {expected.__name__}, got {value!r}"
+            )
+        checked[key] = value
+    return replace(config, **checked)

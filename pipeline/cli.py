@@ -1,0 +1,32 @@
+"""Click options made from the TrainSettings dataclass, so the CLI cannot drift from the settings."""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, fields
+
+import click
+
+from pipeline.settings import MODEL_FIELDS, TrainSettings, setting_type
+
+
+def settings_options(command):
+    """Add one option per TrainSettings field: `max_steps` becomes `--max-steps`. Model overrides also accept
+    the underscore spelling, which `mlflow run -P n_layer=2` passes for parameters the MLproject leaves out."""
+    for f in reversed(fields(TrainSettings)):
+        names = [f"--{f.name.replace('_', '-')}"]
+        if f.name in MODEL_FIELDS and "_" in f.name:
+            names.append(f"--{f.name}")
+        kind = setting_type(f.name)
+        default = None if f.default is MISSING else f.default
+        if kind is bool:
+            option = click.option(f"{names[0]}/--no-{names[0][2:]}", f.name, default=default,
+                                  show_default=True, help=f.metadata["help"])
+        else:
+            option = click.option(*names, f.name, type=kind, default=default, show_default=default is not None,
+                                  help=f.metadata["help"])
+        command = option(command)
+    return command
+
+
+def settings_from_options(options: dict) -> TrainSettings:
+    return TrainSettings(**{f.name: options[f.name] for f in fields(TrainSettings)})

@@ -1,0 +1,62 @@
+"""Typed errors for bad input, and the one place that turns them into a line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import click
+
+
+class LabError(Exception):
+    """A problem the user can fix: reported as one line, exit code 2, never a traceback."""
+
+    exit_code = 2
+
+
+class CorpusError(LabError):
+    """An unknown, missing, empty or unreadable corpus, or a download that failed."""
+
+
+class ShardError(LabError):
+    """A token shard that is missing, truncated or not in the expected format."""
+
+
+class SettingsError(LabError):
+    """A setting, model config or override that is unknown, mistyped or out of range."""
+
+
+class TrackingError(LabError):
+    """The MLflow tracking store cannot be reached, or a run id does not exist."""
+
+
+class CheckpointError(LabError):
+    """A checkpoint that is missing, corrupt or unsafe to load."""
+
+
+class TrainingError(LabError):
+    """Training cannot go on: a non-finite loss, or out of memory."""
+
+
+def run_cli(command: click.Command, args: list[str] | None = None) -> None:
+    """Run a click command so that every user error ends as one line on stderr and exit code 2."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("alembic", "mlflow", "urllib3", "httpx", "huggingface_hub", "datasets", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    try:
+        command.main(args=args, standalone_mode=False)
+    except LabError as error:
+        _fail(str(error), error.exit_code)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.exceptions.Abort:
+        _fail("aborted", 130)
+    except click.ClickException as error:
+        _fail(error.format_message(), 2)
+    sys.exit(0)
+
+
+def _fail(message: str, code: int) -> None:
+    first_line = message.strip().splitlines()[0] if message.strip() else "failed"
+    click.echo(f"error: {first_line}", err=True)
+    sys.exit(code)
+

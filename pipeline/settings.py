@@ -1,0 +1,155 @@
+"""Every training setting, with its default and its help, in one dataclass.
+
+The CLI (`python -m pipeline.train`), the MLproject and experiments.yaml all build a TrainSettings, so a
+setting has one name, one default and one check wherever it comes from.
+"""
+
+from __future__ import annotations
+
+import math
+import typing
+from dataclasses import asdict, dataclass, field, fields, replace
+
+from model import GPTConfig, UnknownConfigError, load_config, with_overrides
+from pipeline.errors import SettingsError
+
+MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "context_length", "dropout")
+
+
+def _setting(default, help: str, **extra):
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class TrainSettings:
+    # what to train on
+    config: str = _setting("nano", "Model size: nano, small, medium, or a YAML file of GPTConfig fields.")
+    corpus: str = _setting("verdict", "Corpus name from corpus/registry.yaml, or a path to a text file or folder.")
+    # budget: training stops at whichever of these comes first (0 = not set)
+    epochs: float = _setting(1.0, "Passes over every window start of the train split (fractions allowed).")
+    max_steps: int = _setting(0, "Stop after this many optimizer steps (0 = no limit).")
+    max_tokens: int = _setting(0, "Stop after this many training tokens (0 = no limit).")
+    # batches
+    batch_size: int = _setting(8, "Windows per micro-batch.")
+    grad_accum: int = _setting(1, "Micro-batches per optimizer step (effective batch = batch_size x grad_accum).")
+    stride: int = _setting(1, "Tokens between window starts; 1 visits every start once per epoch.")
+    # optimizer and schedule
+    lr: float = _setting(3e-4, "Peak learning rate, reached after warmup.")
+    min_lr: float = _setting(3e-5, "Learning rate at the end of the cosine decay.")
+    warmup_steps: int = _setting(50, "Steps of linear warmup from 0 to lr.")
+    weight_decay: float = _setting(0.1, "AdamW weight decay, applied to weight matrices only.")
+    beta1: float = _setting(0.9, "AdamW beta1.")
+    beta2: float = _setting(0.95, "AdamW beta2.")
+    grad_clip: float = _setting(1.0, "Clip the gradient norm to this (0 = no clipping).")
+    seed: int = _setting(1337, "Seed for weights, window order and dropout.")
+    # hardware
+    device: str = _setting("auto", "auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps.")
+    compile: bool = _setting(False, "Compile the model with torch.compile.")
+    # what gets recorded, and how often (in optimizer steps; 0 = only at the end)
+    log_interval: int = _setting(10, "Log train_loss, lr, grad_norm and tokens_per_sec every N steps.")
+    eval_interval: int = _setting(100, "Measure val_loss every N steps.")
+    val_windows: int = _setting(32, "Fixed validation windows scored at each evaluation.")
+    sample_interval: int = _setting(200, "Generate samples every N steps.")
+    sample_tokens: int = _setting(48, "Tokens generated per sample.")
+    temperature: float = _setting(0.8, "Sampling temperature (0 = greedy).")
+    top_k: int = _setting(40, "Sample among the k likeliest tokens (0 = all).")
+    prompt: str = _setting("", "Prompt for samples (empty = the corpus's own prompt).")
+    checkpoint_interval: int = _setting(500, "Save a checkpoint every N steps (always at the end).")
+    # MLflow
+    experiment: str = _setting("pretraining", "MLflow experiment name.")
+    run_name: str = _setting("", "MLflow run name (empty = CONFIG-CORPUS-lrLR).")
+    resume: str = _setting("", "MLflow run id to continue from its last checkpoint, with its own settings.")
+    # model overrides: None keeps the value of the chosen config
+    n_layer: int | None = _setting(None, "Override the config's number of transformer blocks.", model=True)
+    n_head: int | None = _setting(None, "Override the config's attention heads per block.", model=True)
+    n_embd: int | None = _setting(None, "Override the config's width (embedding size).", model=True)
+    context_length: int | None = _setting(None, "Override the config's context length in tokens.", model=True)
+    dropout: float | None = _setting(None, "Override the config's dropout probability.", model=True)
+
+    def model_overrides(self) -> dict:
+        return {name: getattr(self, name) for name in MODEL_FIELDS if getattr(self, name) is not None}
+
+    def model_config(self) -> GPTConfig:
+        """The named (or YAML) config with this run's overrides applied and checked."""
+        try:
+            config = with_overrides(load_config(self.config), self.model_overrides(), source="overrides")
+        except UnknownConfigError as error:
+            raise SettingsError(str(error)) from None
+        _check_model(config)
+        return config
+
+    def validate(self) -> "TrainSettings":
+        """Raise SettingsError for the first value out of range; return self to allow chaining."""
+        positive = ("batch_size", "grad_accum", "stride", "val_windows")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise SettingsError(f"lr must be a positive number, got {self.lr}")
+        if not (0 <= self.min_lr <= self.lr):
+            raise SettingsError(f"min_lr must be between 0 and lr ({self.lr}), got {self.min_lr}")
+        non_negative = ("epochs", "max_steps", "max_tokens", "warmup_steps", "weight_decay", "grad_clip",
+                        "log_interval", "eval_interval", "sample_interval", "sample_tokens", "temperature",
+                        "top_k", "checkpoint_interval")
+        for name in non_negative:
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise SettingsError(f"{name} must be zero or more, got {value}")
+        if self.epochs == 0 and self.max_steps == 0 and self.max_tokens == 0:
+            raise SettingsError("no budget: set epochs, max_steps or max_tokens above zero")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise SettingsError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not self.experiment.strip():
+            raise SettingsError("experiment must not be empty")
+        self.model_config()
+        return self
+
+    def as_params(self) -> dict[str, str]:
+        """Settings as MLflow params; model fields are logged resolved, by the trainer."""
+        return {k: _param_text(v) for k, v in asdict(self).items() if k not in MODEL_FIELDS}
+
+
+def _check_model(config: GPTConfig) -> None:
+    for name in ("n_layer", "n_head", "n_embd", "context_length"):
+        if getattr(config, name) < 1:
+            raise SettingsError(f"{name} must be at least 1, got {getattr(config, name)}")
+    if config.n_embd % config.n_head:
+        raise SettingsError(f"n_embd ({config.n_embd}) must be a multiple of n_head ({config.n_head})")
+    if not 0 <= config.dropout < 1:
+        raise SettingsError(f"dropout must be in [0, 1), got {config.dropout}")
+
+
+def _param_text(value) -> str:
+    return "" if value is None else str(value)
+
+
+def setting_type(name: str) -> type:
+    """The plain type of a field (int for `int | None`)."""
+    hint = typing.get_type_hints(TrainSettings)[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+def settings_from_mapping(values: dict, base: TrainSettings | None = None, where: str = "settings") -> TrainSettings:
+    """Build settings from a plain mapping (experiments.yaml, the dashboard): unknown keys and wrong types
+    are refused with the key named."""
+    known = {f.name for f in fields(TrainSettings)}
+    checked = {}
+    for key, value in values.items():
+        if key not in known:
+            raise SettingsError(f"{where}: unknown setting '{key}'")
+        checked[key] = coerce(key, value, where)
+    return replace(base or TrainSettings(), **checked)
+
+
+def coerce(name: str, value, where: str = "settings"):
+    """value as the type of setting `name`, accepting ints for floats; refuses anything else."""
+    kind = setting_type(name)
+    if value is None and name in MODEL_FIELDS:
+        return None
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    raise SettingsError(f"{where}: '{name}' must be {kind.__name__}, got {value!r}")

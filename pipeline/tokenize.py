@@ -1,0 +1,32 @@
+"""`python -m pipeline.tokenize`: GPT-2 BPE tokens of a corpus, in memmapped .bin shards."""
+
+import click
+
+from pipeline.corpora import fetch
+from pipeline.errors import run_cli
+from pipeline.shards import DEFAULT_SHARD_TOKENS, tokenize
+
+
+@click.command()
+@click.option("--corpus", default="verdict", show_default=True,
+              help="Corpus name from corpus/registry.yaml, or a path to a text file or folder.")
+@click.option("--val-fraction", default=0.1, show_default=True,
+              help="Share of the text held out for validation, where the source has no validation split.")
+@click.option("--shard-tokens", default=DEFAULT_SHARD_TOKENS, show_default=True,
+              help="Tokens per .bin shard file.")
+def main(corpus, val_fraction, shard_tokens):
+    """Tokenize a corpus with tiktoken's GPT-2 BPE into corpus/shards/CORPUS/.
+
+    Downloads the corpus first if needed. Writes train_NNN.bin and val_NNN.bin (llm.c format: a 256 x int32
+    header, then uint16 tokens) and manifest.json. Does nothing when the shards are up to date.
+    """
+    fetched = fetch(corpus)
+    result = tokenize(fetched.corpus, val_fraction=val_fraction, shard_tokens=shard_tokens)
+    shards = result.shards
+    state = "already up to date" if result.skipped else "written"
+    click.echo(f"{shards.manifest['corpus']}: {state} in {shards.folder} "
+               f"({shards.train_tokens:,} train tokens, {shards.val_tokens:,} val tokens)")
+
+
+if __name__ == "__main__":
+    run_cli(main)

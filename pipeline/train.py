@@ -1,0 +1,33 @@
+"""`python -m pipeline.train`: train a GPT on a corpus, tracked in MLflow."""
+
+import click
+
+from pipeline.cli import settings_from_options, settings_options
+from pipeline.errors import run_cli
+from pipeline.trainer import TrainingInterrupted, train
+
+
+@click.command()
+@settings_options
+def main(**options):
+    """Train a GPT-2 style model on a corpus and log the run to MLflow.
+
+    Downloads and tokenizes the corpus first when its shards are missing. Training stops at the first
+    budget reached (--epochs, --max-steps, --max-tokens). Ctrl-C saves a checkpoint and ends the run KILLED;
+    --resume RUN_ID continues it.
+
+    \b
+    Example:
+      python -m pipeline.train --config nano --corpus verdict --epochs 3
+    """
+    try:
+        result = train(settings_from_options(options))
+    except TrainingInterrupted as stopped:
+        click.echo(str(stopped), err=True)
+        raise SystemExit(130)
+    val = f", val_loss {result.val_loss:.4f}" if result.val_loss is not None else ""
+    click.echo(f"run {result.run_id} finished: {result.steps} steps, train_loss {result.train_loss:.4f}{val}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,374 @@
+"""The training loop: a corpus's shards in, a GPT trained and every step of it recorded in MLflow out."""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import resource
+import signal
+import subprocess
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, replace
+
+import torch
+
+from model import GPT
+from pipeline import checkpoints, tracking
+from pipeline.batches import ValWindows, WindowSampler
+from pipeline.corpora import PROJECT_DIR, fetch
+from pipeline.errors import LabError, SettingsError, TrainingError
+from pipeline.settings import TrainSettings
+from pipeline.shards import encoding, tokenize
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_id: str
+    steps: int
+    tokens_seen: int
+    train_loss: float
+    val_loss: float | None
+    status: str
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C or SIGTERM: the run was checkpointed and ended KILLED."""
+
+    def __init__(self, run_id: str, step: int):
+        super().__init__(f"interrupted at step {step}; checkpoint saved: resume with --resume {run_id}")
+        self.run_id = run_id
+        self.step = step
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SettingsError(f"unknown device '{name}' (auto, cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SettingsError("device cuda asked for, but PyTorch sees no CUDA GPU here (use --device auto)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise SettingsError("device mps asked for, but it is not available here (use --device auto)")
+    return device
+
+
+def lr_at(step: int, settings: TrainSettings, total_steps: int) -> float:
+    """Linear warmup to lr, then cosine decay to min_lr at the last step. step counts from 0."""
+    if step < settings.warmup_steps:
+        return settings.lr * (step + 1) / settings.warmup_steps
+    progress = (step - settings.warmup_steps) / max(1, total_steps - settings.warmup_steps)
+    return settings.min_lr + 0.5 * (1 + math.cos(math.pi * min(1.0, progress))) * (settings.lr - settings.min_lr)
+
+
+def make_optimizer(model: GPT, settings: TrainSettings, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on weight matrices only: biases, LayerNorm gains are left alone."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": settings.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=settings.lr, betas=(settings.beta1, settings.beta2),
+                             fused=device.type == "cuda")
+
+
+def total_steps_for(settings: TrainSettings, n_windows: int, window_length: int) -> int:
+    """The first budget reached: epochs, max_steps or max_tokens (each 0 when not set)."""
+    windows_per_step = settings.batch_size * settings.grad_accum
+    budgets = []
+    if settings.epochs:
+        budgets.append(math.ceil(settings.epochs * n_windows / windows_per_step))
+    if settings.max_steps:
+        budgets.append(settings.max_steps)
+    if settings.max_tokens:
+        budgets.append(math.ceil(settings.max_tokens / (windows_per_step * window_length)))
+    return max(1, min(budgets))
+
+
+def default_run_name(settings: TrainSettings, corpus_label: str) -> str:
+    mantissa, exponent = f"{settings.lr:.2e}".split("e")
+    lr_text = f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    config_label = settings.config.rsplit("/", 1)[-1].removesuffix(".yaml").removesuffix(".yml")
+    return f"{config_label}-{corpus_label}-lr{lr_text}"
+
+
+def train(settings: TrainSettings) -> TrainResult:
+    """Train as settings say (or resume settings.resume), tracked in MLflow. Raises LabError subclasses for
+    bad input and TrainingInterrupted on Ctrl-C or SIGTERM."""
+    client = tracking.connect()
+    resume_state = None
+    if settings.resume:
+        tracking.get_run(client, settings.resume)
+        resume_state = checkpoints.load_from_run(settings.resume)
+        saved = TrainSettings(**resume_state["settings"])
+        settings = replace(saved, resume=settings.resume, device=settings.device)
+    settings.validate()
+    device = pick_device(settings.device)
+    model_config = settings.model_config()
+
+    fetched = fetch(settings.corpus)
+    if fetched.action != "already present" and fetched.action != "local":
+        log.info("corpus %s: %s", fetched.corpus.name, fetched.action)
+    shards = tokenize(fetched.corpus).shards
+    train_split, val_split = shards.split("train"), shards.split("val")
+    sampler = WindowSampler(train_split, model_config.context_length, settings.stride, settings.seed)
+    val = ValWindows.build(val_split, model_config.context_length, settings.val_windows)
+    if sampler.length < model_config.context_length:
+        log.warning("the train split has %d tokens, fewer than the context (%d) + 1: windows shrink to %d",
+                    shards.train_tokens, model_config.context_length, sampler.length)
+    total_steps = total_steps_for(settings, sampler.n_windows, sampler.length)
+    windows_per_step = settings.batch_size * settings.grad_accum
+    tokens_per_step = windows_per_step * sampler.length
+
+    torch.manual_seed(settings.seed)
+    model = GPT(model_config).to(device)
+    optimizer = make_optimizer(model, settings, device)
+    start_step = 0
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        start_step = resume_state["step"]
+        torch.set_rng_state(resume_state["rng"])
+    n_params, n_params_non_embedding = model.num_params(), model.num_params(non_embedding=True)
+    step_model = torch.compile(model) if settings.compile else model
+
+    corpus_label = fetched.corpus.name.split("-")[0] if fetched.action == "local" else fetched.corpus.name
+    if resume_state is not None:
+        run_id = settings.resume
+        client.update_run(run_id, status="RUNNING")
+        skip_through = tracking.last_logged_step(client, run_id)
+    else:
+        run_name = settings.run_name or default_run_name(settings, corpus_label)
+        run_id = tracking.start_run(client, settings.experiment, run_name,
+                                    tags={"lab.config": settings.config, "lab.corpus": corpus_label})
+        skip_through = -1
+    try:
+        if resume_state is None:
+            tracking.log_params_once(client, run_id, {
+                **settings.as_params(),
+                **{k: str(v) for k, v in asdict(model_config).items()},
+                "corpus_name": fetched.corpus.name,
+                "shards_sha256": shards.tokens_sha256,
+                "train_tokens": str(shards.train_tokens),
+                "val_tokens": str(shards.val_tokens),
+                "window_length": str(sampler.length),
+                "train_windows": str(sampler.n_windows),
+                "total_steps": str(total_steps),
+                "tokens_per_step": str(tokens_per_step),
+                "n_params": str(n_params),
+                "n_params_non_embedding": str(n_params_non_embedding),
+                "device": str(device),
+                "torch_version": torch.__version__,
+                "python_version": platform.python_version(),
+                "git_commit": _git_commit(),
+            })
+            client.log_inputs(run_id, datasets=[
+                tracking.dataset_input(fetched.corpus.name, fetched.corpus.source, shards.tokens_sha256)
+            ])
+        log.info("run %s: %s, %s parameters (%s non-embedding), %d steps of %d tokens on %s",
+                 run_id, settings.config, f"{n_params:,}", f"{n_params_non_embedding:,}", total_steps,
+                 tokens_per_step, device)
+        loop = _Loop(settings, client, run_id, step_model, model, optimizer, sampler, val, device,
+                     total_steps, tokens_per_step, fetched.corpus.prompt, skip_through)
+        result = loop.run(start_step)
+    except TrainingInterrupted:
+        tracking.finish_run(client, run_id, tracking.STATUS_KILLED)
+        raise
+    except LabError as error:
+        client.set_tag(run_id, "error", str(error)[:5000])
+        tracking.finish_run(client, run_id, tracking.STATUS_FAILED)
+        raise
+    except BaseException as error:
+        client.set_tag(run_id, "error", f"{type(error).__name__}: {error}"[:5000])
+        tracking.finish_run(client, run_id, tracking.STATUS_FAILED)
+        raise
+    tracking.finish_run(client, run_id, tracking.STATUS_FINISHED)
+    return result
+
+
+class _Loop:
+    """One run's loop state: the model, its optimizer and where in the data stream it stands."""
+
+    def __init__(self, settings, client, run_id, step_model, model, optimizer, sampler, val, device,
+                 total_steps, tokens_per_step, corpus_prompt, skip_through):
+        self.s = settings
+        self.client = client
+        self.run_id = run_id
+        self.step_model = step_model
+        self.model = model
+        self.optimizer = optimizer
+        self.sampler = sampler
+        self.val = val
+        self.device = device
+        self.total_steps = total_steps
+        self.tokens_per_step = tokens_per_step
+        self.prompt = settings.prompt or corpus_prompt
+        self.skip_through = skip_through
+        self.metrics = tracking.MetricBuffer(client, run_id, skip_through=skip_through)
+        self.autocast, self.scaler = _mixed_precision(device)
+        self.stop_requested = False
+
+    def run(self, start_step: int) -> TrainResult:
+        s = self.s
+        previous_handlers = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        train_loss = float("nan")
+        val_loss = None
+        step = start_step
+        try:
+            train_seconds, window_tokens = 0.0, 0
+            self.step_model.train()
+            while step < self.total_steps:
+                started = time.perf_counter()
+                lr = lr_at(step, s, self.total_steps)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                loss_sum = torch.zeros((), device=self.device)
+                for micro in range(s.grad_accum):
+                    position = step * s.batch_size * s.grad_accum + micro * s.batch_size
+                    x, y = self.sampler.batch(position, s.batch_size)
+                    x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                    with self.autocast:
+                        _, loss = self.step_model(x, y)
+                    loss = loss / s.grad_accum
+                    (self.scaler.scale(loss) if self.scaler else loss).backward()
+                    loss_sum += loss.detach()
+                if self.scaler:
+                    self.scaler.unscale_(self.optimizer)
+                grad_norm = torch.nn.utils.clip_grad_norm_(
+                    self.model.parameters(), s.grad_clip if s.grad_clip > 0 else float("inf")
+                )
+                if self.scaler:
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                else:
+                    self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                step += 1
+                train_seconds += time.perf_counter() - started
+                window_tokens += self.tokens_per_step
+
+                is_last = step == self.total_steps
+                logs_now = is_last or (s.log_interval and step % s.log_interval == 0)
+                if logs_now or self.device.type == "cpu":  # on CPU reading the loss costs no sync
+                    train_loss = loss_sum.item()
+                    if not math.isfinite(train_loss):
+                        raise TrainingError(
+                            f"loss became {train_loss} at step {step}: lower --lr or raise --warmup-steps"
+                        )
+                if logs_now:
+                    tokens_per_sec = window_tokens / train_seconds
+                    self.metrics.log(step, train_loss=train_loss, lr=lr, grad_norm=float(grad_norm),
+                                     tokens_per_sec=tokens_per_sec, tokens_seen=step * self.tokens_per_step,
+                                     **self._memory())
+                    log.info("step %d/%d  loss %.4f  lr %.2e  %s tok/s", step, self.total_steps, train_loss, lr,
+                             f"{tokens_per_sec:,.0f}")
+                    train_seconds, window_tokens = 0.0, 0
+                if is_last or (s.eval_interval and step % s.eval_interval == 0):
+                    val_loss = self._evaluate()
+                    self.metrics.log(step, val_loss=val_loss, val_perplexity=math.exp(min(val_loss, 50.0)))
+                    log.info("step %d  val_loss %.4f", step, val_loss)
+                if is_last or (s.sample_interval and step % s.sample_interval == 0):
+                    self._sample(step)
+                if is_last or (s.checkpoint_interval and step % s.checkpoint_interval == 0):
+                    self._checkpoint(step)
+                if self.stop_requested and not is_last:
+                    self._checkpoint(step)
+                    raise TrainingInterrupted(self.run_id, step)
+        except torch.OutOfMemoryError:
+            raise TrainingError(
+                f"out of memory at step {step + 1}: lower --batch-size (raise --grad-accum to keep the "
+                "effective batch) or --context-length"
+            ) from None
+        finally:
+            for sig, handler in previous_handlers.items():
+                signal.signal(sig, handler)
+            self.metrics.flush()
+        return TrainResult(self.run_id, step, step * self.tokens_per_step, train_loss, val_loss, "FINISHED")
+
+    def _request_stop(self, signum, frame) -> None:
+        if self.stop_requested:  # a second Ctrl-C: stop now, without the checkpoint
+            raise KeyboardInterrupt
+        self.stop_requested = True
+        log.warning("stopping after this step (%s); press Ctrl-C again to stop at once",
+                    signal.Signals(signum).name)
+
+    @torch.no_grad()
+    def _evaluate(self) -> float:
+        self.step_model.eval()
+        total, count = 0.0, 0
+        for start in range(0, len(self.val), self.s.batch_size):
+            x = self.val.x[start : start + self.s.batch_size].to(self.device)
+            y = self.val.y[start : start + self.s.batch_size].to(self.device)
+            with self.autocast:
+                _, loss = self.step_model(x, y)
+            total += loss.item() * len(x)
+            count += len(x)
+        self.step_model.train()
+        return total / count
+
+    @torch.no_grad()
+    def _sample(self, step: int) -> None:
+        if step <= self.skip_through:
+            return
+        enc = encoding()
+        prompt_ids = enc.encode_ordinary(self.prompt) or [enc.eot_token]
+        generator = torch.Generator(device=self.device).manual_seed(self.s.seed + step)
+        self.model.eval()
+        with self.autocast:
+            out = self.model.generate(
+                torch.tensor([prompt_ids], device=self.device), self.s.sample_tokens,
+                temperature=self.s.temperature, top_k=self.s.top_k or None, generator=generator,
+            )
+        self.model.train()
+        generation = enc.decode(out[0, len(prompt_ids):].tolist())
+        self.client.log_text(self.run_id, f"{self.prompt}{generation}\n", f"samples/step_{step:06d}.txt")
+        self.client.log_table(self.run_id, {"step": [step], "prompt": [self.prompt], "generation": [generation]},
+                              artifact_file="samples.json")
+        log.info("sample at step %d: %r", step, (self.prompt + generation)[:200])
+
+    def _checkpoint(self, step: int) -> None:
+        self.metrics.flush()
+        checkpoints.log(self.client, self.run_id, {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": step,
+            "position": step * self.s.batch_size * self.s.grad_accum,
+            "rng": torch.get_rng_state(),
+            "settings": asdict(self.s),
+            "model_config": asdict(self.model.config),
+        })
+
+    def _memory(self) -> dict[str, float]:
+        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        memory = {"peak_rss_mb": peak_kb / (1024 * 1024 if platform.system() == "Darwin" else 1024)}
+        if self.device.type == "cuda":
+            memory["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+        return memory
+
+
+def _mixed_precision(device: torch.device):
+    """bf16 autocast on CUDA (fp16 with a GradScaler where bf16 is missing); full fp32 elsewhere."""
+    if device.type != "cuda":
+        return nullcontext(), None
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    if torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16), None
+    return torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_DIR, capture_output=True, text=True,
+                              timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
