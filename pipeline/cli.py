@@ -18,8 +18,8 @@ def settings_options(command):
             names.append(f"--{f.name}")
         kind = setting_type(f.name)
         default = None if f.default is MISSING else f.default
-        if kind is bool:
-            option = click.option(f"{names[0]}/--no-{names[0][2:]}", f.name, default=default,
+        if kind is bool:  # `--compile` alone, or `--compile true/false` as the MLproject passes it
+            option = click.option(*names, f.name, type=bool, is_flag=False, flag_value=True, default=default,
                                   show_default=True, help=f.metadata["help"])
         else:
             option = click.option(*names, f.name, type=kind, default=default, show_default=default is not None,

@@ -39,7 +39,7 @@ class TrainingError(LabError):
 
 def run_cli(command: click.Command, args: list[str] | None = None) -> None:
     """Run a click command so that every user error ends as one line on stderr and exit code 2."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     for noisy in ("alembic", "mlflow", "urllib3", "httpx", "huggingface_hub", "datasets", "filelock"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:

@@ -20,7 +20,8 @@ from pipeline.batches import ValWindows, WindowSampler
 from pipeline.corpora import PROJECT_DIR, fetch
 from pipeline.errors import LabError, SettingsError, TrainingError
 from pipeline.settings import TrainSettings
-from pipeline.shards import encoding, tokenize
+from pipeline.sampling import complete
+from pipeline.shards import tokenize
 
 log = logging.getLogger(__name__)
 
@@ -319,17 +320,9 @@ class _Loop:
     def _sample(self, step: int) -> None:
         if step <= self.skip_through:
             return
-        enc = encoding()
-        prompt_ids = enc.encode_ordinary(self.prompt) or [enc.eot_token]
-        generator = torch.Generator(device=self.device).manual_seed(self.s.seed + step)
-        self.model.eval()
         with self.autocast:
-            out = self.model.generate(
-                torch.tensor([prompt_ids], device=self.device), self.s.sample_tokens,
-                temperature=self.s.temperature, top_k=self.s.top_k or None, generator=generator,
-            )
-        self.model.train()
-        generation = enc.decode(out[0, len(prompt_ids):].tolist())
+            generation = complete(self.model, self.prompt, self.s.sample_tokens, self.s.temperature, self.s.top_k,
+                                  seed=self.s.seed + step, device=self.device)
         self.client.log_text(self.run_id, f"{self.prompt}{generation}\n", f"samples/step_{step:06d}.txt")
         self.client.log_table(self.run_id, {"step": [step], "prompt": [self.prompt], "generation": [generation]},
                               artifact_file="samples.json")

@@ -1,0 +1,35 @@
+"""`python -m pipeline.generate`: text from a training run's last checkpoint."""
+
+import click
+
+from pipeline.errors import SettingsError, run_cli
+from pipeline.sampling import complete, model_from_run
+from pipeline.trainer import pick_device
+
+
+@click.command()
+@click.option("--run-id", required=True, help="MLflow run id of a training run with a checkpoint.")
+@click.option("--prompt", default="The", show_default=True, help="Text the generation continues.")
+@click.option("--max-new-tokens", default=100, show_default=True, type=click.IntRange(1), help="Tokens to generate.")
+@click.option("--temperature", default=0.8, show_default=True, type=click.FloatRange(0),
+              help="Sampling temperature; 0 picks the likeliest token every time.")
+@click.option("--top-k", default=40, show_default=True, type=click.IntRange(0),
+              help="Sample among the k likeliest tokens (0 = all).")
+@click.option("--seed", default=1337, show_default=True, help="Seed for sampling: the same seed gives the same text.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+def main(run_id, prompt, max_new_tokens, temperature, top_k, seed, device):
+    """Continue a prompt with the model a training run saved last.
+
+    \b
+    Example:
+      python -m pipeline.generate --run-id 0123abcd --prompt "I HAD always thought"
+    """
+    if not prompt:
+        raise SettingsError("prompt is empty: give some text to continue")
+    torch_device = pick_device(device)
+    model = model_from_run(run_id, torch_device)
+    click.echo(prompt + complete(model, prompt, max_new_tokens, temperature, top_k, seed, torch_device))
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,65 @@
+"""Shared fixtures: the offline mirror, a temporary MLflow store and corpus cache, and a test-sized model."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+SHARED_DATA = PROJECT_DIR.parent / "shared" / "data"
+
+# Small enough that a training step takes milliseconds on a CPU; the 50,304-wide output layer stays.
+TINY_MODEL = ["--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--context-length", "32"]
+TINY_MODEL_FIELDS = {"n_layer": 2, "n_head": 2, "n_embd": 32, "context_length": 32}
+
+
+def pytest_configure(config):
+    os.environ.setdefault("CORPUS_MIRROR", str(SHARED_DATA))
+    os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED_DATA / "tiktoken-cache"))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+@pytest.fixture(scope="session")
+def corpus_cache(tmp_path_factory) -> Path:
+    """One corpus cache for the whole session: corpora are downloaded (copied) and tokenized once."""
+    path = tmp_path_factory.mktemp("corpus-cache")
+    os.environ["CORPUS_CACHE"] = str(path)
+    return path
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch, corpus_cache) -> str:
+    """A fresh MLflow SQLite store (artifacts beside it) and a working folder of its own."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def run_module(module: str, *args: str, cwd: Path | None = None, env: dict | None = None,
+               timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python -m module args` in a real subprocess, with the project importable."""
+    full_env = {**os.environ, "PYTHONPATH": str(PROJECT_DIR), **(env or {})}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or PROJECT_DIR, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    """Bad input: exit code 2, one line on stderr that starts with 'error:', no traceback."""
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: "), lines[0]
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
