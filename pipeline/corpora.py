@@ -14,7 +14,7 @@ import re
 import shutil
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
@@ -58,6 +58,8 @@ class CorpusEntry:
     def source(self) -> str:
         if self.url:
             return self.url
+        if self.hf_dataset and Path(self.hf_dataset).is_absolute():  # a dataset folder on this machine
+            return self.hf_dataset
         if self.hf_dataset:
             return f"https://huggingface.co/datasets/{self.hf_dataset}"
         return f"corpus/{self.file}"
@@ -86,6 +88,9 @@ def load_registry(path: Path = REGISTRY_PATH) -> dict[str, CorpusEntry]:
     for name, values in raw.items():
         if not _NAME.match(name):
             raise CorpusError(f"registry {path}: corpus name '{name}' must be lowercase letters, digits, _")
+        unknown = set(values) - {f.name for f in fields(CorpusEntry)}
+        if unknown:
+            raise CorpusError(f"registry {path}: corpus '{name}' has unknown field(s) {', '.join(sorted(unknown))}")
         entries[name] = CorpusEntry(name=name, **values)
     return entries
 

@@ -34,9 +34,9 @@ class TrainSettings:
     grad_accum: int = _setting(1, "Micro-batches per optimizer step (effective batch = batch_size x grad_accum).")
     stride: int = _setting(1, "Tokens between window starts; 1 visits every start once per epoch.")
     # optimizer and schedule
-    lr: float = _setting(3e-4, "Peak learning rate, reached after warmup.")
-    min_lr: float = _setting(3e-5, "Learning rate at the end of the cosine decay.")
-    warmup_steps: int = _setting(50, "Steps of linear warmup from 0 to lr.")
+    lr: float = _setting(1e-3, "Peak learning rate, reached after warmup.")
+    min_lr: float = _setting(1e-4, "Learning rate at the end of the cosine decay.")
+    warmup_steps: int = _setting(30, "Steps of linear warmup from 0 to lr.")
     weight_decay: float = _setting(0.1, "AdamW weight decay, applied to weight matrices only.")
     beta1: float = _setting(0.9, "AdamW beta1.")
     beta2: float = _setting(0.95, "AdamW beta2.")

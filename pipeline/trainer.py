@@ -21,7 +21,7 @@ from pipeline.corpora import PROJECT_DIR, fetch
 from pipeline.errors import LabError, SettingsError, TrainingError
 from pipeline.settings import TrainSettings
 from pipeline.sampling import complete
-from pipeline.shards import tokenize
+from pipeline.shards import encoding, tokenize
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,11 @@ def train(settings: TrainSettings) -> TrainResult:
     model_config = settings.model_config()
 
     fetched = fetch(settings.corpus)
+    prompt = settings.prompt or fetched.corpus.prompt
+    prompt_tokens = len(encoding().encode_ordinary(prompt))
+    if prompt_tokens >= model_config.context_length:
+        raise SettingsError(f"prompt has {prompt_tokens} tokens; it must be shorter than the context "
+                            f"({model_config.context_length})")
     if fetched.action != "already present" and fetched.action != "local":
         log.info("corpus %s: %s", fetched.corpus.name, fetched.action)
     shards = tokenize(fetched.corpus).shards
@@ -179,7 +184,7 @@ def train(settings: TrainSettings) -> TrainResult:
                  run_id, settings.config, f"{n_params:,}", f"{n_params_non_embedding:,}", total_steps,
                  tokens_per_step, device)
         loop = _Loop(settings, client, run_id, step_model, model, optimizer, sampler, val, device,
-                     total_steps, tokens_per_step, fetched.corpus.prompt, skip_through)
+                     total_steps, tokens_per_step, prompt, skip_through)
         result = loop.run(start_step)
     except TrainingInterrupted:
         tracking.finish_run(client, run_id, tracking.STATUS_KILLED)
@@ -200,7 +205,7 @@ class _Loop:
     """One run's loop state: the model, its optimizer and where in the data stream it stands."""
 
     def __init__(self, settings, client, run_id, step_model, model, optimizer, sampler, val, device,
-                 total_steps, tokens_per_step, corpus_prompt, skip_through):
+                 total_steps, tokens_per_step, prompt, skip_through):
         self.s = settings
         self.client = client
         self.run_id = run_id
@@ -212,7 +217,7 @@ class _Loop:
         self.device = device
         self.total_steps = total_steps
         self.tokens_per_step = tokens_per_step
-        self.prompt = settings.prompt or corpus_prompt
+        self.prompt = prompt
         self.skip_through = skip_through
         self.metrics = tracking.MetricBuffer(client, run_id, skip_through=skip_through)
         self.autocast, self.scaler = _mixed_precision(device)
@@ -284,7 +289,9 @@ class _Loop:
                 if self.stop_requested and not is_last:
                     self._checkpoint(step)
                     raise TrainingInterrupted(self.run_id, step)
-        except torch.OutOfMemoryError:
+        except RuntimeError as error:  # torch.OutOfMemoryError on GPUs; a plain RuntimeError from the CPU allocator
+            if not _is_out_of_memory(error):
+                raise
             raise TrainingError(
                 f"out of memory at step {step + 1}: lower --batch-size (raise --grad-accum to keep the "
                 "effective batch) or --context-length"
@@ -357,6 +364,11 @@ def _mixed_precision(device: torch.device):
     if torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16), None
     return torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
+
+
+def _is_out_of_memory(error: RuntimeError) -> bool:
+    text = str(error)
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
 
 
 def _git_commit() -> str:
