@@ -30,3 +30,14 @@ def settings_options(command):
 
 def settings_from_options(options: dict) -> TrainSettings:
     return TrainSettings(**{f.name: options[f.name] for f in fields(TrainSettings)})
+
+
+def settings_to_args(settings: TrainSettings) -> list[str]:
+    """The `pipeline.train` options that reproduce settings (the inverse of settings_from_options)."""
+    args = []
+    for f in fields(TrainSettings):
+        value = getattr(settings, f.name)
+        if value is None:
+            continue
+        args += [f"--{f.name.replace('_', '-')}", str(value).lower() if isinstance(value, bool) else str(value)]
+    return args

@@ -120,6 +120,12 @@ def _check_model(config: GPTConfig) -> None:
         raise SettingsError(f"dropout must be in [0, 1), got {config.dropout}")
 
 
+def short_number(value: float) -> str:
+    """3e-4 rather than 0.0003: how learning rates are written in run names."""
+    mantissa, exponent = f"{value:.2e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
 def _param_text(value) -> str:
     return "" if value is None else str(value)
 

@@ -19,7 +19,7 @@ from pipeline import checkpoints, tracking
 from pipeline.batches import ValWindows, WindowSampler
 from pipeline.corpora import PROJECT_DIR, fetch
 from pipeline.errors import LabError, SettingsError, TrainingError
-from pipeline.settings import TrainSettings
+from pipeline.settings import TrainSettings, short_number
 from pipeline.sampling import complete
 from pipeline.shards import encoding, tokenize
 
@@ -96,10 +96,8 @@ def total_steps_for(settings: TrainSettings, n_windows: int, window_length: int)
 
 
 def default_run_name(settings: TrainSettings, corpus_label: str) -> str:
-    mantissa, exponent = f"{settings.lr:.2e}".split("e")
-    lr_text = f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
     config_label = settings.config.rsplit("/", 1)[-1].removesuffix(".yaml").removesuffix(".yml")
-    return f"{config_label}-{corpus_label}-lr{lr_text}"
+    return f"{config_label}-{corpus_label}-lr{short_number(settings.lr)}"
 
 
 def train(settings: TrainSettings) -> TrainResult:

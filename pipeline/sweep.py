@@ -1,0 +1,43 @@
+"""`python -m pipeline.sweep`: run a named sweep from experiments.yaml, then its comparison report."""
+
+import click
+
+from pipeline import tracking
+from pipeline.errors import run_cli
+from pipeline.experiments import EXPERIMENTS_PATH, load_sweep
+from pipeline.sweeps import describe, plan, run_sweep
+
+
+@click.command()
+@click.option("--name", required=True, help="Sweep name in the experiments file (e.g. lr_sensitivity).")
+@click.option("--file", "path", default=str(EXPERIMENTS_PATH), show_default=True, type=click.Path(),
+              help="The experiments file.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1),
+              help="Runs trained at once, each in its own process.")
+@click.option("--dry-run", type=bool, is_flag=False, flag_value=True, default=False, show_default=True,
+              help="List the runs the sweep would make, and which are already finished, without running.")
+def main(name, path, workers, dry_run):
+    """Run every point of a sweep as a child of one parent MLflow run.
+
+    The whole experiments file is checked first. Points that already FINISHED with the same settings are
+    skipped, so running a sweep again finishes what is missing. A failed run does not stop the others. When
+    the runs are done, the report's plots and table are logged to the parent run.
+
+    \b
+    Example:
+      python -m pipeline.sweep --name lr_sensitivity
+    """
+    sweep = load_sweep(name, path)
+    client = tracking.connect()
+    if dry_run:
+        for line in describe(plan(client, sweep)):
+            click.echo(line)
+        return
+    result = run_sweep(client, sweep, workers=workers)
+    for file in result.report_files:
+        click.echo(f"report: {file}")
+    click.echo(f"parent run {result.parent_run_id}: {result.status}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
