@@ -1,11 +1,17 @@
-"""Checkpoints: everything needed to continue a run exactly, saved atomically and loaded safely.
+"""Checkpoints: everything needed to continue a run exactly, saved atomically, checked and loaded safely.
 
 A checkpoint is a plain dict of tensors and primitives (model and optimizer state, step, data position, RNG
-state, settings), so it loads with `torch.load(weights_only=True)`: no pickled code is ever executed.
+state, settings), so it loads with `torch.load(weights_only=True)`: no pickled code is ever executed. Each file
+has its sha256 beside it (`.sha256`); a run keeps its newest KEEP checkpoints, so when the newest turns out
+truncated or corrupt, resuming falls back to the one before.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import logging
+import re
 import tempfile
 from pathlib import Path
 
@@ -14,21 +20,44 @@ import torch
 from pipeline.errors import CheckpointError
 from pipeline.files import atomic_path
 
+log = logging.getLogger(__name__)
+
 FORMAT = 1
 ARTIFACT_DIR = "checkpoints"
-ARTIFACT_NAME = "last.pt"
+KEEP = 2
+_NAME = re.compile(r"^step_(\d+)\.pt$")
+_DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def file_name(step: int) -> str:
+    return f"step_{step:08d}.pt"
 
 
 def save(path: Path, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, **state}, tmp)
+    """Write the checkpoint and its .sha256 atomically; a full disk raises CheckpointError, old files intact."""
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save({"format": FORMAT, **state}, tmp)
+            digest = _sha256(tmp)
+        with atomic_path(_checksum_path(path)) as tmp:
+            tmp.write_text(f"{digest}  {path.name}\n")
+    except OSError as error:
+        raise CheckpointError(f"could not write checkpoint {path}: {error.strerror or error}") from None
 
 
 def load(path: Path) -> dict:
+    """A checkpoint checked against its .sha256 (when present) and loaded with weights_only=True."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    checksum = _checksum_path(path)
+    if checksum.is_file():
+        expected = (checksum.read_text().split() or [""])[0]
+        if _sha256(path) != expected:
+            raise CheckpointError(f"checkpoint {path} is corrupt: its sha256 does not match {checksum.name}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint not found: {path}") from None
     except Exception as error:  # truncated zip, pickled objects refused by weights_only, ...
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
         raise CheckpointError(f"cannot load checkpoint {path}: {first_line}") from None
@@ -38,22 +67,65 @@ def load(path: Path) -> dict:
 
 
 def log(client, run_id: str, state: dict) -> None:
-    """Save the state and log it as the run's checkpoints/last.pt."""
+    """Save the state as the run's checkpoints/step_NNNNNNNN.pt (+ .sha256) and drop all but the newest KEEP."""
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / ARTIFACT_NAME
+        path = Path(folder) / file_name(state["step"])
         save(path, state)
-        client.log_artifact(run_id, str(path), ARTIFACT_DIR)
-
-
-def load_from_run(run_id: str) -> dict:
-    """The last checkpoint a run logged."""
-    import mlflow
-
-    with tempfile.TemporaryDirectory() as folder:
         try:
-            path = mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path=f"{ARTIFACT_DIR}/{ARTIFACT_NAME}", dst_path=folder
-            )
-        except Exception:
-            raise CheckpointError(f"run {run_id} has no checkpoint ({ARTIFACT_DIR}/{ARTIFACT_NAME})") from None
-        return load(Path(path))
+            client.log_artifact(run_id, str(path), ARTIFACT_DIR)
+            client.log_artifact(run_id, str(_checksum_path(path)), ARTIFACT_DIR)
+        except OSError as error:
+            if error.errno not in _DISK_FULL:  # e.g. a tracking server that is away: the caller decides
+                raise
+            raise CheckpointError(f"could not store checkpoint {path.name}: {error.strerror}") from None
+    steps = _logged_steps(client, run_id)
+    if len(steps) > KEEP:
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        repository = get_artifact_repository(client.get_run(run_id).info.artifact_uri)
+        for step in steps[:-KEEP]:
+            for name in (file_name(step), file_name(step) + ".sha256"):
+                repository.delete_artifacts(f"{ARTIFACT_DIR}/{name}")
+
+
+def load_from_run(run_id: str, client=None) -> dict:
+    """The newest checkpoint of a run that passes its checks; a corrupt one is reported and skipped."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    client = client or MlflowClient()
+    steps = _logged_steps(client, run_id)
+    if not steps:
+        raise CheckpointError(f"run {run_id} has no checkpoint: it is not a training run, or it never saved one")
+    problems = []
+    with tempfile.TemporaryDirectory() as folder:
+        for step in reversed(steps):
+            try:
+                local = {}
+                for name in (file_name(step), file_name(step) + ".sha256"):
+                    local[name] = mlflow.artifacts.download_artifacts(
+                        run_id=run_id, artifact_path=f"{ARTIFACT_DIR}/{name}", dst_path=folder)
+                return load(Path(local[file_name(step)]))
+            except CheckpointError as error:
+                log.warning("%s; trying the one before", error)
+                problems.append(str(error))
+            except Exception as error:  # a file missing from the store
+                problems.append(f"{file_name(step)}: {error}".splitlines()[0])
+    raise CheckpointError(f"run {run_id} has no usable checkpoint ({problems[0]})")
+
+
+def _logged_steps(client, run_id: str) -> list[int]:
+    names = [Path(a.path).name for a in client.list_artifacts(run_id, ARTIFACT_DIR)]
+    return sorted(int(m.group(1)) for m in map(_NAME.match, names) if m)
+
+
+def _checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -18,7 +18,7 @@ from model import GPT
 from pipeline import checkpoints, tracking
 from pipeline.batches import ValWindows, WindowSampler
 from pipeline.corpora import PROJECT_DIR, fetch
-from pipeline.errors import LabError, SettingsError, TrainingError
+from pipeline.errors import CheckpointError, LabError, SettingsError, TrainingError
 from pipeline.settings import TrainSettings, short_number
 from pipeline.sampling import complete
 from pipeline.shards import encoding, tokenize
@@ -195,7 +195,7 @@ def train(settings: TrainSettings) -> TrainResult:
         client.set_tag(run_id, "error", f"{type(error).__name__}: {error}"[:5000])
         tracking.finish_run(client, run_id, tracking.STATUS_FAILED)
         raise
-    tracking.finish_run(client, run_id, tracking.STATUS_FINISHED)
+    tracking.retry_until_sent(lambda: tracking.finish_run(client, run_id, tracking.STATUS_FINISHED), "the run's end")
     return result
 
 
@@ -282,11 +282,14 @@ class _Loop:
                     log.info("step %d  val_loss %.4f", step, val_loss)
                 if is_last or (s.sample_interval and step % s.sample_interval == 0):
                     self._sample(step)
-                if is_last or (s.checkpoint_interval and step % s.checkpoint_interval == 0):
+                if self.stop_requested or is_last:
+                    self._checkpoint(step, must_arrive=True)
+                    tracking.retry_until_sent(self.metrics.flush, "the run's metrics")
+                    if not is_last:
+                        raise TrainingInterrupted(self.run_id, step)
+                elif s.checkpoint_interval and step % s.checkpoint_interval == 0:
                     self._checkpoint(step)
-                if self.stop_requested and not is_last:
-                    self._checkpoint(step)
-                    raise TrainingInterrupted(self.run_id, step)
+                self.metrics.maybe_flush()
         except RuntimeError as error:  # torch.OutOfMemoryError on GPUs; a plain RuntimeError from the CPU allocator
             if not _is_out_of_memory(error):
                 raise
@@ -328,14 +331,21 @@ class _Loop:
         with self.autocast:
             generation = complete(self.model, self.prompt, self.s.sample_tokens, self.s.temperature, self.s.top_k,
                                   seed=self.s.seed + step, device=self.device)
-        self.client.log_text(self.run_id, f"{self.prompt}{generation}\n", f"samples/step_{step:06d}.txt")
-        self.client.log_table(self.run_id, {"step": [step], "prompt": [self.prompt], "generation": [generation]},
-                              artifact_file="samples.json")
         log.info("sample at step %d: %r", step, (self.prompt + generation)[:200])
+        # Metrics first: once this step's sample is stored, a resume knows the step was logged.
+        if not self.metrics.flush():
+            return  # the tracking store is away: this sample is skipped, training goes on
+        try:
+            self.client.log_text(self.run_id, f"{self.prompt}{generation}\n", f"samples/step_{step:06d}.txt")
+            self.client.log_table(self.run_id, {"step": [step], "prompt": [self.prompt], "generation": [generation]},
+                                  artifact_file="samples.json")
+        except Exception as error:
+            log.warning("sample at step %d not stored (%s)", step, str(error).splitlines()[0][:200])
 
-    def _checkpoint(self, step: int) -> None:
-        self.metrics.flush()
-        checkpoints.log(self.client, self.run_id, {
+    def _checkpoint(self, step: int, must_arrive: bool = False) -> None:
+        """Store a checkpoint in the run. A full disk stops training (CheckpointError); a tracking store that is
+        away only skips it, unless it must arrive (the last step, or a stop), when it is retried."""
+        state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "step": step,
@@ -343,7 +353,19 @@ class _Loop:
             "rng": torch.get_rng_state(),
             "settings": asdict(self.s),
             "model_config": asdict(self.model.config),
-        })
+        }
+        self.metrics.flush()
+        if must_arrive:
+            tracking.retry_until_sent(lambda: checkpoints.log(self.client, self.run_id, state),
+                                      f"the checkpoint of step {step}")
+            return
+        try:
+            checkpoints.log(self.client, self.run_id, state)
+        except CheckpointError:
+            raise
+        except Exception as error:
+            log.warning("checkpoint of step %d not stored (%s); the next one will be", step,
+                        str(error).splitlines()[0][:200])
 
     def _memory(self) -> dict[str, float]:
         peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
