@@ -66,7 +66,7 @@ def load(path: Path) -> dict:
     return state
 
 
-def log(client, run_id: str, state: dict) -> None:
+def store(client, run_id: str, state: dict) -> None:
     """Save the state as the run's checkpoints/step_NNNNNNNN.pt (+ .sha256) and drop all but the newest KEEP."""
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / file_name(state["step"])

@@ -126,9 +126,12 @@ def fetch(spec: str, cache: Path | None = None, registry: dict[str, CorpusEntry]
                         entry.prompt, entry.source)
     if all(p.exists() for p in wanted.values()) and _checksum_ok(entry, wanted["train"]):
         return FetchResult(corpus, "already present")
-    folder.mkdir(parents=True, exist_ok=True)
-    if _copy_from_mirror(entry, wanted):
-        return FetchResult(corpus, "copied from mirror")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if _copy_from_mirror(entry, wanted):
+            return FetchResult(corpus, "copied from mirror")
+    except OSError as error:  # a full disk or a read-only cache
+        raise CorpusError(f"could not write {entry.name} to {folder}: {error.strerror or error}") from None
     if entry.url:
         _download_url(entry, wanted["train"])
     else:

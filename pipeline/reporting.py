@@ -264,8 +264,8 @@ def swept_params(runs: Sequence[RunCurves]) -> list[str]:
     """The settings whose values differ across runs, in SWEEP_PREFERENCE order. A model-size change shows as
     MODEL_SIZE when every run logged it, else as the first differing of config, n_layer, n_head, n_embd."""
 
-    def differs(key: str) -> bool:
-        return len({_normal(run.value(key)) for run in runs}) > 1
+    def differs(key: str) -> bool:  # runs that did not log the key (failed at start, say) do not count
+        return len({_normal(run.value(key)) for run in runs} - {None}) > 1
 
     swept = []
     size_keys = [key for key in MODEL_SIZE_PARAMS if differs(key)]
@@ -292,6 +292,7 @@ def run_table(runs: Sequence[RunCurves], swept: Sequence[str] = ()) -> pd.DataFr
             "tokens_seen": run.tokens_seen, "diagnosis": diagnosis,
         })
     table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+    table["tokens_seen"] = table["tokens_seen"].astype("Int64")  # whole numbers, blank where unknown
     keys = [run_key for run_key in swept if run_key in table] + ["run_name"]
     order = sorted(range(len(runs)), key=lambda i: tuple(_sort_key(table.iloc[i][k]) for k in keys))
     return table.iloc[order].reset_index(drop=True)
@@ -357,7 +358,8 @@ def _plot_loss_curves(runs: Sequence[RunCurves], path: Path) -> None:
             x = run.tokens_at(steps) if by_tokens else steps
             ax.plot(x, [v for _, v in curve], linestyle=style, color=colour, linewidth=1.4,
                     marker="o" if style == "--" else None, markersize=3)
-        handles.append(Line2D([], [], color=colour, linewidth=2, label=run.name))
+        label = run.name if run.train or run.val else f"{run.name} (no losses logged)"
+        handles.append(Line2D([], [], color=colour, linewidth=2, label=label))
     handles += [Line2D([], [], color="none", label=""),
                 Line2D([], [], color="black", linestyle="-", label="train loss"),
                 Line2D([], [], color="black", linestyle="--", marker="o", markersize=3, label="val loss")]
@@ -374,6 +376,7 @@ def _plot_loss_curves(runs: Sequence[RunCurves], path: Path) -> None:
 def _plot_final_val(runs: Sequence[RunCurves], swept: Sequence[str], path: Path) -> None:
     with_val = [run for run in runs if run.final_val is not None]
     x_key = swept[0] if swept else None
+    with_val = [run for run in with_val if x_key is None or run.value(x_key) is not None]
     numeric = x_key is not None and all(_number(run.value(x_key)) is not None for run in with_val)
     others = [key for key in swept[1:] if not (x_key == MODEL_SIZE and key in MODEL_SIZE_PARAMS)]
     groups: dict[str, list[RunCurves]] = {}
@@ -458,7 +461,7 @@ def _plot_scaling(runs: Sequence[RunCurves], path: Path) -> tuple[float | None, 
 
 def _markdown(table: pd.DataFrame) -> str:
     def cell(value) -> str:
-        if value is None or (isinstance(value, float) and math.isnan(value)):
+        if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
             return ""
         if isinstance(value, float):
             return f"{value:.4f}"

@@ -205,6 +205,14 @@ def tokenize(
     else:
         plan, split_rule = _split_plan(corpus.train, val_fraction)
 
+    try:
+        return TokenizeResult(_write_shards(enc, corpus, plan, split_rule, key, folder, shard_tokens), skipped=False)
+    except OSError as error:  # a full disk, a read-only folder: the old shards, if any, are untouched
+        raise CorpusError(f"could not write the shards of {corpus.name} to {folder}: {error.strerror or error}") from None
+
+
+def _write_shards(enc, corpus: CorpusText, plan: dict, split_rule: str, key: dict, folder: Path,
+                  shard_tokens: int) -> Shards:
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{corpus.name}."))
     try:
@@ -237,7 +245,7 @@ def tokenize(
         _replace_folder(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return TokenizeResult(load_shards(folder), skipped=False)
+    return load_shards(folder)
 
 
 def _replace_folder(staging: Path, folder: Path) -> None:

@@ -356,11 +356,11 @@ class _Loop:
         }
         self.metrics.flush()
         if must_arrive:
-            tracking.retry_until_sent(lambda: checkpoints.log(self.client, self.run_id, state),
+            tracking.retry_until_sent(lambda: checkpoints.store(self.client, self.run_id, state),
                                       f"the checkpoint of step {step}")
             return
         try:
-            checkpoints.log(self.client, self.run_id, state)
+            checkpoints.store(self.client, self.run_id, state)
         except CheckpointError:
             raise
         except Exception as error:
