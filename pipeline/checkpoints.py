@@ -14,6 +14,7 @@ import logging
 import re
 import tempfile
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 
@@ -44,6 +45,9 @@ def save(path: Path, state: dict) -> None:
             tmp.write_text(f"{digest}  {path.name}\n")
     except OSError as error:
         raise CheckpointError(f"could not write checkpoint {path}: {error.strerror or error}") from None
+    except RuntimeError as error:  # torch's zip writer reports a failed write (a full disk) as a RuntimeError
+        reason = (str(error).strip().splitlines() or ["write failed"])[-1][:200]
+        raise CheckpointError(f"could not write checkpoint {path} (is the disk full?): {reason}") from None
 
 
 def load(path: Path) -> dict:
@@ -98,9 +102,12 @@ def load_from_run(run_id: str, client=None) -> dict:
     if not steps:
         raise CheckpointError(f"run {run_id} has no checkpoint: it is not a training run, or it never saved one")
     problems = []
+    in_place = _local_artifact_dir(client.get_run(run_id).info.artifact_uri)
     with tempfile.TemporaryDirectory() as folder:
         for step in reversed(steps):
             try:
+                if in_place:  # a store on this machine: read the file where it is, no copy
+                    return load(in_place / ARTIFACT_DIR / file_name(step))
                 local = {}
                 for name in (file_name(step), file_name(step) + ".sha256"):
                     local[name] = mlflow.artifacts.download_artifacts(
@@ -117,6 +124,13 @@ def load_from_run(run_id: str, client=None) -> dict:
 def _logged_steps(client, run_id: str) -> list[int]:
     names = [Path(a.path).name for a in client.list_artifacts(run_id, ARTIFACT_DIR)]
     return sorted(int(m.group(1)) for m in map(_NAME.match, names) if m)
+
+
+def _local_artifact_dir(artifact_uri: str) -> Path | None:
+    parsed = urlparse(artifact_uri)
+    if parsed.scheme in ("", "file"):
+        return Path(parsed.path)
+    return None
 
 
 def _checksum_path(path: Path) -> Path:

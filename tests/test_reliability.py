@@ -114,7 +114,7 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_old_checkpoin
     result = subprocess.run([sys.executable, "-m", "pipeline.train", "--resume", run.info.run_id], cwd=os.getcwd(),
                             env=env, capture_output=True, text=True, preexec_fn=_file_size_limit(4 << 20),
                             timeout=300)
-    assert_one_line_error(result, "could not write checkpoint", "File too large")
+    assert_one_line_error(result, "could not write checkpoint")
     assert client.get_run(run.info.run_id).info.status == "FAILED"
     assert checkpoints.load_from_run(run.info.run_id, client)["step"] == stopped_at  # the earlier one is intact
 
@@ -202,7 +202,7 @@ def test_two_sweeps_and_a_run_writing_to_one_store_lose_nothing(store, tmp_path)
     processes = [subprocess.Popen([sys.executable, "-m", "pipeline.sweep", "--name", name, "--file", str(path),
                                    "--workers", "2"], env=env, cwd=os.getcwd(), stdout=subprocess.DEVNULL,
                                   stderr=subprocess.PIPE, text=True) for name in ("one", "two")]
-    processes.append(start_train(store, *LONG_RUN, "--max-steps", "15", "--run-name", "single"))
+    processes.append(start_train(store, *LONG_RUN, "--max-steps", "15", "--eval-interval", "5", "--run-name", "single"))
     for process in processes:
         _, err = process.communicate(timeout=300)
         assert process.returncode == 0, err[-2000:]
