@@ -28,7 +28,7 @@ def main(run_id, prompt, max_new_tokens, temperature, top_k, seed, device):
         raise SettingsError("prompt is empty: give some text to continue")
     torch_device = pick_device(device)
     model = model_from_run(run_id, torch_device)
-    click.echo(prompt + complete(model, prompt, max_new_tokens, temperature, top_k, seed, torch_device))
+    click.echo(prompt + complete(model, prompt, max_new_tokens, temperature, top_k, seed, torch_device).text)
 
 
 if __name__ == "__main__":

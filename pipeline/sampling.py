@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from model import GPT, GPTConfig
@@ -10,9 +12,15 @@ from pipeline.errors import SettingsError
 from pipeline.shards import encoding
 
 
+@dataclass(frozen=True)
+class Completion:
+    text: str  # the continuation, without the prompt
+    tokens: list[int]
+
+
 def complete(model: GPT, prompt: str, max_new_tokens: int, temperature: float, top_k: int, seed: int,
-             device: torch.device) -> str:
-    """The model's continuation of prompt (the prompt itself not included); the same seed gives the same text."""
+             device: torch.device) -> Completion:
+    """The model's continuation of prompt; the same seed gives the same text."""
     enc = encoding()
     prompt_ids = enc.encode_ordinary(prompt) or [enc.eot_token]
     if len(prompt_ids) > model.config.context_length:
@@ -25,7 +33,8 @@ def complete(model: GPT, prompt: str, max_new_tokens: int, temperature: float, t
     out = model.generate(torch.tensor([prompt_ids], device=device), max_new_tokens,
                          temperature=temperature, top_k=top_k or None, generator=generator)
     model.train(was_training)
-    return enc.decode(out[0, len(prompt_ids):].tolist())
+    tokens = out[0, len(prompt_ids):].tolist()
+    return Completion(enc.decode(tokens), tokens)
 
 
 def model_from_run(run_id: str, device: torch.device) -> GPT:

@@ -18,8 +18,10 @@ from model import GPT
 from pipeline import checkpoints, tracking
 from pipeline.batches import ValWindows, WindowSampler
 from pipeline.corpora import PROJECT_DIR, fetch
+from pipeline.diagnosis import diagnose_run, tag_run
 from pipeline.errors import CheckpointError, LabError, SettingsError, TrainingError
 from pipeline.settings import TrainSettings, short_number
+from pipeline.novelty import NgramIndex
 from pipeline.sampling import complete
 from pipeline.shards import encoding, tokenize
 
@@ -182,7 +184,7 @@ def train(settings: TrainSettings) -> TrainResult:
                  run_id, settings.config, f"{n_params:,}", f"{n_params_non_embedding:,}", total_steps,
                  tokens_per_step, device)
         loop = _Loop(settings, client, run_id, step_model, model, optimizer, sampler, val, device,
-                     total_steps, tokens_per_step, prompt, skip_through)
+                     total_steps, tokens_per_step, prompt, skip_through, NgramIndex.load_or_build(shards))
         result = loop.run(start_step)
     except TrainingInterrupted:
         tracking.finish_run(client, run_id, tracking.STATUS_KILLED)
@@ -195,6 +197,9 @@ def train(settings: TrainSettings) -> TrainResult:
         client.set_tag(run_id, "error", f"{type(error).__name__}: {error}"[:5000])
         tracking.finish_run(client, run_id, tracking.STATUS_FAILED)
         raise
+    diagnosis = diagnose_run(client, run_id)
+    tag_run(client, run_id, diagnosis)
+    log.info("diagnosis: %s (%s)", diagnosis.tag, diagnosis.detail)
     tracking.retry_until_sent(lambda: tracking.finish_run(client, run_id, tracking.STATUS_FINISHED), "the run's end")
     return result
 
@@ -203,7 +208,7 @@ class _Loop:
     """One run's loop state: the model, its optimizer and where in the data stream it stands."""
 
     def __init__(self, settings, client, run_id, step_model, model, optimizer, sampler, val, device,
-                 total_steps, tokens_per_step, prompt, skip_through):
+                 total_steps, tokens_per_step, prompt, skip_through, ngrams):
         self.s = settings
         self.client = client
         self.run_id = run_id
@@ -217,6 +222,7 @@ class _Loop:
         self.tokens_per_step = tokens_per_step
         self.prompt = prompt
         self.skip_through = skip_through
+        self.ngrams = ngrams  # the train split's 8-grams: how much of a sample is copied
         self.metrics = tracking.MetricBuffer(client, run_id, skip_through=skip_through)
         self.autocast, self.scaler = _mixed_precision(device)
         self.stop_requested = False
@@ -329,9 +335,14 @@ class _Loop:
         if step <= self.skip_through:
             return
         with self.autocast:
-            generation = complete(self.model, self.prompt, self.s.sample_tokens, self.s.temperature, self.s.top_k,
+            completion = complete(self.model, self.prompt, self.s.sample_tokens, self.s.temperature, self.s.top_k,
                                   seed=self.s.seed + step, device=self.device)
-        log.info("sample at step %d: %r", step, (self.prompt + generation)[:200])
+        generation = completion.text
+        novelty = self.ngrams.novelty(completion.tokens)
+        if novelty is not None:
+            self.metrics.log(step, novelty=novelty)
+        log.info("sample at step %d (novelty %s): %r", step, "n/a" if novelty is None else f"{novelty:.2f}",
+                 (self.prompt + generation)[:200])
         # Metrics first: once this step's sample is stored, a resume knows the step was logged.
         if not self.metrics.flush():
             return  # the tracking store is away: this sample is skipped, training goes on
