@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -65,7 +65,7 @@ def plan(client: MlflowClient, sweep: Sweep) -> list[PlannedRun]:
 
 
 def train_command(point: SweepPoint) -> list[str]:
-    return [sys.executable, "-m", "pipeline.train", *settings_to_args(point.settings)]
+    return [sys.executable, "-m", "pipeline.train", *settings_to_args(replace(point.settings, run_name=point.name))]
 
 
 def run_sweep(client: MlflowClient, sweep: Sweep, workers: int = 1) -> SweepResult:

@@ -25,6 +25,8 @@ def main(**options):
     except TrainingInterrupted as stopped:
         click.echo(str(stopped), err=True)
         raise SystemExit(130)
+    if not result.main_process:
+        return
     val = f", val_loss {result.val_loss:.4f}" if result.val_loss is not None else ""
     click.echo(f"run {result.run_id} finished: {result.steps} steps, train_loss {result.train_loss:.4f}{val}")
 

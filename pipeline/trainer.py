@@ -13,12 +13,14 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from model import GPT
-from pipeline import checkpoints, tracking
+from pipeline import checkpoints, distributed, tracking
 from pipeline.batches import ValWindows, WindowSampler
 from pipeline.corpora import PROJECT_DIR, fetch
 from pipeline.diagnosis import diagnose_run, tag_run
+from pipeline.distributed import World
 from pipeline.errors import CheckpointError, LabError, SettingsError, TrainingError
 from pipeline.settings import TrainSettings, short_number
 from pipeline.novelty import NgramIndex
@@ -30,6 +32,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainResult:
+    main_process: bool  # False on the other processes of a torchrun group, which report nothing
     run_id: str
     steps: int
     tokens_seen: int
@@ -104,36 +107,56 @@ def default_run_name(settings: TrainSettings, corpus_label: str) -> str:
 
 def train(settings: TrainSettings) -> TrainResult:
     """Train as settings say (or resume settings.resume), tracked in MLflow. Raises LabError subclasses for
-    bad input and TrainingInterrupted on Ctrl-C or SIGTERM."""
-    client = tracking.connect()
+    bad input and TrainingInterrupted on Ctrl-C or SIGTERM. Under torchrun, every process calls this."""
+    world = distributed.join(settings.device)
+    try:
+        result = _train(settings, world)
+        world.share(None)  # leave together: a process that leaves early can bring the others down
+        return result
+    finally:
+        distributed.leave(world)
+
+
+def _train(settings: TrainSettings, world: World) -> TrainResult:
+    client = tracking.connect() if world.is_main else None
     resume_state = None
     if settings.resume:
-        tracking.get_run(client, settings.resume)
-        resume_state = checkpoints.load_from_run(settings.resume)
+        if world.is_main:
+            tracking.get_run(client, settings.resume)
+            resume_state = checkpoints.load_from_run(settings.resume, client)
+        resume_state = world.share(resume_state)
         saved = TrainSettings(**resume_state["settings"])
         settings = replace(saved, resume=settings.resume, device=settings.device)
     settings.validate()
+    if settings.grad_accum % world.world_size:
+        raise SettingsError(f"grad_accum ({settings.grad_accum}) must be a multiple of the number of processes "
+                            f"({world.world_size}), so the effective batch stays the same")
     device = pick_device(settings.device)
+    if device.type == "cuda" and world.active:
+        device = torch.device("cuda", world.local_rank)
     model_config = settings.model_config()
 
+    if world.is_main:  # one process downloads and tokenizes; the others then find it done
+        fetched = fetch(settings.corpus)
+        tokenize(fetched.corpus)
+    world.share(None)
     fetched = fetch(settings.corpus)
     prompt = settings.prompt or fetched.corpus.prompt
     prompt_tokens = len(encoding().encode_ordinary(prompt))
     if prompt_tokens >= model_config.context_length:
         raise SettingsError(f"prompt has {prompt_tokens} tokens; it must be shorter than the context "
                             f"({model_config.context_length})")
-    if fetched.action != "already present" and fetched.action != "local":
+    if fetched.action not in ("already present", "local"):
         log.info("corpus %s: %s", fetched.corpus.name, fetched.action)
     shards = tokenize(fetched.corpus).shards
     train_split, val_split = shards.split("train"), shards.split("val")
     sampler = WindowSampler(train_split, model_config.context_length, settings.stride, settings.seed)
     val = ValWindows.build(val_split, model_config.context_length, settings.val_windows)
-    if sampler.length < model_config.context_length:
+    if sampler.length < model_config.context_length and world.is_main:
         log.warning("the train split has %d tokens, fewer than the context (%d) + 1: windows shrink to %d",
                     shards.train_tokens, model_config.context_length, sampler.length)
     total_steps = total_steps_for(settings, sampler.n_windows, sampler.length)
-    windows_per_step = settings.batch_size * settings.grad_accum
-    tokens_per_step = windows_per_step * sampler.length
+    tokens_per_step = settings.batch_size * settings.grad_accum * sampler.length  # all processes together
 
     torch.manual_seed(settings.seed)
     model = GPT(model_config).to(device)
@@ -146,19 +169,23 @@ def train(settings: TrainSettings) -> TrainResult:
         torch.set_rng_state(resume_state["rng"])
     n_params, n_params_non_embedding = model.num_params(), model.num_params(non_embedding=True)
     step_model = torch.compile(model) if settings.compile else model
+    if world.active:
+        step_model = DistributedDataParallel(step_model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    corpus_label = fetched.corpus.name.split("-")[0] if fetched.action == "local" else fetched.corpus.name
-    if resume_state is not None:
-        run_id = settings.resume
-        client.update_run(run_id, status="RUNNING")
-        skip_through = tracking.last_logged_step(client, run_id)
-    else:
-        run_name = settings.run_name or default_run_name(settings, corpus_label)
-        run_id = tracking.start_run(client, settings.experiment, run_name,
-                                    tags={"lab.config": settings.config, "lab.corpus": corpus_label})
-        skip_through = -1
+    run_id, skip_through = None, -1
+    if world.is_main:
+        corpus_label = fetched.corpus.name.split("-")[0] if fetched.action == "local" else fetched.corpus.name
+        if resume_state is not None:
+            run_id = settings.resume
+            client.update_run(run_id, status="RUNNING")
+            skip_through = tracking.last_logged_step(client, run_id)
+        else:
+            run_name = settings.run_name or default_run_name(settings, corpus_label)
+            run_id = tracking.start_run(client, settings.experiment, run_name,
+                                        tags={"lab.config": settings.config, "lab.corpus": corpus_label})
+    run_id = world.share(run_id)
     try:
-        if resume_state is None:
+        if world.is_main and resume_state is None:
             tracking.log_params_once(client, run_id, {
                 **settings.as_params(),
                 **{k: str(v) for k, v in asdict(model_config).items()},
@@ -170,6 +197,7 @@ def train(settings: TrainSettings) -> TrainResult:
                 "train_windows": str(sampler.n_windows),
                 "total_steps": str(total_steps),
                 "tokens_per_step": str(tokens_per_step),
+                "world_size": str(world.world_size),
                 "n_params": str(n_params),
                 "n_params_non_embedding": str(n_params_non_embedding),
                 "device": str(device),
@@ -180,36 +208,40 @@ def train(settings: TrainSettings) -> TrainResult:
             client.log_inputs(run_id, datasets=[
                 tracking.dataset_input(fetched.corpus.name, fetched.corpus.source, shards.tokens_sha256)
             ])
-        log.info("run %s: %s, %s parameters (%s non-embedding), %d steps of %d tokens on %s",
-                 run_id, settings.config, f"{n_params:,}", f"{n_params_non_embedding:,}", total_steps,
-                 tokens_per_step, device)
-        loop = _Loop(settings, client, run_id, step_model, model, optimizer, sampler, val, device,
-                     total_steps, tokens_per_step, prompt, skip_through, NgramIndex.load_or_build(shards))
+        if world.is_main:
+            log.info("run %s: %s, %s parameters (%s non-embedding), %d steps of %d tokens on %s%s",
+                     run_id, settings.config, f"{n_params:,}", f"{n_params_non_embedding:,}", total_steps,
+                     tokens_per_step, device, f" x {world.world_size} processes" if world.active else "")
+        ngrams = NgramIndex.load_or_build(shards) if world.is_main else None
+        loop = _Loop(settings, world, client, run_id, step_model, model, optimizer, sampler, val, device,
+                     total_steps, tokens_per_step, prompt, skip_through, ngrams)
         result = loop.run(start_step)
     except TrainingInterrupted:
-        tracking.finish_run(client, run_id, tracking.STATUS_KILLED)
-        raise
-    except LabError as error:
-        client.set_tag(run_id, "error", str(error)[:5000])
-        tracking.finish_run(client, run_id, tracking.STATUS_FAILED)
+        if world.is_main:
+            tracking.finish_run(client, run_id, tracking.STATUS_KILLED)
         raise
     except BaseException as error:
-        client.set_tag(run_id, "error", f"{type(error).__name__}: {error}"[:5000])
-        tracking.finish_run(client, run_id, tracking.STATUS_FAILED)
+        if world.is_main:
+            message = str(error) if isinstance(error, LabError) else f"{type(error).__name__}: {error}"
+            client.set_tag(run_id, "error", message[:5000])
+            tracking.finish_run(client, run_id, tracking.STATUS_FAILED)
         raise
-    diagnosis = diagnose_run(client, run_id)
-    tag_run(client, run_id, diagnosis)
-    log.info("diagnosis: %s (%s)", diagnosis.tag, diagnosis.detail)
-    tracking.retry_until_sent(lambda: tracking.finish_run(client, run_id, tracking.STATUS_FINISHED), "the run's end")
+    if world.is_main:
+        diagnosis = diagnose_run(client, run_id)
+        tag_run(client, run_id, diagnosis)
+        log.info("diagnosis: %s (%s)", diagnosis.tag, diagnosis.detail)
+        tracking.retry_until_sent(lambda: tracking.finish_run(client, run_id, tracking.STATUS_FINISHED),
+                                  "the run's end")
     return result
 
 
 class _Loop:
     """One run's loop state: the model, its optimizer and where in the data stream it stands."""
 
-    def __init__(self, settings, client, run_id, step_model, model, optimizer, sampler, val, device,
+    def __init__(self, settings, world, client, run_id, step_model, model, optimizer, sampler, val, device,
                  total_steps, tokens_per_step, prompt, skip_through, ngrams):
         self.s = settings
+        self.world = world
         self.client = client
         self.run_id = run_id
         self.step_model = step_model
@@ -223,7 +255,9 @@ class _Loop:
         self.prompt = prompt
         self.skip_through = skip_through
         self.ngrams = ngrams  # the train split's 8-grams: how much of a sample is copied
-        self.metrics = tracking.MetricBuffer(client, run_id, skip_through=skip_through)
+        self.main = world.is_main  # only rank 0 evaluates, samples, logs and checkpoints
+        self.metrics = tracking.MetricBuffer(client, run_id, skip_through=skip_through) if self.main else None
+        self.micro_steps = settings.grad_accum // world.world_size
         self.autocast, self.scaler = _mixed_precision(device)
         self.stop_requested = False
 
@@ -242,13 +276,17 @@ class _Loop:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 loss_sum = torch.zeros((), device=self.device)
-                for micro in range(s.grad_accum):
-                    position = step * s.batch_size * s.grad_accum + micro * s.batch_size
-                    x, y = self.sampler.batch(position, s.batch_size)
+                for micro in range(self.micro_steps):
+                    # process r takes micro-batches r, r + N, ...: together exactly the single process's windows
+                    index = micro * self.world.world_size + self.world.rank
+                    x, y = self.sampler.batch(step * s.batch_size * s.grad_accum + index * s.batch_size,
+                                              s.batch_size)
                     x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-                    with self.autocast:
+                    last_micro = micro == self.micro_steps - 1
+                    sync = self.step_model.no_sync() if self.world.active and not last_micro else nullcontext()
+                    with sync, self.autocast:
                         _, loss = self.step_model(x, y)
-                    loss = loss / s.grad_accum
+                        loss = loss / self.micro_steps
                     (self.scaler.scale(loss) if self.scaler else loss).backward()
                     loss_sum += loss.detach()
                 if self.scaler:
@@ -268,34 +306,38 @@ class _Loop:
 
                 is_last = step == self.total_steps
                 logs_now = is_last or (s.log_interval and step % s.log_interval == 0)
-                if logs_now or self.device.type == "cpu":  # on CPU reading the loss costs no sync
-                    train_loss = loss_sum.item()
+                # On one CPU process reading the loss every step costs no sync; elsewhere only when logging.
+                if logs_now or (self.device.type == "cpu" and not self.world.active):
+                    train_loss = self.world.mean(loss_sum).item()
                     if not math.isfinite(train_loss):
                         raise TrainingError(
                             f"loss became {train_loss} at step {step}: lower --lr or raise --warmup-steps"
                         )
-                if logs_now:
+                if logs_now and self.main:
                     tokens_per_sec = window_tokens / train_seconds
                     self.metrics.log(step, train_loss=train_loss, lr=lr, grad_norm=float(grad_norm),
                                      tokens_per_sec=tokens_per_sec, tokens_seen=step * self.tokens_per_step,
                                      **self._memory())
                     log.info("step %d/%d  loss %.4f  lr %.2e  %s tok/s", step, self.total_steps, train_loss, lr,
                              f"{tokens_per_sec:,.0f}")
+                if logs_now:
                     train_seconds, window_tokens = 0.0, 0
-                if is_last or (s.eval_interval and step % s.eval_interval == 0):
+                if self.main and (is_last or (s.eval_interval and step % s.eval_interval == 0)):
                     val_loss = self._evaluate()
                     self.metrics.log(step, val_loss=val_loss, val_perplexity=math.exp(min(val_loss, 50.0)))
                     log.info("step %d  val_loss %.4f", step, val_loss)
-                if is_last or (s.sample_interval and step % s.sample_interval == 0):
+                if self.main and (is_last or (s.sample_interval and step % s.sample_interval == 0)):
                     self._sample(step)
-                if self.stop_requested or is_last:
+                stopping = self.world.any(self.stop_requested)
+                if self.main and (stopping or is_last):
                     self._checkpoint(step, must_arrive=True)
                     tracking.retry_until_sent(self.metrics.flush, "the run's metrics")
-                    if not is_last:
-                        raise TrainingInterrupted(self.run_id, step)
-                elif s.checkpoint_interval and step % s.checkpoint_interval == 0:
+                elif self.main and s.checkpoint_interval and step % s.checkpoint_interval == 0:
                     self._checkpoint(step)
-                self.metrics.maybe_flush()
+                if stopping and not is_last:
+                    raise TrainingInterrupted(self.run_id, step)
+                if self.main:
+                    self.metrics.maybe_flush()
         except RuntimeError as error:  # torch.OutOfMemoryError on GPUs; a plain RuntimeError from the CPU allocator
             if not _is_out_of_memory(error):
                 raise
@@ -306,8 +348,9 @@ class _Loop:
         finally:
             for sig, handler in previous_handlers.items():
                 signal.signal(sig, handler)
-            self.metrics.flush()
-        return TrainResult(self.run_id, step, step * self.tokens_per_step, train_loss, val_loss, "FINISHED")
+            if self.main:
+                self.metrics.flush()
+        return TrainResult(self.main, self.run_id, step, step * self.tokens_per_step, train_loss, val_loss, "FINISHED")
 
     def _request_stop(self, signum, frame) -> None:
         if self.stop_requested:  # a second Ctrl-C: stop now, without the checkpoint

@@ -118,6 +118,11 @@ def test_smoke_sweep_with_two_workers_nests_runs_loses_nothing_and_reruns_skip(s
         assert sorted(m.step for m in client.get_metric_history(child.info.run_id, "val_loss")) == [3, 6]
         assert child.data.tags["lab.role"] == CHILD_ROLE
 
+    report = {a.path for a in client.list_artifacts(result.parent_run_id, "report")}
+    assert {"report/loss_curves.png", "report/final_val_loss.png", "report/runs.csv", "report/runs.md"} <= report
+    assert all(path.stat().st_size > 0 for path in result.report_files)
+    assert all(c.data.tags.get("diagnosis") for c in children)
+
     again = run_sweep(client, sweep, workers=2)
     assert again.parent_run_id == result.parent_run_id
     assert all(c.skipped for c in again.children)
