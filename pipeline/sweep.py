@@ -5,7 +5,7 @@ import click
 from pipeline import tracking
 from pipeline.errors import run_cli
 from pipeline.experiments import EXPERIMENTS_PATH, load_sweep
-from pipeline.sweeps import describe, plan, run_sweep
+from pipeline.sweeps import describe, plan, run_sweep, scheduler_commands
 
 
 @click.command()
@@ -16,7 +16,10 @@ from pipeline.sweeps import describe, plan, run_sweep
               help="Runs trained at once, each in its own process.")
 @click.option("--dry-run", type=bool, is_flag=False, flag_value=True, default=False, show_default=True,
               help="List the runs the sweep would make, and which are already finished, without running.")
-def main(name, path, workers, dry_run):
+@click.option("--print-commands", type=bool, is_flag=False, flag_value=True, default=False, show_default=True,
+              help="Print one shell command per run not yet finished, for a scheduler (Slurm, Kubernetes) to run "
+                   "against the same tracking server; run the sweep again afterwards for its report.")
+def main(name, path, workers, dry_run, print_commands):
     """Run every point of a sweep as a child of one parent MLflow run.
 
     The whole experiments file is checked first. Points that already FINISHED with the same settings are
@@ -29,6 +32,10 @@ def main(name, path, workers, dry_run):
     """
     sweep = load_sweep(name, path)
     client = tracking.connect()
+    if print_commands:
+        for command in scheduler_commands(client, sweep):
+            click.echo(command)
+        return
     if dry_run:
         for line in describe(plan(client, sweep)):
             click.echo(line)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -196,6 +197,28 @@ def _report(client: MlflowClient, parent_id: str, run_ids: list[str], sweep: Swe
         log.warning("report for sweep %s failed: %s", sweep.name, error)
         return ()
     return tuple(report.files)
+
+
+def scheduler_commands(client: MlflowClient, sweep: Sweep) -> list[str]:
+    """One self-contained shell command per point not yet finished, for a scheduler to run anywhere that
+    reaches the same tracking server. Each logs into a child run made now (status SCHEDULED) under the parent;
+    running the sweep again afterwards finds them finished and only writes the report."""
+    experiment_id = tracking.experiment_id(client, sweep.points[0].settings.experiment)
+    parent_id = _parent_run(client, sweep, experiment_id)
+    commands = []
+    for item in plan(client, sweep):
+        if item.finished_run_id:
+            continue
+        run_id = _create_child(client, sweep, item.point, parent_id, experiment_id)
+        client.update_run(run_id, status="SCHEDULED")
+        env = f"MLFLOW_TRACKING_URI={shlex.quote(tracking.tracking_uri())} MLFLOW_RUN_ID={run_id}"
+        commands.append(f"cd {shlex.quote(str(PROJECT_DIR))} && {env} python -m pipeline.train "
+                        + shlex.join(train_command(item.point)[3:]))
+    if commands:
+        client.update_run(parent_id, status="SCHEDULED")
+    else:
+        tracking.finish_run(client, parent_id, tracking.STATUS_FINISHED)
+    return commands
 
 
 def describe(planned: list[PlannedRun]) -> list[str]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,8 @@ from mlflow.tracking import MlflowClient
 
 from pipeline import checkpoints
 from pipeline.errors import CheckpointError
-from tests.conftest import PROJECT_DIR, TINY_MODEL, assert_one_line_error, run_module
+from tests.conftest import (PROJECT_DIR, TINY_MODEL, assert_one_line_error, free_port, run_module, start_server,
+                            stop_server)
 
 LONG_RUN = ["--corpus", "tiny", *TINY_MODEL, "--epochs", "1000", "--lr", "1e-2", "--warmup-steps", "5",
             "--log-interval", "1", "--eval-interval", "20", "--sample-interval", "0", "--dropout", "0.1"]
@@ -130,36 +130,6 @@ def test_a_full_disk_while_tokenizing_is_one_line_and_leaves_no_half_shards(tmp_
     assert_one_line_error(result, "could not write", "File too large")
     assert sorted((tmp_path / "cache" / "shards" / "shakespeare").iterdir()) == before
     assert not [p for p in (tmp_path / "cache" / "shards").iterdir() if p.name.startswith(".")]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(folder: Path, port: int) -> subprocess.Popen:
-    mlflow_cli = Path(sys.executable).parent / "mlflow"
-    process = subprocess.Popen(
-        [str(mlflow_cli), "server", "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
-         "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return process
-        except OSError:
-            time.sleep(0.5)
-    stop_server(process)
-    raise AssertionError("mlflow server did not start")
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    os.killpg(process.pid, signal.SIGTERM)
-    process.wait(timeout=30)
 
 
 def test_training_survives_the_tracking_server_going_away(tmp_path, corpus_cache):
