@@ -173,6 +173,16 @@ def test_bad_input_is_one_line_and_leaves_no_run_running(store, args, message):
     assert "RUNNING" not in run_statuses(store)
 
 
+def test_resume_and_generate_refuse_runs_they_cannot_use(store):
+    client = MlflowClient(store)
+    not_training = client.create_run(client.create_experiment("other")).info.run_id
+    client.set_terminated(not_training)
+    for module, args in (("pipeline.train", ["--resume"]), ("pipeline.generate", ["--run-id"])):
+        assert_one_line_error(run_module(module, *args, "f" * 32, cwd=os.getcwd()), "no MLflow run with id")
+        assert_one_line_error(run_module(module, *args, not_training, cwd=os.getcwd()), "has no checkpoint")
+    assert "RUNNING" not in run_statuses(store)
+
+
 def test_non_finite_loss_stops_at_once_and_fails_the_run(store):
     result = run_module("pipeline.train", "--corpus", "tiny", *TINY_MODEL, "--max-steps", "50", "--lr", "1e30",
                         "--warmup-steps", "0", "--min-lr", "0", cwd=os.getcwd())
