@@ -1,0 +1,74 @@
+"""Every command in docs/guide.md runs: training commands with a test-sized model and two steps, sweeps as dry
+runs. A command of a form this test does not know fails it, so the guide cannot rot."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import PROJECT_DIR, TINY_MODEL
+
+GUIDE = PROJECT_DIR / "docs" / "guide.md"
+CHEAP_TRAINING = [*TINY_MODEL, "--max-steps", "2", "--eval-interval", "1", "--sample-interval", "2",
+                  "--sample-tokens", "4", "--val-windows", "2"]
+SET_UP = ("python3.11 -m venv", "source .venv/bin/activate")  # run by .ci/run itself
+
+
+def guide_commands() -> list[str]:
+    blocks = re.findall(r"```bash\n(.*?)```", GUIDE.read_text(), flags=re.S)
+    lines = [line.strip() for block in blocks for line in block.splitlines()]
+    return [line.split("  #")[0].strip() for line in lines if line and not line.startswith("#")]
+
+
+def run(args: list[str], cwd) -> subprocess.CompletedProcess:
+    bin_dir = os.path.dirname(sys.executable)
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_DIR), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_the_guide_has_commands_for_every_part():
+    commands = guide_commands()
+    assert any("pipeline.train --config nano --corpus verdict --epochs 3" in c for c in commands)
+    for sweep in ("memorization", "lr_sensitivity", "context_length", "scaling"):
+        assert f"python -m pipeline.sweep --name {sweep}" in commands
+
+
+def test_every_command_in_the_guide_runs(store, tmp_path):
+    client = MlflowClient(store)
+    smoke = run([sys.executable, "-m", "pipeline.sweep", "--name", "smoke"], cwd=tmp_path)
+    assert smoke.returncode == 0, smoke.stderr
+    parent_id = re.search(r"parent run (\w+)", smoke.stdout).group(1)
+    run_id = None
+    for command in guide_commands():
+        if command.startswith(SET_UP):
+            continue
+        words = shlex.split(command)
+        if words[0] == "./run-dashboard.sh":
+            args, cwd = [str(PROJECT_DIR / "run-dashboard.sh"), "--help"], tmp_path
+        elif words[:3] == ["python", "-m", "pipeline.train"]:
+            args, cwd = [sys.executable, *words[1:], *CHEAP_TRAINING], tmp_path
+        elif words[:3] == ["python", "-m", "pipeline.sweep"]:
+            args, cwd = [sys.executable, *words[1:], "--dry-run"], tmp_path
+        elif words[:3] in (["python", "-m", "pipeline.download"], ["python", "-m", "pipeline.tokenize"]):
+            args, cwd = [sys.executable, *words[1:]], tmp_path
+        elif words[:3] == ["python", "-m", "pipeline.generate"]:
+            assert run_id, "the guide generates before it trains"
+            args, cwd = [sys.executable, *[run_id if w == "RUN_ID" else w for w in words[1:]]], tmp_path
+        elif words[:3] == ["python", "-m", "pipeline.report"]:
+            args = [sys.executable, *[parent_id if w == "PARENT_ID" else w for w in words[1:]], "--out",
+                    str(tmp_path / "report")]
+            cwd = tmp_path
+        elif words[:3] == ["mlflow", "run", "."] and "-e" in words and words[words.index("-e") + 1] == "sweep":
+            args, cwd = [*words[:2], str(PROJECT_DIR), *words[3:], "-P", "dry_run=true"], tmp_path
+        else:
+            raise AssertionError(f"the guide has a command this test does not know how to run: {command}")
+        result = run(args, cwd)
+        assert result.returncode == 0, (command, result.stderr[-2000:])
+        if words[:3] == ["python", "-m", "pipeline.train"]:
+            run_id = re.search(r"run (\w+) finished", result.stdout).group(1)
+            assert client.get_run(run_id).info.status == "FINISHED"
