@@ -22,9 +22,10 @@ from pipeline.corpora import PROJECT_DIR, fetch
 from pipeline.diagnosis import diagnose_run, tag_run
 from pipeline.distributed import World
 from pipeline.errors import CheckpointError, LabError, SettingsError, TrainingError
-from pipeline.settings import TrainSettings, short_number
+from pipeline.flops import flops_per_token, mfu, peak_flops
 from pipeline.novelty import NgramIndex
 from pipeline.sampling import complete
+from pipeline.settings import TrainSettings, short_number
 from pipeline.shards import encoding, tokenize
 
 log = logging.getLogger(__name__)
@@ -168,6 +169,8 @@ def _train(settings: TrainSettings, world: World) -> TrainResult:
         start_step = resume_state["step"]
         torch.set_rng_state(resume_state["rng"])
     n_params, n_params_non_embedding = model.num_params(), model.num_params(non_embedding=True)
+    model_flops_per_token = flops_per_token(model_config, sampler.length)
+    peak, peak_source = peak_flops(device) if world.is_main else (0.0, "")
     step_model = torch.compile(model) if settings.compile else model
     if world.active:
         step_model = DistributedDataParallel(step_model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -201,6 +204,9 @@ def _train(settings: TrainSettings, world: World) -> TrainResult:
                 "n_params": str(n_params),
                 "n_params_non_embedding": str(n_params_non_embedding),
                 "device": str(device),
+                "flops_per_token": f"{model_flops_per_token:.4g}",
+                "peak_flops": f"{peak:.4g}",
+                "peak_flops_source": peak_source,
                 "torch_version": torch.__version__,
                 "python_version": platform.python_version(),
                 "git_commit": _git_commit(),
@@ -214,7 +220,8 @@ def _train(settings: TrainSettings, world: World) -> TrainResult:
                      tokens_per_step, device, f" x {world.world_size} processes" if world.active else "")
         ngrams = NgramIndex.load_or_build(shards) if world.is_main else None
         loop = _Loop(settings, world, client, run_id, step_model, model, optimizer, sampler, val, device,
-                     total_steps, tokens_per_step, prompt, skip_through, ngrams)
+                     total_steps, tokens_per_step, prompt, skip_through, ngrams,
+                     peak_flops_per_sec=peak * world.world_size, flops_per_token=model_flops_per_token)
         result = loop.run(start_step)
     except TrainingInterrupted:
         if world.is_main:
@@ -239,7 +246,7 @@ class _Loop:
     """One run's loop state: the model, its optimizer and where in the data stream it stands."""
 
     def __init__(self, settings, world, client, run_id, step_model, model, optimizer, sampler, val, device,
-                 total_steps, tokens_per_step, prompt, skip_through, ngrams):
+                 total_steps, tokens_per_step, prompt, skip_through, ngrams, peak_flops_per_sec, flops_per_token):
         self.s = settings
         self.world = world
         self.client = client
@@ -255,6 +262,8 @@ class _Loop:
         self.prompt = prompt
         self.skip_through = skip_through
         self.ngrams = ngrams  # the train split's 8-grams: how much of a sample is copied
+        self.peak_flops_per_sec = peak_flops_per_sec  # of every process together
+        self.flops_per_token = flops_per_token
         self.main = world.is_main  # only rank 0 evaluates, samples, logs and checkpoints
         self.metrics = tracking.MetricBuffer(client, run_id, skip_through=skip_through) if self.main else None
         self.micro_steps = settings.grad_accum // world.world_size
@@ -317,6 +326,7 @@ class _Loop:
                     tokens_per_sec = window_tokens / train_seconds
                     self.metrics.log(step, train_loss=train_loss, lr=lr, grad_norm=float(grad_norm),
                                      tokens_per_sec=tokens_per_sec, tokens_seen=step * self.tokens_per_step,
+                                     mfu=mfu(tokens_per_sec, self.flops_per_token, self.peak_flops_per_sec),
                                      **self._memory())
                     log.info("step %d/%d  loss %.4f  lr %.2e  %s tok/s", step, self.total_steps, train_loss, lr,
                              f"{tokens_per_sec:,.0f}")

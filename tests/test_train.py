@@ -42,13 +42,14 @@ def test_loss_falls_on_tiny_and_the_run_records_everything(store):
     assert len(losses) == 40
     assert losses[-1] < losses[0] - 3, losses  # from ~10.8 (uniform guessing) to memorising 96 tokens
 
-    for key in ("lr", "grad_norm", "tokens_per_sec", "tokens_seen", "peak_rss_mb"):
+    for key in ("lr", "grad_norm", "tokens_per_sec", "tokens_seen", "peak_rss_mb", "mfu"):
         assert len(client.get_metric_history(result.run_id, key)) == 40, key
     val_steps = [m.step for m in client.get_metric_history(result.run_id, "val_loss")]
     assert sorted(val_steps) == [10, 20, 30, 40]
     assert len(client.get_metric_history(result.run_id, "val_perplexity")) == 4
     tokens_seen = client.get_metric_history(result.run_id, "tokens_seen")
     assert max(m.value for m in tokens_seen) == 40 * 8 * 32
+    assert all(0 < m.value < 1 for m in client.get_metric_history(result.run_id, "mfu"))
 
     params = run.data.params
     for key in ("config", "corpus", "lr", "batch_size", "stride", "seed", "n_layer", "n_head", "n_embd",
