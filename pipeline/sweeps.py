@@ -85,8 +85,10 @@ def run_sweep(client: MlflowClient, sweep: Sweep, workers: int = 1) -> SweepResu
     if todo:
         log.info("sweep %s: %d run(s) to do, %d already finished, %d worker(s)", sweep.name, len(todo),
                  len(planned) - len(todo), workers)
+    child_ids: dict[str, str] = {}
     try:
-        child_ids = {point.key: _create_child(client, sweep, point, parent_id, experiment_id) for point in todo}
+        for point in todo:
+            child_ids[point.key] = _create_child(client, sweep, point, parent_id, experiment_id)
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for outcome in pool.map(lambda p: _run_child(client, p, child_ids[p.key]), todo):
                 outcomes[outcome.point.key] = outcome
@@ -102,6 +104,9 @@ def run_sweep(client: MlflowClient, sweep: Sweep, workers: int = 1) -> SweepResu
         report_files = _report(client, parent_id, finished_ids, sweep) if finished_ids else ()
     except BaseException as error:
         interrupted = isinstance(error, KeyboardInterrupt)
+        for key, run_id in child_ids.items():
+            if key not in outcomes and client.get_run(run_id).info.status == "RUNNING":  # never started
+                tracking.finish_run(client, run_id, tracking.STATUS_KILLED)
         tracking.finish_run(client, parent_id, tracking.STATUS_KILLED if interrupted else tracking.STATUS_FAILED)
         raise
     tracking.finish_run(client, parent_id, status)

@@ -19,6 +19,7 @@ JSON API (every answer is JSON; errors are {"error": "one line"} with a 4xx stat
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from dataclasses import fields
@@ -46,6 +47,7 @@ RUN_ID = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
 # The fields the form shows up front; every other TrainSettings field is under "More settings".
 MAIN_FIELDS = ("config", "corpus", "epochs", "max_steps", "lr", "batch_size", "context_length")
 HIDDEN_FIELDS = ("resume",)  # resuming is a button on a stopped run
+INTERRUPTED = 130  # the exit code of a trainer or sweep stopped by Ctrl-C (SIGINT)
 
 
 class Dashboard:
@@ -53,6 +55,10 @@ class Dashboard:
 
     def __init__(self, tracking_uri: str, state_dir: Path, workdir: Path, experiments_path: Path, mlflow_url: str,
                  python: str):
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # samples are read every 2 s
+        if tracking_uri.startswith("http"):  # as tracking.connect(): seconds, not minutes of retries, when it is away
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         self.tracking_uri = tracking_uri
         self.state_dir = state_dir
         self.workdir = workdir
@@ -75,6 +81,9 @@ class Dashboard:
     def on_process_ended(self, entry: dict) -> None:
         """A trainer that ended without ending its run (killed hard, or failed before it started the run): end
         the run KILLED if a stop was asked for, else FAILED with the process's error line."""
+        if entry.get("kind") == "sweep":
+            self._end_orphan_sweep_runs(entry)
+            return
         if entry.get("kind") != "train" or not entry.get("run_id"):
             return
         run = self.client.get_run(entry["run_id"])
@@ -89,6 +98,31 @@ class Dashboard:
                 self.client.set_tag(entry["run_id"], "error", error[:5000])
         tracking.finish_run(self.client, entry["run_id"], status)
 
+    def _end_orphan_sweep_runs(self, entry: dict) -> None:
+        """A sweep creates its child runs up front; stopped (or failed) part-way, those it never started stay
+        RUNNING. Once no process of the sweep is left, end them: KILLED after a Stop, else FAILED."""
+        try:
+            os.killpg(entry["pid"], 0)
+            return  # a trainer of the sweep still runs: it ends its own run
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            return
+        experiment = self.client.get_experiment_by_name(entry.get("experiment") or "")
+        name = entry.get("sweep") or ""
+        if experiment is None or not name or "'" in name or "\\" in name:  # a name the filter cannot quote
+            return
+        started_ms = int(entry.get("started_at", 0) * 1000)
+        status = tracking.STATUS_KILLED if entry.get("stop_requested_at") is not None else tracking.STATUS_FAILED
+        orphans = self.client.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"tags.`lab.sweep` = '{name}' and tags.`lab.role` = 'sweep_child' "
+                          f"and attributes.status = 'RUNNING' and attributes.start_time >= {started_ms}")
+        for run in orphans:
+            if status == tracking.STATUS_FAILED and "error" not in run.data.tags:
+                self.client.set_tag(run.info.run_id, "error", "its sweep ended before it ran")
+            tracking.finish_run(self.client, run.info.run_id, status)
+
     def processes(self) -> list[dict]:
         return self.registry.refresh(self.on_process_ended)
 
@@ -98,13 +132,19 @@ class Dashboard:
             "id": entry["id"], "kind": entry["kind"], "pid": entry["pid"], "name": entry.get("name", ""),
             "running": not ended, "stopping": entry.get("stop_requested_at") is not None and not ended,
             "stoppable": not ended and entry.get("stop_requested_at") is None,
+            "stop_requested": entry.get("stop_requested_at") is not None,
             "exit_code": entry.get("exit_code"), "started_at": entry.get("started_at"),
             "ended_at": entry.get("ended_at"),
         }
         if entry["kind"] == "sweep":
             view.update(sweep=entry.get("sweep"), workers=entry.get("workers"), points=entry.get("points"),
                         log_tail=self.registry.log_tail(entry, lines=4))
-        if ended and entry.get("exit_code") not in (0, None):
+        elif not ended:  # the trainer's own progress line: newer than the metrics it writes in batches
+            tail = self.registry.log_tail(entry, lines=1)
+            view["last_line"] = tail[-1] if tail else ""
+        if ended and entry.get("exit_code") == INTERRUPTED:  # Ctrl-C or Stop: the trainer's own line says so
+            view["note"] = self.registry.last_error(entry)
+        elif ended and entry.get("exit_code") not in (0, None):
             view["error"] = self.registry.last_error(entry)
         return view
 
@@ -131,7 +171,7 @@ def create_app(tracking_uri: str | None = None, state_dir: str | Path | None = N
     hosts = {h.strip().lower().strip("[]") for h in allowed_hosts if h.strip()} | set(LOOPBACK_HOSTS)
 
     app = Flask(__name__)
-    app.config["JSON_SORT_KEYS"] = False
+    app.json.sort_keys = False
     app.extensions["lab_dashboard"] = dashboard
 
     @app.before_request
@@ -209,7 +249,7 @@ def create_app(tracking_uri: str | None = None, state_dir: str | Path | None = N
             item = runs.summary(run, names.get(run.info.experiment_id, ""), dashboard.mlflow_url)
             entry = by_run.get(run.info.run_id)
             item["process"] = dashboard.process_view(entry) if entry else None
-            item["stoppable"] = bool(entry and item["process"]["stoppable"])
+            item["stoppable"] = _stoppable(item)
             items.append(item)
         sweeps = [dashboard.process_view(e) for e in processes if e["kind"] == "sweep"][:10]
         return jsonify(runs=items, sweeps=sweeps,
@@ -235,7 +275,7 @@ def create_app(tracking_uri: str | None = None, state_dir: str | Path | None = N
             item["sample"] = None
         entry = next((e for e in dashboard.processes() if e.get("run_id") == run_id), None)
         item["process"] = dashboard.process_view(entry) if entry else None
-        item["stoppable"] = bool(entry and item["process"]["stoppable"])
+        item["stoppable"] = _stoppable(item)
         return jsonify(item)
 
     @app.post("/api/runs")
@@ -310,6 +350,11 @@ def create_app(tracking_uri: str | None = None, state_dir: str | Path | None = N
         return problem
 
     return app
+
+
+def _stoppable(item: dict) -> bool:
+    """A Stop button: for a RUNNING run whose trainer this dashboard started and has not yet been asked to stop."""
+    return bool(item["process"] and item["process"]["stoppable"] and item["status"] == "RUNNING")
 
 
 def _error(message: str, status: int):

@@ -118,7 +118,8 @@
     if (text !== undefined) el.textContent = text;
     return el;
   }
-  const fmt = (v) => (Math.abs(v) >= 100 ? v.toFixed(0) : Math.abs(v) >= 10 ? v.toFixed(1) : v.toFixed(2));
+  // tick labels with as many decimals as the spacing between ticks needs (10.62, 10.71, ... not 10.6, 10.7)
+  const fmt = (v, spacing) => v.toFixed(Math.min(4, Math.max(0, Math.ceil(-Math.log10(spacing)) + 1)));
 
   function drawChart(svg, curves) {
     const W = 360, H = 170, left = 38, right = 10, top = 10, bottom = 24;
@@ -145,7 +146,7 @@
     for (let i = 0; i <= 3; i++) {  // horizontal grid with loss labels
       const y = y0 + ((y1 - y0) * i) / 3;
       svg.append(svgEl("line", {x1: left, x2: W - right, y1: sy(y), y2: sy(y), class: "grid"}));
-      svg.append(svgEl("text", {x: left - 4, y: sy(y) + 3, "text-anchor": "end", class: "tick"}, fmt(y)));
+      svg.append(svgEl("text", {x: left - 4, y: sy(y) + 3, "text-anchor": "end", class: "tick"}, fmt(y, (y1 - y0) / 3)));
     }
     svg.append(svgEl("text", {x: left, y: H - 6, class: "tick"}, `step ${Math.round(x0)}`));
     svg.append(svgEl("text", {x: W - right, y: H - 6, "text-anchor": "end", class: "tick"}, `${Math.round(x1)}`));
@@ -180,6 +181,7 @@
       <div class="legend"><span class="key train"></span>train_loss <span class="key val"></span>val_loss</div>
       <div class="sample-box"><span class="sample-step"></span><pre class="sample"></pre></div>
       <p class="run-error"></p>
+      <p class="run-note"></p>
       <footer>
         <button type="button" class="stop">Stop</button>
         <button type="button" class="resume" title="continue from its last checkpoint">Resume</button>
@@ -233,7 +235,18 @@
     resume.onclick = () => act(el, `/api/runs/${run.run_id}/resume`, "resuming");
     const problem = run.error || (run.process && run.process.error) || "";
     $(".run-error", el).textContent = problem ? `error: ${problem}` : "";
-    if (card.detail) {
+    const live = run.status === "RUNNING" && run.process && run.process.running ? run.process.last_line : "";
+    $(".run-note", el).textContent = live || (run.process && run.process.note) || "";
+    if (card.shownStatus !== run.status) {  // a new state: the answer to the last button no longer applies
+      if (card.shownStatus !== undefined) $(".action-result", el).textContent = "";
+      card.shownStatus = run.status;
+    }
+    const parent = run.role === "sweep";  // a sweep's parent run logs no curve: its runs have their own cards
+    el.classList.toggle("sweep-parent", parent);
+    if (parent) {
+      $(".numbers", el).textContent = "the sweep's parent run: its runs are listed on their own";
+    }
+    if (card.detail && !parent) {
       drawChart($(".chart", el), card.detail.curves);
       const sample = card.detail.sample;
       $(".sample", el).textContent = sample ? sample.text : "";
@@ -271,7 +284,8 @@
       item.className = "sweep-item";
       item.dataset.id = s.id;
       const state = s.running ? (s.stopping ? "stopping" : "running")
-        : s.exit_code === 0 ? "finished" : s.exit_code === null ? "ended" : `ended (exit ${s.exit_code})`;
+        : s.stop_requested ? "stopped" : s.exit_code === 0 ? "finished"
+        : s.exit_code === null ? "ended" : `ended (exit ${s.exit_code})`;
       const head = document.createElement("div");
       head.innerHTML = `<strong></strong> <span class="state"></span> <span class="hint"></span>`;
       head.querySelector("strong").textContent = s.sweep;
