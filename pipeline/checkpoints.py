@@ -9,7 +9,6 @@ truncated or corrupt, resuming falls back to the one before.
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import re
 import tempfile
@@ -19,7 +18,7 @@ from urllib.parse import urlparse
 import torch
 
 from pipeline.errors import CheckpointError
-from pipeline.files import atomic_path
+from pipeline.files import atomic_path, sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +39,7 @@ def save(path: Path, state: dict) -> None:
     try:
         with atomic_path(path) as tmp:
             torch.save({"format": FORMAT, **state}, tmp)
-            digest = _sha256(tmp)
+            digest = sha256_of(tmp)
         with atomic_path(_checksum_path(path)) as tmp:
             tmp.write_text(f"{digest}  {path.name}\n")
     except OSError as error:
@@ -58,7 +57,7 @@ def load(path: Path) -> dict:
     checksum = _checksum_path(path)
     if checksum.is_file():
         expected = (checksum.read_text().split() or [""])[0]
-        if _sha256(path) != expected:
+        if sha256_of(path) != expected:
             raise CheckpointError(f"checkpoint {path} is corrupt: its sha256 does not match {checksum.name}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -135,11 +134,3 @@ def _local_artifact_dir(artifact_uri: str) -> Path | None:
 
 def _checksum_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

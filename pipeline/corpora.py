@@ -21,7 +21,7 @@ import yaml
 from tqdm import tqdm
 
 from pipeline.errors import CorpusError
-from pipeline.files import atomic_path
+from pipeline.files import atomic_path, sha256_of
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 REGISTRY_PATH = PROJECT_DIR / "corpus" / "registry.yaml"
@@ -137,14 +137,6 @@ def fetch(spec: str, cache: Path | None = None, registry: dict[str, CorpusEntry]
     else:
         _download_dataset(entry, wanted)
     return FetchResult(corpus, "downloaded")
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _checksum_ok(entry: CorpusEntry, path: Path) -> bool:

@@ -22,9 +22,9 @@ from typing import Iterator
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.corpora import DOCUMENT_SEPARATOR, CorpusText, cache_dir, sha256_of
+from pipeline.corpora import DOCUMENT_SEPARATOR, CorpusText, cache_dir
 from pipeline.errors import CorpusError, ShardError
-from pipeline.files import atomic_path
+from pipeline.files import atomic_path, sha256_of
 
 MAGIC = 20240520
 VERSION = 1
