@@ -269,6 +269,7 @@ class _Loop:
         self.micro_steps = settings.grad_accum // world.world_size
         self.autocast, self.scaler = _mixed_precision(device)
         self.stop_requested = False
+        self.oom_adjusted = False
 
     def run(self, start_step: int) -> TrainResult:
         s = self.s
@@ -281,34 +282,14 @@ class _Loop:
             self.step_model.train()
             while step < self.total_steps:
                 started = time.perf_counter()
-                lr = lr_at(step, s, self.total_steps)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                loss_sum = torch.zeros((), device=self.device)
-                for micro in range(self.micro_steps):
-                    # process r takes micro-batches r, r + N, ...: together exactly the single process's windows
-                    index = micro * self.world.world_size + self.world.rank
-                    x, y = self.sampler.batch(step * s.batch_size * s.grad_accum + index * s.batch_size,
-                                              s.batch_size)
-                    x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-                    last_micro = micro == self.micro_steps - 1
-                    sync = self.step_model.no_sync() if self.world.active and not last_micro else nullcontext()
-                    with sync, self.autocast:
-                        _, loss = self.step_model(x, y)
-                        loss = loss / self.micro_steps
-                    (self.scaler.scale(loss) if self.scaler else loss).backward()
-                    loss_sum += loss.detach()
-                if self.scaler:
-                    self.scaler.unscale_(self.optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(
-                    self.model.parameters(), s.grad_clip if s.grad_clip > 0 else float("inf")
-                )
-                if self.scaler:
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                else:
-                    self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
+                lr = lr_at(step, self.s, self.total_steps)
+                try:
+                    loss_sum, grad_norm = self._step(step, lr)
+                except RuntimeError as error:
+                    if not (_is_out_of_memory(error) and step == start_step and self._halve_micro_batch()):
+                        raise
+                    continue
+                s = self.s
                 step += 1
                 train_seconds += time.perf_counter() - started
                 window_tokens += self.tokens_per_step
@@ -351,8 +332,9 @@ class _Loop:
         except RuntimeError as error:  # torch.OutOfMemoryError on GPUs; a plain RuntimeError from the CPU allocator
             if not _is_out_of_memory(error):
                 raise
+            tried = " even with the micro-batch halved" if self.oom_adjusted else ""
             raise TrainingError(
-                f"out of memory at step {step + 1}: lower --batch-size (raise --grad-accum to keep the "
+                f"out of memory at step {step + 1}{tried}: lower --batch-size (raise --grad-accum to keep the "
                 "effective batch) or --context-length"
             ) from None
         finally:
@@ -361,6 +343,55 @@ class _Loop:
             if self.main:
                 self.metrics.flush()
         return TrainResult(self.main, self.run_id, step, step * self.tokens_per_step, train_loss, val_loss, "FINISHED")
+
+    def _step(self, step: int, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step over the step's windows; returns the mean loss and the gradient norm (on device)."""
+        s = self.s
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(self.micro_steps):
+            # process r takes micro-batches r, r + N, ...: together exactly the single process's windows
+            index = micro * self.world.world_size + self.world.rank
+            x, y = self.sampler.batch(step * s.batch_size * s.grad_accum + index * s.batch_size, s.batch_size)
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            last_micro = micro == self.micro_steps - 1
+            sync = self.step_model.no_sync() if self.world.active and not last_micro else nullcontext()
+            with sync, self.autocast:
+                _, loss = self.step_model(x, y)
+                loss = loss / self.micro_steps
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            loss_sum += loss.detach()
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), s.grad_clip if s.grad_clip > 0 else float("inf")
+        )
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_sum, grad_norm
+
+    def _halve_micro_batch(self) -> bool:
+        """Out of memory in the first step: halve the micro-batch and double gradient accumulation, once, so
+        the effective batch (and the windows of every step) stay the same. False when that was done already."""
+        s = self.s
+        if self.oom_adjusted or self.world.active or s.batch_size < 2 or s.batch_size % 2:
+            return False
+        self.oom_adjusted = True
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        self.s = replace(s, batch_size=s.batch_size // 2, grad_accum=s.grad_accum * 2)
+        self.micro_steps *= 2
+        change = f"batch_size {s.batch_size} -> {self.s.batch_size}, grad_accum {s.grad_accum} -> {self.s.grad_accum}"
+        log.warning("out of memory in the first step: %s (the effective batch is unchanged)", change)
+        if self.main:
+            self.client.set_tag(self.run_id, "lab.oom_adjusted", change)
+        return True
 
     def _request_stop(self, signum, frame) -> None:
         if self.stop_requested:  # a second Ctrl-C: stop now, without the checkpoint

@@ -195,8 +195,11 @@ def test_out_of_memory_is_one_line_with_advice(store):
     # 200k windows of 32 tokens: the logits alone would need over a terabyte
     result = run_module("pipeline.train", "--corpus", "tiny", "--n-layer", "1", "--n-head", "1", "--n-embd", "8",
                         "--context-length", "32", "--batch-size", "200000", "--max-steps", "1", cwd=os.getcwd())
-    assert_one_line_error(result, "out of memory", "--batch-size")
+    assert_one_line_error(result, "out of memory at step 1 even with the micro-batch halved", "--batch-size")
     assert run_statuses(store) == ["FAILED"]
+    client = MlflowClient(store)
+    [run] = client.search_runs([client.get_experiment_by_name("pretraining").experiment_id])
+    assert run.data.tags["lab.oom_adjusted"] == "batch_size 200000 -> 100000, grad_accum 1 -> 2"
 
 
 def test_unreachable_tracking_server_fails_before_training(store, tmp_path):
