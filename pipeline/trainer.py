@@ -159,6 +159,8 @@ def _train(settings: TrainSettings, world: World) -> TrainResult:
     total_steps = total_steps_for(settings, sampler.n_windows, sampler.length)
     tokens_per_step = settings.batch_size * settings.grad_accum * sampler.length  # all processes together
 
+    # The CPU probe draws random matrices: measure before seeding, so it cannot shift the run's random stream.
+    peak, peak_source = peak_flops(device) if world.is_main else (0.0, "")
     torch.manual_seed(settings.seed)
     model = GPT(model_config).to(device)
     optimizer = make_optimizer(model, settings, device)
@@ -170,7 +172,6 @@ def _train(settings: TrainSettings, world: World) -> TrainResult:
         torch.set_rng_state(resume_state["rng"])
     n_params, n_params_non_embedding = model.num_params(), model.num_params(non_embedding=True)
     model_flops_per_token = flops_per_token(model_config, sampler.length)
-    peak, peak_source = peak_flops(device) if world.is_main else (0.0, "")
     step_model = torch.compile(model) if settings.compile else model
     if world.active:
         step_model = DistributedDataParallel(step_model, device_ids=[device.index] if device.type == "cuda" else None)
