@@ -43,6 +43,11 @@ class World:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return bool(tensor.item() > 0)
 
+    def wait_for_all(self) -> None:
+        """Return once every process has reached this point."""
+        if self.active:
+            dist.barrier()
+
     def share(self, value):
         """Rank 0's value, on every process (a run id, a checkpoint)."""
         if not self.active:

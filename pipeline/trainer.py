@@ -112,7 +112,7 @@ def train(settings: TrainSettings) -> TrainResult:
     world = distributed.join(settings.device)
     try:
         result = _train(settings, world)
-        world.share(None)  # leave together: a process that leaves early can bring the others down
+        world.wait_for_all()  # leave together: a process that tears down early can abort the others' last sends
         return result
     finally:
         distributed.leave(world)
@@ -140,7 +140,7 @@ def _train(settings: TrainSettings, world: World) -> TrainResult:
     if world.is_main:  # one process downloads and tokenizes; the others then find it done
         fetched = fetch(settings.corpus)
         tokenize(fetched.corpus)
-    world.share(None)
+    world.wait_for_all()
     fetched = fetch(settings.corpus)
     prompt = settings.prompt or fetched.corpus.prompt
     prompt_tokens = len(encoding().encode_ordinary(prompt))

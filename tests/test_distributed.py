@@ -67,27 +67,27 @@ def stop_at(process: subprocess.Popen, step: int) -> None:
 
 def test_resume_moves_from_two_processes_to_one_and_back(store):
     client = MlflowClient(store)
-    stop_at(torchrun(store, *RUN, "--max-steps", "24", "--run-name", "moving"), 6)
+    stop_at(torchrun(store, *RUN, "--max-steps", "16", "--run-name", "moving"), 4)
     [run] = runs_named(client, "moving")
     assert run.info.status == "KILLED"
-    assert 6 <= checkpoints.load_from_run(run.info.run_id, client)["step"] < 24
+    assert 4 <= checkpoints.load_from_run(run.info.run_id, client)["step"] < 16
 
     env = {**os.environ, "PYTHONPATH": str(PROJECT_DIR), "MLFLOW_TRACKING_URI": store}
     single = subprocess.Popen([sys.executable, "-m", "pipeline.train", "--resume", run.info.run_id], env=env,
                               cwd=os.getcwd(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               start_new_session=True)
-    stop_at(single, 14)
+    stop_at(single, 9)
     assert client.get_run(run.info.run_id).info.status == "KILLED"
-    assert 14 <= checkpoints.load_from_run(run.info.run_id, client)["step"] < 24
+    assert 9 <= checkpoints.load_from_run(run.info.run_id, client)["step"] < 16
 
     back = torchrun(store, "--resume", run.info.run_id)
     _, err = back.communicate(timeout=300)
     assert back.returncode == 0, err[-3000:]
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
     steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train_loss"))
-    assert steps == list(range(1, 25))
+    assert steps == list(range(1, 17))
 
-    reference = run_module("pipeline.train", *RUN, "--max-steps", "24", "--run-name", "reference", cwd=os.getcwd())
+    reference = run_module("pipeline.train", *RUN, "--max-steps", "16", "--run-name", "reference", cwd=os.getcwd())
     assert reference.returncode == 0, reference.stderr
     [ref] = runs_named(client, "reference")
     assert curve(client, run.info.run_id) == pytest.approx(curve(client, ref.info.run_id), abs=1e-4)
