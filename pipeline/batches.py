@@ -4,15 +4,22 @@ A window is context_length + 1 tokens: x is the first context_length, y the same
 are every `stride` tokens; where a split is shorter than the context, windows shrink to fit it. The order of
 an epoch is a seeded pseudo-random permutation computed on the fly (a Feistel network), so the sampler holds
 no per-window array: memory does not grow with the corpus, and a position in the stream is one integer.
+
+The permutation is computed a block of BLOCK_POSITIONS stream positions at a time and the latest blocks are kept:
+one vectorised call per block instead of one per batch, which costs little more than a batch's own (numpy's cost
+is per call, not per value). Memory stays a few blocks of int64, whatever the corpus.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
 
+BLOCK_POSITIONS = 4096  # stream positions whose window ids are computed together
+CACHED_BLOCKS = 4  # blocks kept: the current one and its neighbours (a batch may straddle two)
 
 
 def window_length(shards: list[np.ndarray], context_length: int) -> int:
@@ -33,6 +40,7 @@ class WindowSampler:
         per_shard = [max(0, (len(s) - self.length - 1) // stride + 1) for s in shards]
         self.offsets = np.cumsum([0] + per_shard)
         self.n_windows = int(self.offsets[-1])
+        self._blocks: dict[int, np.ndarray] = {}  # block index: window ids of its BLOCK_POSITIONS positions
 
     def starts(self, window_ids: np.ndarray) -> list[tuple[int, int]]:
         """(shard index, token offset) of each window id."""
@@ -41,8 +49,27 @@ class WindowSampler:
 
     def window_ids(self, position: int, count: int) -> np.ndarray:
         """The window ids at stream positions position..position+count-1 (epoch after epoch)."""
+        if count <= 0 or count > BLOCK_POSITIONS:
+            return self._compute_ids(position, max(0, count))
+        first, last = position // BLOCK_POSITIONS, (position + count - 1) // BLOCK_POSITIONS
+        ids = np.concatenate([self._block(b) for b in range(first, last + 1)]) if last > first else self._block(first)
+        start = position - first * BLOCK_POSITIONS
+        return ids[start : start + count].copy()
+
+    def _block(self, index: int) -> np.ndarray:
+        ids = self._blocks.get(index)
+        if ids is None:
+            ids = self._compute_ids(index * BLOCK_POSITIONS, BLOCK_POSITIONS)
+            if len(self._blocks) >= CACHED_BLOCKS:
+                self._blocks.pop(next(iter(self._blocks)))  # the oldest
+            self._blocks[index] = ids
+        return ids
+
+    def _compute_ids(self, position: int, count: int) -> np.ndarray:
         stream = np.arange(position, position + count, dtype=np.int64)
         epochs, offsets = np.divmod(stream, self.n_windows)
+        if count and epochs[0] == epochs[-1]:  # all in one epoch: no masks needed
+            return feistel_permute(offsets, self.n_windows, key=(self.seed, int(epochs[0])))
         ids = np.empty(count, dtype=np.int64)
         for epoch in np.unique(epochs):
             mask = epochs == epoch
@@ -55,7 +82,19 @@ class WindowSampler:
 
 
 def stack_windows(shards, starts: list[tuple[int, int]], length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    rows = np.stack([np.asarray(shards[s][o : o + length + 1], dtype=np.int64) for s, o in starts])
+    """x and y of each (shard, offset) window start, as int64 (rows of length tokens)."""
+    span = np.arange(length + 1, dtype=np.int64)
+    by_shard: dict[int, list[int]] = {}
+    for row, (s, _) in enumerate(starts):
+        by_shard.setdefault(s, []).append(row)
+    rows = np.empty((len(starts), length + 1), dtype=np.int64)
+    for s, members in by_shard.items():  # one gather per shard (a memmap reads only the pages it touches)
+        offsets = np.fromiter((starts[r][1] for r in members), dtype=np.int64, count=len(members))
+        gathered = np.asarray(shards[s])[offsets[:, None] + span]
+        if len(members) == len(starts):
+            rows[:] = gathered
+        else:
+            rows[members] = gathered
     data = torch.from_numpy(rows)
     return data[:, :-1], data[:, 1:]
 
@@ -88,29 +127,44 @@ def feistel_permute(values: np.ndarray, n: int, key: tuple[int, int]) -> np.ndar
         return values.copy()
     half_bits = max(1, (int(n - 1).bit_length() + 1) // 2)
     half_mask = np.uint64((1 << half_bits) - 1)
-    round_keys = [np.uint64(_mix(key[0] * 1_000_003 + key[1] * 7919 + r) & 0xFFFFFFFFFFFFFFFF) for r in range(4)]
+    shift = np.uint64(half_bits)
+    round_keys = _round_keys(key[0], key[1])
 
     def once(v: np.ndarray) -> np.ndarray:
-        left, right = v >> np.uint64(half_bits), v & half_mask
+        left, right = v >> shift, v & half_mask
         for k in round_keys:
             left, right = right, left ^ (_hash(right ^ k) & half_mask)
-        return (left << np.uint64(half_bits)) | right
+        return (left << shift) | right
 
-    out = once(values.astype(np.uint64))
-    outside = out >= n
-    while outside.any():
-        out[outside] = once(out[outside])
+    with np.errstate(over="ignore"):
+        out = once(values.astype(np.uint64))
         outside = out >= n
+        while outside.any():
+            out[outside] = once(out[outside])
+            outside = out >= n
     return out.astype(np.int64)
 
 
+_MASK64 = 0xFFFFFFFFFFFFFFFF
+_S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
+_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
 def _hash(v: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser: every input bit affects every output bit."""
-    with np.errstate(over="ignore"):
-        v = (v ^ (v >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        v = (v ^ (v >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return v ^ (v >> np.uint64(31))
+    """splitmix64's finaliser: every input bit affects every output bit (uint64 arithmetic wraps around)."""
+    v = (v ^ (v >> _S30)) * _M1
+    v = (v ^ (v >> _S27)) * _M2
+    return v ^ (v >> _S31)
+
+
+@lru_cache(maxsize=64)
+def _round_keys(seed: int, epoch: int) -> tuple[np.uint64, ...]:
+    return tuple(np.uint64(_mix(seed * 1_000_003 + epoch * 7919 + r)) for r in range(4))
 
 
 def _mix(x: int) -> int:
-    return int(_hash(np.array([x & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))[0])
+    """_hash of one value, in Python integers."""
+    x &= _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)

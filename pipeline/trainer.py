@@ -139,9 +139,11 @@ def _train(settings: TrainSettings, world: World) -> TrainResult:
 
     if world.is_main:  # one process downloads and tokenizes; the others then find it done
         fetched = fetch(settings.corpus)
-        tokenize(fetched.corpus)
+        tokenized = tokenize(fetched.corpus)
     world.wait_for_all()
-    fetched = fetch(settings.corpus)
+    if not world.is_main:
+        fetched = fetch(settings.corpus)
+        tokenized = tokenize(fetched.corpus)
     prompt = settings.prompt or fetched.corpus.prompt
     prompt_tokens = len(encoding().encode_ordinary(prompt))
     if prompt_tokens >= model_config.context_length:
@@ -149,7 +151,7 @@ def _train(settings: TrainSettings, world: World) -> TrainResult:
                             f"({model_config.context_length})")
     if fetched.action not in ("already present", "local"):
         log.info("corpus %s: %s", fetched.corpus.name, fetched.action)
-    shards = tokenize(fetched.corpus).shards
+    shards = tokenized.shards
     train_split, val_split = shards.split("train"), shards.split("val")
     sampler = WindowSampler(train_split, model_config.context_length, settings.stride, settings.seed)
     val = ValWindows.build(val_split, model_config.context_length, settings.val_windows)

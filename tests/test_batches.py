@@ -190,3 +190,17 @@ def test_feistel_keys_give_different_permutations():
     perms = {tuple(feistel_permute(np.arange(n), n, key=(seed, epoch)).tolist())
              for seed in range(4) for epoch in range(4)}
     assert len(perms) == 16
+
+
+def test_cached_blocks_give_the_ids_computed_afresh():
+    from pipeline.batches import BLOCK_POSITIONS as BLOCK
+
+    sampler = WindowSampler(make_split([5000, 3000]), 16, stride=1, seed=5)
+    n = sampler.n_windows
+    for position, count in [(0, 8), (BLOCK - 3, 8), (2 * BLOCK - 1, 2), (0, BLOCK), (7 * BLOCK + 5, BLOCK),
+                            (n - 4, 8), (3 * n - 1, 3), (10**12, 8), (5, BLOCK + 1), (9, 0)]:
+        ids = sampler.window_ids(position, count)
+        assert np.array_equal(ids, sampler._compute_ids(position, count)), (position, count)
+        ids[:] = -1  # the caller's copy: the cache is untouched
+        assert np.array_equal(sampler.window_ids(position, count), sampler._compute_ids(position, count))
+    assert len(sampler._blocks) <= 4

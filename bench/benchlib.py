@@ -1,0 +1,195 @@
+"""What the benchmarks share: the project on sys.path, an offline environment, a throw-away corpus cache and MLflow
+store, the trainer's step without any tracking around it, and the PASS/MISSED verdict.
+
+Not a benchmark itself; each bench/*.py imports it (they run as scripts, so bench/ is on sys.path).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+if str(PROJECT_DIR) not in sys.path:
+    sys.path.insert(0, str(PROJECT_DIR))
+
+SHARED_DATA = PROJECT_DIR.parent / "shared" / "data"
+
+# The small-but-not-trivial shape the overhead and memory benchmarks train: per-step compute dominates (the
+# 50,304-wide head over 8 x 64 tokens), yet 100-200 steps take a minute or two on a 2-core CPU.
+SMALL_MODEL = {"n_layer": 2, "n_head": 2, "n_embd": 64, "context_length": 64}
+
+
+def offline_environment() -> dict[str, str]:
+    """The variables that make corpora and tiktoken come from ../shared/data, with no network and no telemetry.
+    Set in this process (unless already set) and returned for child processes."""
+    defaults = {
+        "CORPUS_MIRROR": str(SHARED_DATA),
+        "TIKTOKEN_CACHE_DIR": str(SHARED_DATA / "tiktoken-cache"),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "TQDM_DISABLE": "1",
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+    return {**os.environ, "PYTHONPATH": str(PROJECT_DIR)}
+
+
+@contextlib.contextmanager
+def scratch(prefix: str):
+    """A temporary folder that is the working directory, the corpus cache and the MLflow store (mlflow.db, with
+    the artifacts beside it) for as long as the block runs; the previous values are restored afterwards."""
+    offline_environment()
+    saved = {key: os.environ.get(key) for key in ("CORPUS_CACHE", "MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID")}
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        folder = Path(tmp)
+        os.environ["CORPUS_CACHE"] = str(folder / "corpus")
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
+        os.environ.pop("MLFLOW_RUN_ID", None)
+        os.chdir(folder)
+        try:
+            yield folder
+        finally:
+            os.chdir(cwd)
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
+def quiet_logging() -> None:
+    """Log as the CLI does (INFO, one line a record) but into /dev/null: records cost what they cost in a real
+    run, formatting and writing included, without filling the benchmark's output."""
+    handler = logging.StreamHandler(open(os.devnull, "w"))
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    for noisy in ("alembic", "mlflow", "urllib3", "httpx", "huggingface_hub", "datasets", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def prepare(settings):
+    """Fetch and tokenize settings.corpus into the current corpus cache; its (train, val) splits."""
+    from pipeline.corpora import fetch
+    from pipeline.shards import tokenize
+
+    shards = tokenize(fetch(settings.corpus).corpus).shards
+    return shards, shards.split("train"), shards.split("val")
+
+
+class BareLoop:
+    """The trainer's optimisation step and nothing else: the same model (same seed), make_optimizer, lr_at,
+    WindowSampler batches, gradient accumulation and clipping, and the loss read back every step as the trainer
+    does on CPU, under the trainer's autocast (and GradScaler) on CUDA. No tracking, no evaluation, no sampling,
+    no checkpoints. step_model wraps the model for the forward pass (torch.compile), as the trainer does."""
+
+    def __init__(self, settings, train_split, step_model=None):
+        import torch
+
+        from model import GPT
+        from pipeline.batches import WindowSampler
+        from pipeline.trainer import _mixed_precision, make_optimizer, pick_device, total_steps_for
+
+        self.s = settings
+        self.device = pick_device(settings.device)
+        config = settings.model_config()
+        self.sampler = WindowSampler(train_split, config.context_length, settings.stride, settings.seed)
+        self.total_steps = total_steps_for(settings, self.sampler.n_windows, self.sampler.length)
+        torch.manual_seed(settings.seed)
+        self.model = GPT(config).to(self.device)
+        self.optimizer = make_optimizer(self.model, settings, self.device)
+        self.step_model = step_model(self.model) if step_model else self.model
+        self.autocast, self.scaler = _mixed_precision(self.device)  # bf16 on CUDA, nothing on CPU
+        self.step_model.train()
+        self.step = 0
+        self.tokens_per_step = settings.batch_size * settings.grad_accum * self.sampler.length
+
+    def run_step(self, read_loss: bool = True):
+        """One optimizer step; its loss as a float (a sync on GPUs), or as a tensor when read_loss is False."""
+        import torch
+
+        from pipeline.trainer import lr_at
+
+        s = self.s
+        lr = lr_at(self.step, s, self.total_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(s.grad_accum):
+            position = self.step * s.batch_size * s.grad_accum + micro * s.batch_size
+            x, y = self.sampler.batch(position, s.batch_size)
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with self.autocast:
+                _, loss = self.step_model(x, y)
+            loss = loss / s.grad_accum
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            loss_sum += loss.detach()
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.grad_clip if s.grad_clip > 0 else float("inf"))
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return loss_sum.item() if read_loss else loss_sum
+
+
+def sync(device) -> None:
+    import torch
+
+    if getattr(device, "type", device) == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, *args, **kwargs) -> tuple[float, object]:
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return time.perf_counter() - start, result
+
+
+def median(values) -> float:
+    return statistics.median(values)
+
+
+def spread(values) -> str:
+    """min..max of a list of numbers, for the noise beside a median."""
+    return f"{min(values):.4g}..{max(values):.4g}"
+
+
+def cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def load_average() -> str:
+    try:
+        return "load average " + " ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "load average n/a"
+
+
+def header(title: str) -> None:
+    import torch
+
+    print(f"== {title}")
+    print(f"   torch {torch.__version__}, {cpus()} CPUs ({torch.get_num_threads()} torch threads), "
+          f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA'}, {load_average()}")
+
+
+def verdict(checks: list[tuple[str, bool]]) -> int:
+    """Print one PASS/MISSED line per (description, passed) and return the exit code: 1 when any missed."""
+    for description, passed in checks:
+        print(f"{'PASS  ' if passed else 'MISSED'} {description}")
+    return 0 if all(passed for _, passed in checks) else 1

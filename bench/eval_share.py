@@ -1,0 +1,100 @@
+"""The share of a nano run's wall time that evaluation and sampling take at the default intervals.
+
+    python bench/eval_share.py [--reps 3]
+
+Times, alternately and --reps times each, on nano with TrainSettings' defaults:
+  - one training step (bench/benchlib.py's BareLoop: the trainer's step, nothing around it);
+  - one evaluation: the trainer's own _Loop._evaluate (val_windows windows, batch_size at a time);
+  - one sample: the trainer's own _Loop._sample (sample_tokens tokens, the novelty score against the train split's
+    8-gram index, and the text and table stored in the run, MLflow SQLite store in a temporary folder).
+The trainer's methods run on a stand-in for the loop object holding what they read (model, val windows,
+settings, client, run...), so what is timed is the code a run executes.
+
+share = (eval / eval_interval + sample / sample_interval) / (step + eval / eval_interval + sample / sample_interval)
+with medians: the fraction of wall time a long run spends on them. Target: at most 10%. A checkpoint at
+checkpoint_interval is timed too and printed for information (no target).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from types import SimpleNamespace
+
+import benchlib
+
+MAX_SHARE = 0.10
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reps", type=int, default=3, help="timings of each, alternating (default 3)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    args = parser.parse_args()
+
+    benchlib.header("evaluation and sampling share of a nano run at the default intervals")
+    with benchlib.scratch("bench-eval-"):
+        benchlib.quiet_logging()
+        from pipeline import tracking
+        from pipeline.batches import ValWindows
+        from pipeline.corpora import fetch
+        from pipeline.novelty import NgramIndex
+        from pipeline.settings import TrainSettings
+        from pipeline.trainer import _Loop
+
+        s = TrainSettings(config="nano", corpus="verdict", device=args.device)
+        shards, train_split, val_split = benchlib.prepare(s)
+        loop = benchlib.BareLoop(s, train_split)
+        config = s.model_config()
+        client = tracking.connect()
+        run_id = tracking.start_run(client, s.experiment, "eval-share", tags={})
+        stand_in = SimpleNamespace(
+            s=s, client=client, run_id=run_id, step_model=loop.step_model, model=loop.model,
+            optimizer=loop.optimizer, val=ValWindows.build(val_split, config.context_length, s.val_windows),
+            device=loop.device, prompt=s.prompt or fetch(s.corpus).corpus.prompt, skip_through=-1,
+            ngrams=NgramIndex.load_or_build(shards), metrics=tracking.MetricBuffer(client, run_id),
+            autocast=loop.autocast, scaler=loop.scaler,
+        )
+        print(f"   nano on {s.corpus}, batch {s.batch_size}; eval every {s.eval_interval} steps over "
+              f"{len(stand_in.val)} val windows; a {s.sample_tokens}-token sample every {s.sample_interval} steps; "
+              f"checkpoint every {s.checkpoint_interval}; device {loop.device}")
+
+        def timed(action) -> float:
+            benchlib.sync(loop.device)
+            start = time.perf_counter()
+            action()
+            benchlib.sync(loop.device)
+            return time.perf_counter() - start
+
+        loop.run_step()  # warm-up
+        times = {"step": [], "eval": [], "sample": [], "checkpoint": []}
+        for rep in range(args.reps):
+            times["step"].append(timed(loop.run_step))
+            times["eval"].append(timed(lambda: _Loop._evaluate(stand_in)))
+            times["sample"].append(timed(lambda: _Loop._sample(stand_in, s.sample_interval * (rep + 1))))
+            times["checkpoint"].append(timed(lambda: _Loop._checkpoint(stand_in, s.checkpoint_interval * (rep + 1))))
+        tracking.finish_run(client, run_id, tracking.STATUS_FINISHED)
+
+    step, evaluation, sample, checkpoint = (benchlib.median(times[k]) for k in ("step", "eval", "sample", "checkpoint"))
+    per_step = {
+        "eval": evaluation / s.eval_interval if s.eval_interval else 0.0,
+        "sample": sample / s.sample_interval if s.sample_interval else 0.0,
+        "checkpoint": checkpoint / s.checkpoint_interval if s.checkpoint_interval else 0.0,
+    }
+    wall = step + per_step["eval"] + per_step["sample"]
+    share = (per_step["eval"] + per_step["sample"]) / wall
+    for kind, value in (("train step", step), ("evaluation", evaluation), ("sample", sample), ("checkpoint", checkpoint)):
+        key = {"train step": "step", "evaluation": "eval"}.get(kind, kind)
+        print(f"{kind:11s} {value * 1e3:9.1f} ms (median; {benchlib.spread([t * 1e3 for t in times[key]])} ms)")
+    print(f"per training step: eval {per_step['eval'] * 1e3:.1f} ms + sample {per_step['sample'] * 1e3:.1f} ms "
+          f"against {step * 1e3:.0f} ms of training; ratio eval+sample/step {(wall - step) / step:.4f}")
+    print(f"share of wall time: eval {per_step['eval'] / wall:.2%}, sample {per_step['sample'] / wall:.2%}, "
+          f"together {share:.2%} (target <= {MAX_SHARE:.0%}); checkpoints add "
+          f"{per_step['checkpoint'] / (wall + per_step['checkpoint']):.2%}")
+    return benchlib.verdict([(f"eval + sample {share:.2%} of wall time at the default intervals "
+                              f"(target at most {MAX_SHARE:.0%})", share <= MAX_SHARE)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Every benchmark, one after the other, each in a process of its own; a table of verdicts at the end.
+
+    python bench/run_all.py [--only NAME ...] [--skip NAME ...]
+
+Each benchmark prints its own figures and its ratio against a reference measured in the same run, and exits 1
+when it misses its target; this exits 1 when any did. The tokenize benchmark runs on a 50 MB corpus here
+(200 MB when run alone). They run one at a time: the timings would disturb each other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+
+# (name, script and arguments, what it checks)
+SUITE = [
+    ("tracking_overhead", ["tracking_overhead.py"], "train() logging every step at most 3% slower than a bare loop"),
+    ("data_throughput", ["data_throughput.py"], "WindowSampler at least 20x faster than nano's training steps"),
+    ("eval_share", ["eval_share.py"], "eval + sample at most 10% of a nano run's wall time"),
+    ("startup", ["startup.py"], "command to nano's first step under 10 s"),
+    ("memory", ["memory.py"], "training RSS flat in corpus size (10%) and run length (5%)"),
+    ("compile", ["compile.py"], "torch.compile works and matches eager (speed reported)"),
+    ("tokenize_throughput", ["tokenize_throughput.py", "--size-mb", "50"], "tokenize at least 0.9x bare tiktoken"),
+]
+
+
+def main() -> int:
+    names = [name for name, _, _ in SUITE]
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="+", choices=names, metavar="NAME", help=f"run only these ({', '.join(names)})")
+    parser.add_argument("--skip", nargs="+", choices=names, metavar="NAME", default=[], help="leave these out")
+    args = parser.parse_args()
+
+    rows = []
+    for name, command, target in SUITE:
+        if (args.only and name not in args.only) or name in args.skip:
+            continue
+        print(f"\n######## {name}: {' '.join(command)}", flush=True)
+        start = time.perf_counter()
+        code = subprocess.run([sys.executable, str(BENCH_DIR / command[0]), *command[1:]], cwd=BENCH_DIR.parent).returncode
+        rows.append((name, code, time.perf_counter() - start, target))
+
+    print("\n######## summary")
+    for name, code, seconds, target in rows:
+        verdict = "PASS  " if code == 0 else f"MISSED (exit {code})"
+        print(f"{verdict:16s} {name:20s} {seconds:7.0f} s  {target}")
+    return 0 if all(code == 0 for _, code, _, _ in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
