@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -145,6 +146,17 @@ class BareLoop:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return loss_sum.item() if read_loss else loss_sum
+
+
+def run_measured(command: list[str], env: dict, cwd) -> tuple[str, int, int]:
+    """Run command to its end: its output (stdout and stderr), exit code and peak RSS in bytes (from wait4)."""
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=cwd, text=True)
+    output = child.stdout.read()
+    child.stdout.close()
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return output, child.returncode, usage.ru_maxrss * scale
 
 
 def sync(device) -> None:

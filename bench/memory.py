@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 from pathlib import Path
 
@@ -106,16 +105,11 @@ def rss_parts_mb() -> dict[str, float]:
 
 def run_child(args: list[str], env: dict, cwd: Path) -> tuple[dict, float]:
     """Run this script as a child; its JSON result (last line starting with '{') and its peak RSS in MB."""
-    command = [sys.executable, str(Path(__file__).resolve()), *args]
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=cwd, text=True)
-    output = child.stdout.read()
-    child.stdout.close()
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode != 0:
-        raise SystemExit(f"child {' '.join(args)} failed (exit {child.returncode}):\n{output[-4000:]}")
+    output, code, peak = benchlib.run_measured([sys.executable, str(Path(__file__).resolve()), *args], env, cwd)
+    if code != 0:
+        raise SystemExit(f"child {' '.join(args)} failed (exit {code}):\n{output[-4000:]}")
     result = json.loads([line for line in output.splitlines() if line.startswith("{")][-1])
-    return result, usage.ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
+    return result, peak / 2**20
 
 
 def main() -> int:

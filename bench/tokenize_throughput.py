@@ -20,11 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import benchlib
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 MIN_RATIO = 0.9
@@ -94,16 +95,11 @@ def run_child(kind: str, path: Path, cache: Path) -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--file", str(path),
                "--cache", str(cache)]
     env = {**os.environ, "PYTHONPATH": str(PROJECT_DIR), "TQDM_DISABLE": "1"}
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, env=env, cwd=PROJECT_DIR)
-    output = child.stdout.read()
-    child.stdout.close()
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode != 0:
-        raise SystemExit(f"the {kind} child failed with exit code {child.returncode}")
-    result = json.loads(output.decode().strip().splitlines()[-1])
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    result["peak_rss"] = usage.ru_maxrss * scale
+    output, code, peak = benchlib.run_measured(command, env, PROJECT_DIR)
+    if code != 0:
+        raise SystemExit(f"the {kind} child failed with exit code {code}")
+    result = json.loads([line for line in output.splitlines() if line.startswith("{")][-1])
+    result["peak_rss"] = peak
     return result
 
 
