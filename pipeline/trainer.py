@@ -172,6 +172,8 @@ def _train(settings: TrainSettings, world: World) -> TrainResult:
         optimizer.load_state_dict(resume_state["optimizer"])
         start_step = resume_state["step"]
         torch.set_rng_state(resume_state["rng"])
+        if device.type == "cuda" and resume_state.get("cuda_rng"):
+            torch.cuda.set_rng_state_all(resume_state["cuda_rng"])
     n_params, n_params_non_embedding = model.num_params(), model.num_params(non_embedding=True)
     model_flops_per_token = flops_per_token(model_config, sampler.length)
     step_model = torch.compile(model) if settings.compile else model
@@ -225,6 +227,8 @@ def _train(settings: TrainSettings, world: World) -> TrainResult:
         loop = _Loop(settings, world, client, run_id, step_model, model, optimizer, sampler, val, device,
                      total_steps, tokens_per_step, prompt, skip_through, ngrams,
                      peak_flops_per_sec=peak * world.world_size, flops_per_token=model_flops_per_token)
+        if resume_state is not None and loop.scaler is not None and resume_state.get("scaler"):
+            loop.scaler.load_state_dict(resume_state["scaler"])
         result = loop.run(start_step)
     except TrainingInterrupted:
         if world.is_main:
@@ -281,10 +285,11 @@ class _Loop:
         val_loss = None
         step = start_step
         try:
-            train_seconds, window_tokens = 0.0, 0
+            # tokens/sec over the steps since the last log; evaluation, samples and checkpoints at a log step
+            # come after the window closes, so they are not counted as training time
+            window_started, window_tokens = time.perf_counter(), 0
             self.step_model.train()
             while step < self.total_steps:
-                started = time.perf_counter()
                 lr = lr_at(step, self.s, self.total_steps)
                 try:
                     loss_sum, grad_norm = self._step(step, lr)
@@ -294,7 +299,6 @@ class _Loop:
                     continue
                 s = self.s
                 step += 1
-                train_seconds += time.perf_counter() - started
                 window_tokens += self.tokens_per_step
 
                 is_last = step == self.total_steps
@@ -307,15 +311,15 @@ class _Loop:
                             f"loss became {train_loss} at step {step}: lower --lr or raise --warmup-steps"
                         )
                 if logs_now and self.main:
-                    tokens_per_sec = window_tokens / train_seconds
+                    if self.device.type == "cuda":  # kernels run asynchronously: wait for them to read the clock
+                        torch.cuda.synchronize(self.device)
+                    tokens_per_sec = window_tokens / (time.perf_counter() - window_started)
                     self.metrics.log(step, train_loss=train_loss, lr=lr, grad_norm=float(grad_norm),
                                      tokens_per_sec=tokens_per_sec, tokens_seen=step * self.tokens_per_step,
                                      mfu=mfu(tokens_per_sec, self.flops_per_token, self.peak_flops_per_sec),
                                      **self._memory())
                     log.info("step %d/%d  loss %.4f  lr %.2e  %s tok/s", step, self.total_steps, train_loss, lr,
                              f"{tokens_per_sec:,.0f}")
-                if logs_now:
-                    train_seconds, window_tokens = 0.0, 0
                 if self.main and (is_last or (s.eval_interval and step % s.eval_interval == 0)):
                     val_loss = self._evaluate()
                     self.metrics.log(step, val_loss=val_loss, val_perplexity=math.exp(min(val_loss, 50.0)))
@@ -332,6 +336,8 @@ class _Loop:
                     raise TrainingInterrupted(self.run_id, step)
                 if self.main:
                     self.metrics.maybe_flush()
+                if logs_now:
+                    window_started, window_tokens = time.perf_counter(), 0
         except RuntimeError as error:  # torch.OutOfMemoryError on GPUs; a plain RuntimeError from the CPU allocator
             if not _is_out_of_memory(error):
                 raise
@@ -449,6 +455,9 @@ class _Loop:
             "step": step,
             "position": step * self.s.batch_size * self.s.grad_accum,
             "rng": torch.get_rng_state(),
+            # dropout masks on a GPU come from its own generators; fp16 runs also carry the loss scale
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "scaler": self.scaler.state_dict() if self.scaler else {},
             "settings": asdict(self.s),
             "model_config": asdict(self.model.config),
         }
