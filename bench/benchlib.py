@@ -81,25 +81,28 @@ def quiet_logging() -> None:
 
 def prepare(settings):
     """Fetch and tokenize settings.corpus into the current corpus cache; its (train, val) splits."""
-    from pipeline.corpora import fetch
-    from pipeline.shards import tokenize
+    from pipeline.data.corpora import fetch
+    from pipeline.data.encoding import tokenize
 
     shards = tokenize(fetch(settings.corpus).corpus).shards
     return shards, shards.split("train"), shards.split("val")
 
 
 class BareLoop:
-    """The trainer's optimisation step and nothing else: the same model (same seed), make_optimizer, lr_at,
-    WindowSampler batches, gradient accumulation and clipping, and the loss read back every step as the trainer
-    does on CPU, under the trainer's autocast (and GradScaler) on CUDA. No tracking, no evaluation, no sampling,
-    no checkpoints. step_model wraps the model for the forward pass (torch.compile), as the trainer does."""
+    """The trainer's optimisation step and nothing else: the trainer's own StepLoop.train_step on the same model
+    (same seed), optimizer, lr schedule and WindowSampler batches, the loss read back every step as the trainer
+    does on CPU. No tracking, no evaluation, no sampling, no checkpoints. step_model wraps the model for the
+    forward pass (torch.compile), as the trainer does."""
 
     def __init__(self, settings, train_split, step_model=None):
         import torch
 
         from model import GPT
-        from pipeline.batches import WindowSampler
-        from pipeline.trainer import _mixed_precision, make_optimizer, pick_device, total_steps_for
+        from pipeline.data.batches import WindowSampler
+        from pipeline.training.device import pick_device
+        from pipeline.training.distributed import World
+        from pipeline.training.loop import Data, Model, Plan, StepLoop, Tracked
+        from pipeline.training.schedule import make_optimizer, total_steps_for
 
         self.s = settings
         self.device = pick_device(settings.device)
@@ -110,40 +113,20 @@ class BareLoop:
         self.model = GPT(config).to(self.device)
         self.optimizer = make_optimizer(self.model, settings, self.device)
         self.step_model = step_model(self.model) if step_model else self.model
-        self.autocast, self.scaler = _mixed_precision(self.device)  # bf16 on CUDA, nothing on CPU
+        parts = Model.on(self.device, self.model, self.step_model, self.optimizer)  # bf16 autocast on CUDA
+        self.autocast, self.scaler = parts.autocast, parts.scaler
+        self.tokens_per_step = settings.batch_size * settings.grad_accum * self.sampler.length
+        plan = Plan(self.total_steps, self.tokens_per_step, 0.0, 0.0)
+        self.loop = StepLoop(settings, World(), self.device, parts, Data(self.sampler, None, ""), plan,
+                             Tracked(None, "", None, -1))
         self.step_model.train()
         self.step = 0
-        self.tokens_per_step = settings.batch_size * settings.grad_accum * self.sampler.length
 
     def run_step(self, read_loss: bool = True):
         """One optimizer step; its loss as a float (a sync on GPUs), or as a tensor when read_loss is False."""
-        import torch
+        from pipeline.training.schedule import lr_at
 
-        from pipeline.trainer import lr_at
-
-        s = self.s
-        lr = lr_at(self.step, s, self.total_steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        loss_sum = torch.zeros((), device=self.device)
-        for micro in range(s.grad_accum):
-            position = self.step * s.batch_size * s.grad_accum + micro * s.batch_size
-            x, y = self.sampler.batch(position, s.batch_size)
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            with self.autocast:
-                _, loss = self.step_model(x, y)
-            loss = loss / s.grad_accum
-            (self.scaler.scale(loss) if self.scaler else loss).backward()
-            loss_sum += loss.detach()
-        if self.scaler:
-            self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.grad_clip if s.grad_clip > 0 else float("inf"))
-        if self.scaler:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum, _ = self.loop.train_step(self.step, lr_at(self.step, self.s, self.total_steps))
         self.step += 1
         return loss_sum.item() if read_loss else loss_sum
 

@@ -96,7 +96,7 @@ def main() -> int:
             ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
         if args.device == "all" and not torch.cuda.is_available():
             print("   no CUDA GPU here: CPU only")
-        from pipeline.flops import flops_per_token, mfu, peak_flops
+        from pipeline.training.flops import flops_per_token, mfu, peak_flops
 
         checks = []
         with benchlib.scratch("bench-compile-"):

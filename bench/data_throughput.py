@@ -50,7 +50,7 @@ def produce(sampler, device, position: int, seconds: float) -> tuple[int, float]
 
 
 def measure(corpus: str, device_name: str, steps: int, block_seconds: float) -> dict:
-    from pipeline.batches import WindowSampler
+    from pipeline.data.batches import WindowSampler
 
     settings = settings_for(corpus, device_name)
     _, train_split, _ = benchlib.prepare(settings)
@@ -83,7 +83,7 @@ def main() -> int:
     benchlib.header("data throughput: WindowSampler batches/s against nano training steps/s")
     checks = []
     with benchlib.scratch("bench-data-"):
-        from pipeline.trainer import pick_device
+        from pipeline.training.device import pick_device
 
         device = pick_device(args.device)
         steps = args.steps or (5 if device.type == "cpu" else 30)

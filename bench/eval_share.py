@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from types import SimpleNamespace
 
 import benchlib
 
@@ -37,11 +36,12 @@ def main() -> int:
     with benchlib.scratch("bench-eval-"):
         benchlib.quiet_logging()
         from pipeline import tracking
-        from pipeline.batches import ValWindows
-        from pipeline.corpora import fetch
-        from pipeline.novelty import NgramIndex
+        from pipeline.data.batches import ValWindows
+        from pipeline.data.corpora import fetch
+        from pipeline.analysis.novelty import NgramIndex
         from pipeline.settings import TrainSettings
-        from pipeline.trainer import _Loop
+        from pipeline.training.distributed import World
+        from pipeline.training.loop import Data, Model, Plan, StepLoop, Tracked
 
         s = TrainSettings(config="nano", corpus="verdict", device=args.device)
         shards, train_split, val_split = benchlib.prepare(s)
@@ -49,15 +49,13 @@ def main() -> int:
         config = s.model_config()
         client = tracking.connect()
         run_id = tracking.start_run(client, s.experiment, "eval-share", tags={})
-        stand_in = SimpleNamespace(
-            s=s, client=client, run_id=run_id, step_model=loop.step_model, model=loop.model,
-            optimizer=loop.optimizer, val=ValWindows.build(val_split, config.context_length, s.val_windows),
-            device=loop.device, prompt=s.prompt or fetch(s.corpus).corpus.prompt, skip_through=-1,
-            ngrams=NgramIndex.load_or_build(shards), metrics=tracking.MetricBuffer(client, run_id),
-            autocast=loop.autocast, scaler=loop.scaler,
-        )
+        data = Data(loop.sampler, ValWindows.build(val_split, config.context_length, s.val_windows),
+                    s.prompt or fetch(s.corpus).corpus.prompt, NgramIndex.load_or_build(shards))
+        parts = Model(loop.model, loop.step_model, loop.optimizer, loop.autocast, loop.scaler)
+        tracked = Tracked(client, run_id, tracking.MetricBuffer(client, run_id), skip_through=-1)
+        step_loop = StepLoop(s, World(), loop.device, parts, data, Plan(1, 1, 0.0, 0.0), tracked)
         print(f"   nano on {s.corpus}, batch {s.batch_size}; eval every {s.eval_interval} steps over "
-              f"{len(stand_in.val)} val windows; a {s.sample_tokens}-token sample every {s.sample_interval} steps; "
+              f"{len(data.val)} val windows; a {s.sample_tokens}-token sample every {s.sample_interval} steps; "
               f"checkpoint every {s.checkpoint_interval}; device {loop.device}")
 
         def timed(action) -> float:
@@ -71,9 +69,9 @@ def main() -> int:
         times = {"step": [], "eval": [], "sample": [], "checkpoint": []}
         for rep in range(args.reps):
             times["step"].append(timed(loop.run_step))
-            times["eval"].append(timed(lambda: _Loop._evaluate(stand_in)))
-            times["sample"].append(timed(lambda: _Loop._sample(stand_in, s.sample_interval * (rep + 1))))
-            times["checkpoint"].append(timed(lambda: _Loop._checkpoint(stand_in, s.checkpoint_interval * (rep + 1))))
+            times["eval"].append(timed(lambda: step_loop._evaluate()))
+            times["sample"].append(timed(lambda: step_loop._sample(s.sample_interval * (rep + 1))))
+            times["checkpoint"].append(timed(lambda: step_loop._checkpoint(s.checkpoint_interval * (rep + 1))))
         tracking.finish_run(client, run_id, tracking.STATUS_FINISHED)
 
     step, evaluation, sample, checkpoint = (benchlib.median(times[k]) for k in ("step", "eval", "sample", "checkpoint"))

@@ -52,9 +52,9 @@ def train_command(corpus: Path, steps: int) -> list[str]:
 
 
 def child_prepare(corpus: str) -> dict:
-    from pipeline.corpora import fetch
-    from pipeline.novelty import NgramIndex
-    from pipeline.shards import tokenize
+    from pipeline.data.corpora import fetch
+    from pipeline.analysis.novelty import NgramIndex
+    from pipeline.data.encoding import tokenize
 
     shards = tokenize(fetch(corpus).corpus).shards
     index = NgramIndex.load_or_build(shards)

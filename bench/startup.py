@@ -62,8 +62,8 @@ def child_bare(shard_folder: str) -> None:
 
     from model import GPT
     from model.configs import NAMED_CONFIGS
-    from pipeline.batches import WindowSampler
-    from pipeline.shards import load_shards
+    from pipeline.data.batches import WindowSampler
+    from pipeline.data.shards import load_shards
 
     split = load_shards(Path(shard_folder)).split("train")
     torch.manual_seed(0)
@@ -107,7 +107,9 @@ def child_profile(command: list[str]) -> None:
     marks.append(("import mlflow", began, now()))
     began = now()
     from pipeline import train as entry
-    from pipeline import trainer, tracking
+    from pipeline import tracking
+    from pipeline.training import loop
+    from pipeline.training import run as trainer
 
     marks.append(("import the pipeline (click, tiktoken, pandas...)", began, now()))
     wrap(tracking, "connect", "MLflow connect")
@@ -124,7 +126,7 @@ def child_profile(command: list[str]) -> None:
     wrap(MlflowClient, "log_inputs", "MLflow dataset input")
     wrap(trainer, "_git_commit", "git commit")
     wrap(trainer.NgramIndex, "load_or_build", "8-gram index load")
-    wrap(trainer._Loop, "__init__", "loop set-up")
+    wrap(loop.StepLoop, "__init__", "loop set-up")
 
     original_log = tracking.MetricBuffer.log
 

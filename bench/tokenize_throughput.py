@@ -6,7 +6,7 @@ Builds a corpus of at least --size-mb MB (10^6 bytes) by repeating TinyStories' 
 $CORPUS_MIRROR (default: ../shared/data beside the repository) in a temporary folder, then runs, each in a
 child process of its own so that its peak RSS is its alone:
 
-  (a) pipeline.shards.tokenize on that file (a fresh temporary cache), what `python -m pipeline.tokenize` does;
+  (a) pipeline.data.encoding.tokenize on that file (a fresh temporary cache), what `python -m pipeline.tokenize` does;
   (b) bare `enc.encode_ordinary_batch` over the same text, cut into the same pieces (PIECE_BYTES, at a line
       end) and batched BATCH_PIECES at a time, with tiktoken's default thread count; the tokens are dropped.
 
@@ -54,8 +54,8 @@ def build_corpus(folder: Path, size_mb: float) -> Path:
 
 
 def child_tokenize(path: Path, cache: Path) -> dict:
-    from pipeline.corpora import CorpusText
-    from pipeline.shards import encoding, tokenize
+    from pipeline.data.corpora import CorpusText
+    from pipeline.data.encoding import encoding, tokenize
 
     encoding()  # tiktoken's files are loaded once per process: not part of the measurement
     corpus = CorpusText("bench", (path,), None, "The", str(path))
@@ -67,7 +67,7 @@ def child_tokenize(path: Path, cache: Path) -> dict:
 
 
 def child_bare(path: Path) -> dict:
-    from pipeline.shards import BATCH_PIECES, PIECE_BYTES, encoding
+    from pipeline.data.encoding import BATCH_PIECES, PIECE_BYTES, encoding
 
     enc = encoding()
     tokens = 0

@@ -2,7 +2,7 @@
 
     python bench/tracking_overhead.py [--steps 100] [--reps 3]
 
-(a) tracked: pipeline.trainer.train() with log_interval 1 (train_loss, lr, grad_norm, tokens_per_sec,
+(a) tracked: pipeline.training.run.train() with log_interval 1 (train_loss, lr, grad_norm, tokens_per_sec,
     tokens_seen, mfu, peak_rss_mb every step, buffered into MLflow's SQLite store in a temporary folder, and a log line
     per step through logging as the CLI does, sent to /dev/null), eval/sample/checkpoint intervals 0;
 (b) bare: the same model (same seed), make_optimizer, lr_at and WindowSampler batches, with nothing around the
@@ -48,7 +48,7 @@ def interleaved(steps: int, warmup: int, rep: int, train_split) -> dict:
     from mlflow.tracking import MlflowClient
 
     from pipeline import tracking
-    from pipeline.trainer import train
+    from pipeline.training.run import train
 
     settings = settings_for(steps, f"tracked-{rep}")
     bare = benchlib.BareLoop(settings, train_split)

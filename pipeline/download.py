@@ -2,7 +2,7 @@
 
 import click
 
-from pipeline.corpora import fetch, load_registry
+from pipeline.data.corpora import fetch, load_registry
 from pipeline.errors import run_cli
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+
 import click
 
 
@@ -33,13 +35,23 @@ class CheckpointError(LabError):
     """A checkpoint that is missing, corrupt or unsafe to load."""
 
 
+class ReportError(LabError):
+    """No runs to report on, a filter MLflow refuses, or a power law that cannot be fitted."""
+
+
 class TrainingError(LabError):
     """Training cannot go on: a non-finite loss, or out of memory."""
+
+
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """The first line of an error's message (its type's name when it has none): what a one-line report shows."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:limit]
 
 
 def run_cli(command: click.Command, args: list[str] | None = None) -> None:
     """Run a click command so that every user error ends as one line on stderr and exit code 2."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")  # MLflow sets its loggers' level when it is imported
     for noisy in ("alembic", "mlflow", "urllib3", "httpx", "huggingface_hub", "datasets", "filelock"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
@@ -56,7 +68,7 @@ def run_cli(command: click.Command, args: list[str] | None = None) -> None:
 
 
 def _fail(message: str, code: int) -> None:
-    first_line = message.strip().splitlines()[0] if message.strip() else "failed"
-    click.echo(f"error: {first_line}", err=True)
+    line = message.strip().splitlines()[0] if message.strip() else "failed"
+    click.echo(f"error: {line}", err=True)
     sys.exit(code)
 

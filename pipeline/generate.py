@@ -3,8 +3,6 @@
 import click
 
 from pipeline.errors import SettingsError, run_cli
-from pipeline.sampling import complete, model_from_run
-from pipeline.trainer import pick_device
 
 
 @click.command()
@@ -26,6 +24,9 @@ def main(run_id, prompt, max_new_tokens, temperature, top_k, seed, device):
     """
     if not prompt:
         raise SettingsError("prompt is empty: give some text to continue")
+    from pipeline.training.device import pick_device
+    from pipeline.training.sampling import complete, model_from_run
+
     torch_device = pick_device(device)
     model = model_from_run(run_id, torch_device)
     click.echo(prompt + complete(model, prompt, max_new_tokens, temperature, top_k, seed, torch_device).text)

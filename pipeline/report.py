@@ -30,16 +30,18 @@ def main(parent_run_id, experiment, filter_string, out_dir):
         raise click.UsageError("give either --parent-run-id or --experiment")
     if filter_string and not experiment:
         raise click.UsageError("--filter goes with --experiment")
-    from pipeline import reporting, tracking
+    from pipeline import tracking
+    from pipeline.analysis.comparison import build_report
+    from pipeline.analysis.runs import runs_of_experiment, runs_of_parent
 
     client = tracking.connect()
     if parent_run_id:
-        runs = reporting.runs_of_parent(client, parent_run_id)
+        runs = runs_of_parent(client, parent_run_id)
     else:
-        runs = reporting.runs_of_experiment(client, experiment, filter_string)
+        runs = runs_of_experiment(client, experiment, filter_string)
     label = parent_run_id or experiment
     out_dir = out_dir or Path("reports") / "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
-    report = reporting.build_report(client, runs, out_dir, parent_run_id=parent_run_id)
+    report = build_report(client, runs, out_dir, parent_run_id=parent_run_id)
     click.echo(f"report on {len(report.table)} run(s) in {report.out_dir}:")
     for path in report.files:
         click.echo(f"  {path}")

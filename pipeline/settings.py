@@ -1,17 +1,23 @@
-"""Every training setting, with its default and its help, in one dataclass.
+"""Every training setting, with its default and its help, in one dataclass, and its click options.
 
 The CLI (`python -m pipeline.train`), the MLproject and experiments.yaml all build a TrainSettings, so a
-setting has one name, one default and one check wherever it comes from.
+setting has one name, one default and one check wherever it comes from. Listing the options imports neither
+torch nor MLflow: the model module is loaded only to resolve a config.
 """
 
 from __future__ import annotations
 
 import math
 import typing
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from typing import TYPE_CHECKING
 
-from model import GPTConfig, UnknownConfigError, load_config, with_overrides
+import click
+
 from pipeline.errors import SettingsError
+
+if TYPE_CHECKING:
+    from model import GPTConfig
 
 MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "context_length", "dropout")
 
@@ -69,8 +75,10 @@ class TrainSettings:
     def model_overrides(self) -> dict:
         return {name: getattr(self, name) for name in MODEL_FIELDS if getattr(self, name) is not None}
 
-    def model_config(self) -> GPTConfig:
+    def model_config(self) -> "GPTConfig":
         """The named (or YAML) config with this run's overrides applied and checked."""
+        from model import UnknownConfigError, load_config, with_overrides
+
         try:
             config = with_overrides(load_config(self.config), self.model_overrides(), source="overrides")
         except UnknownConfigError as error:
@@ -110,7 +118,7 @@ class TrainSettings:
         return {k: _param_text(v) for k, v in asdict(self).items() if k not in MODEL_FIELDS}
 
 
-def _check_model(config: GPTConfig) -> None:
+def _check_model(config: "GPTConfig") -> None:
     for name in ("n_layer", "n_head", "n_embd", "context_length"):
         if getattr(config, name) < 1:
             raise SettingsError(f"{name} must be at least 1, got {getattr(config, name)}")
@@ -159,3 +167,37 @@ def coerce(name: str, value, where: str = "settings"):
     if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
         return value
     raise SettingsError(f"{where}: '{name}' must be {kind.__name__}, got {value!r}")
+
+
+def settings_options(command):
+    """Add one option per TrainSettings field: `max_steps` becomes `--max-steps`. Model overrides also accept
+    the underscore spelling, which `mlflow run -P n_layer=2` passes for parameters the MLproject leaves out."""
+    for f in reversed(fields(TrainSettings)):
+        names = [f"--{f.name.replace('_', '-')}"]
+        if f.name in MODEL_FIELDS and "_" in f.name:
+            names.append(f"--{f.name}")
+        kind = setting_type(f.name)
+        default = None if f.default is MISSING else f.default
+        if kind is bool:  # `--compile` alone, or `--compile true/false` as the MLproject passes it
+            option = click.option(*names, f.name, type=bool, is_flag=False, flag_value=True, default=default,
+                                  show_default=True, help=f.metadata["help"])
+        else:
+            option = click.option(*names, f.name, type=kind, default=default, show_default=default is not None,
+                                  help=f.metadata["help"])
+        command = option(command)
+    return command
+
+
+def settings_from_options(options: dict) -> TrainSettings:
+    return TrainSettings(**{f.name: options[f.name] for f in fields(TrainSettings)})
+
+
+def settings_to_args(settings: TrainSettings) -> list[str]:
+    """The `pipeline.train` options that reproduce settings (the inverse of settings_from_options)."""
+    args = []
+    for f in fields(TrainSettings):
+        value = getattr(settings, f.name)
+        if value is None:
+            continue
+        args += [f"--{f.name.replace('_', '-')}", str(value).lower() if isinstance(value, bool) else str(value)]
+    return args

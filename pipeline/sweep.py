@@ -2,10 +2,8 @@
 
 import click
 
-from pipeline import tracking
 from pipeline.errors import run_cli
-from pipeline.experiments import EXPERIMENTS_PATH, load_sweep
-from pipeline.sweeps import describe, plan, run_sweep, scheduler_commands
+from pipeline.sweeps.spec import EXPERIMENTS_PATH, load_sweep
 
 
 @click.command()
@@ -31,6 +29,9 @@ def main(name, path, workers, dry_run, print_commands):
       python -m pipeline.sweep --name lr_sensitivity
     """
     sweep = load_sweep(name, path)
+    from pipeline import tracking
+    from pipeline.sweeps.runner import describe, plan, run_sweep, scheduler_commands
+
     client = tracking.connect()
     if print_commands:
         for command in scheduler_commands(client, sweep):

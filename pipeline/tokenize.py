@@ -2,9 +2,9 @@
 
 import click
 
-from pipeline.corpora import fetch
+from pipeline.data.corpora import fetch
 from pipeline.errors import run_cli
-from pipeline.shards import DEFAULT_SHARD_TOKENS, tokenize
+from pipeline.data.encoding import DEFAULT_SHARD_TOKENS, tokenize
 
 
 @click.command()

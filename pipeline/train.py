@@ -2,9 +2,8 @@
 
 import click
 
-from pipeline.cli import settings_from_options, settings_options
 from pipeline.errors import run_cli
-from pipeline.trainer import TrainingInterrupted, train
+from pipeline.settings import settings_from_options, settings_options
 
 
 @click.command()
@@ -20,8 +19,12 @@ def main(**options):
     Example:
       python -m pipeline.train --config nano --corpus verdict --epochs 3
     """
+    settings = settings_from_options(options).validate()  # bad input is refused before torch and MLflow load
+    from pipeline.training.loop import TrainingInterrupted
+    from pipeline.training.run import train
+
     try:
-        result = train(settings_from_options(options))
+        result = train(settings)
     except TrainingInterrupted as stopped:
         click.echo(str(stopped), err=True)
         raise SystemExit(130)

@@ -1,3 +1,5 @@
+"""The GPT model: parameter counts of the named sizes, shapes, causality, the loss at initialisation, generation."""
+
 import math
 
 import pytest

@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline import checkpoints
+from pipeline.training import checkpoints
 from pipeline.errors import CheckpointError
 from tests.conftest import (PROJECT_DIR, TINY_MODEL, assert_one_line_error, free_port, run_module, start_server,
                             stop_server)

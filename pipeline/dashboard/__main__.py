@@ -9,7 +9,7 @@ import socket
 import click
 
 from pipeline.errors import LabError, run_cli
-from pipeline.experiments import EXPERIMENTS_PATH
+from pipeline.sweeps.spec import EXPERIMENTS_PATH
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -62,7 +62,7 @@ def main(host, port, mlflow_url, state_dir, experiments_file, allowed_hosts):
     Example:
       python -m pipeline.dashboard --port 5173
     """
-    from pipeline.dashboard import create_app
+    from pipeline.dashboard.app import create_app
     from pipeline.tracking import tracking_uri
 
     check_port(host, port)

@@ -18,12 +18,13 @@ from typing import Mapping
 
 from model.configs import NAMED_CONFIGS
 from pipeline import tracking
-from pipeline.cli import settings_to_args
-from pipeline.corpora import PROJECT_DIR, load_registry
+from pipeline.settings import settings_to_args
+from pipeline.files import PROJECT_DIR
+from pipeline.data.corpora import load_registry
 from pipeline.errors import SettingsError
-from pipeline.experiments import load_sweep
+from pipeline.sweeps.spec import load_sweep
 from pipeline.settings import TrainSettings, setting_type, settings_from_mapping
-from pipeline.trainer import default_run_name
+from pipeline.training.run import default_run_name
 
 PATH_CHOICE = ":path"  # the corpus select's "a file or folder" option; the path is in the field corpus_path
 LAUNCHER_TAG = "lab.launcher"

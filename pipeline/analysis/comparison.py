@@ -1,0 +1,109 @@
+"""The comparison report of a set of runs (a sweep's children, or an experiment's runs): PNG plots and a table.
+
+Files written to the report folder:
+  loss_curves.png     train (solid) and val (dashed) loss of every run against tokens seen, one colour a run
+  final_val_loss.png  final val loss against the swept setting (the first of SWEEP_PREFERENCE whose values differ),
+                      one line per combination of the other swept settings
+  scaling.png         only when model sizes differ: final val loss against non-embedding parameters N on log-log
+                      axes, with the fitted power law L(N) = (Nc/N)^alpha (the best run at each size is fitted)
+  runs.csv, runs.md   one row a run: name, status, key params, final and best losses, tokens seen, diagnosis
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from pipeline import tracking
+from pipeline.analysis import plots
+from pipeline.analysis.diagnosis import diagnose
+from pipeline.analysis.runs import MODEL_SIZE, RunCurves, load_runs, number, sort_key, swept_params
+
+# the params shown in the table, as logged by the trainer
+TABLE_PARAMS = ("config", "corpus", "lr", "context_length", "batch_size", "max_steps", "epochs", "max_tokens",
+                MODEL_SIZE)
+TABLE_COLUMNS = ("run_name", "run_id", "status", *TABLE_PARAMS, "final_train_loss", "final_val_loss",
+                 "min_val_loss", "tokens_seen", "diagnosis")
+
+
+@dataclass(frozen=True, eq=False)
+class Report:
+    out_dir: Path
+    files: tuple[Path, ...]  # every file written, in the order written
+    table: pd.DataFrame  # the rows of runs.csv
+    swept: tuple[str, ...]  # the settings that differ across the runs, the x axis of final_val_loss first
+    alpha: float | None = None  # the fitted scaling exponent, when scaling.png was drawn with a fit
+    nc: float | None = None
+
+
+def build_report(client: MlflowClient, runs: pd.DataFrame | Sequence[str], out_dir: Path,
+                 parent_run_id: str | None = None) -> Report:
+    """Write the plots and tables of runs to out_dir; when parent_run_id is given, also log them as its
+    artifacts under report/. Raises ReportError when there are no runs, TrackingError for an unknown run."""
+    if parent_run_id:
+        tracking.get_run(client, parent_run_id)
+    loaded = load_runs(client, runs)
+    swept = swept_params(loaded)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = []
+
+    table = run_table(loaded, swept)
+    table.to_csv(out_dir / "runs.csv", index=False)
+    files.append(out_dir / "runs.csv")
+    (out_dir / "runs.md").write_text(_markdown(table))
+    files.append(out_dir / "runs.md")
+
+    plots.loss_curves(loaded, out_dir / "loss_curves.png")
+    files.append(out_dir / "loss_curves.png")
+    if any(run.final_val is not None for run in loaded):
+        plots.final_val(loaded, swept, out_dir / "final_val_loss.png")
+        files.append(out_dir / "final_val_loss.png")
+    nc = alpha = None
+    sizes = {number(run.params.get(MODEL_SIZE)) for run in loaded if run.final_val is not None}
+    if len(sizes - {None}) >= 2:
+        nc, alpha = plots.scaling(loaded, out_dir / "scaling.png")
+        files.append(out_dir / "scaling.png")
+
+    if parent_run_id:
+        for path in files:
+            client.log_artifact(parent_run_id, str(path), artifact_path="report")
+    return Report(out_dir, tuple(files), table, tuple(swept), alpha, nc)
+
+
+def run_table(runs: Sequence[RunCurves], swept: Sequence[str] = ()) -> pd.DataFrame:
+    """One row a run (TABLE_COLUMNS), sorted by the swept settings, then name. The diagnosis is the run's
+    `diagnosis` tag, else worked out from its curves."""
+    rows = []
+    for run in runs:
+        diagnosis = run.tags.get("diagnosis") or diagnose(run.train, run.val).tag
+        rows.append({
+            "run_name": run.name, "run_id": run.run_id, "status": run.status,
+            **{key: run.value(key) for key in TABLE_PARAMS},
+            "final_train_loss": run.final_train, "final_val_loss": run.final_val, "min_val_loss": run.min_val,
+            "tokens_seen": run.tokens_seen, "diagnosis": diagnosis,
+        })
+    table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+    table["tokens_seen"] = table["tokens_seen"].astype("Int64")  # whole numbers, blank where unknown
+    keys = [run_key for run_key in swept if run_key in table] + ["run_name"]
+    order = sorted(range(len(runs)), key=lambda i: tuple(sort_key(table.iloc[i][k]) for k in keys))
+    return table.iloc[order].reset_index(drop=True)
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    def cell(value) -> str:
+        if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+            return ""
+        if isinstance(value, float):
+            return f"{value:.4f}"
+        return str(value).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    for _, row in table.iterrows():
+        lines.append("| " + " | ".join(cell(row[column]) for column in table.columns) + " |")
+    return "\n".join(lines) + "\n"

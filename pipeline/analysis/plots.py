@@ -1,0 +1,154 @@
+"""The report's plots, drawn with matplotlib's object API on the Agg canvas: no display, no GPU, no global
+backend change. Each function draws one PNG from a list of runs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from pipeline.analysis.fits import fit_power_law
+from pipeline.analysis.runs import MODEL_SIZE, MODEL_SIZE_PARAMS, RunCurves, number, sort_key
+from pipeline.errors import ReportError
+
+DPI = 120
+# x axes drawn on a log scale, with their base
+LOG_AXES = {"lr": 10, "min_lr": 10, MODEL_SIZE: 10, "max_tokens": 10, "context_length": 2, "batch_size": 2,
+            "grad_accum": 2}
+
+
+def _figure(width: float = 9.0, height: float = 5.5):
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height))
+    return figure, figure.add_subplot()
+
+
+def _save(figure, path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(figure)
+    figure.savefig(path, dpi=DPI, bbox_inches="tight")
+
+
+def _colours(count: int) -> list:
+    from matplotlib import colormaps
+
+    if count <= 10:
+        return [colormaps["tab10"](i) for i in range(count)]
+    return [colormaps["viridis"](i / max(1, count - 1)) for i in range(count)]
+
+
+def loss_curves(runs: Sequence[RunCurves], path: Path) -> None:
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import EngFormatter
+
+    by_tokens = all(run.tokens_at([1]) is not None for run in runs if run.train or run.val)
+    figure, ax = _figure()
+    handles = []
+    for run, colour in zip(runs, _colours(len(runs))):
+        for curve, style in ((run.train, "-"), (run.val, "--")):
+            if not curve:
+                continue
+            steps = [s for s, _ in curve]
+            x = run.tokens_at(steps) if by_tokens else steps
+            ax.plot(x, [v for _, v in curve], linestyle=style, color=colour, linewidth=1.4,
+                    marker="o" if style == "--" else None, markersize=3)
+        label = run.name if run.train or run.val else f"{run.name} (no losses logged)"
+        handles.append(Line2D([], [], color=colour, linewidth=2, label=label))
+    handles += [Line2D([], [], color="none", label=""),
+                Line2D([], [], color="black", linestyle="-", label="train loss"),
+                Line2D([], [], color="black", linestyle="--", marker="o", markersize=3, label="val loss")]
+    ax.set_xlabel("tokens seen" if by_tokens else "step")
+    if by_tokens:
+        ax.xaxis.set_major_formatter(EngFormatter())
+    ax.set_ylabel("loss (nats per token)")
+    ax.set_title("Train (solid) and val (dashed) loss")
+    ax.grid(True, alpha=0.3)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small", frameon=False)
+    _save(figure, path)
+
+
+def final_val(runs: Sequence[RunCurves], swept: Sequence[str], path: Path) -> None:
+    with_val = [run for run in runs if run.final_val is not None]
+    x_key = swept[0] if swept else None
+    with_val = [run for run in with_val if x_key is None or run.value(x_key) is not None]
+    numeric = x_key is not None and all(number(run.value(x_key)) is not None for run in with_val)
+    others = [key for key in swept[1:] if not (x_key == MODEL_SIZE and key in MODEL_SIZE_PARAMS)]
+    groups: dict[str, list[RunCurves]] = {}
+    for run in with_val:
+        label = ", ".join(f"{key}={run.value(key)}" for key in others)
+        groups.setdefault(label, []).append(run)
+
+    figure, ax = _figure()
+    categories = sorted({run.value(x_key) or "" for run in with_val}, key=sort_key) if x_key else []
+    for (label, members), colour in zip(sorted(groups.items()), _colours(len(groups))):
+        if numeric:
+            points = sorted((number(run.value(x_key)), run.final_val) for run in members)
+        elif x_key:
+            points = sorted((categories.index(run.value(x_key) or ""), run.final_val) for run in members)
+        else:
+            points = [(with_val.index(run), run.final_val) for run in members]
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", color=colour, label=label or None)
+    if numeric and x_key in LOG_AXES:
+        ax.set_xscale("log", base=LOG_AXES[x_key])
+    if numeric:  # a tick at every value swept, labelled as logged (sizes in k/M)
+        from matplotlib.ticker import EngFormatter, NullFormatter
+
+        values = {number(run.value(x_key)): run.value(x_key) for run in with_val}
+        if len(values) <= 12:
+            engineering = EngFormatter(sep="")
+            ax.set_xticks(sorted(values), [engineering(v) if x_key == MODEL_SIZE else values[v]
+                                           for v in sorted(values)])
+            ax.xaxis.set_minor_formatter(NullFormatter())
+    else:
+        ticks = categories if x_key else [run.name for run in with_val]
+        ax.set_xticks(range(len(ticks)), ticks, rotation=30 if len(ticks) > 4 else 0, ha="right")
+    names = {MODEL_SIZE: "non-embedding parameters", "lr": "peak learning rate (lr)"}
+    ax.set_xlabel(names.get(x_key, x_key) if x_key else "run")
+    ax.set_ylabel("final val loss (nats per token)")
+    ax.set_title(f"Final val loss by {names.get(x_key, x_key)}" if x_key else "Final val loss by run")
+    ax.grid(True, alpha=0.3, which="both")
+    if any(groups) and len(groups) > 1:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small", frameon=False)
+    _save(figure, path)
+
+
+def scaling(runs: Sequence[RunCurves], path: Path) -> tuple[float | None, float | None]:
+    best: dict[float, float] = {}
+    for run in runs:
+        size = number(run.params.get(MODEL_SIZE))
+        if size and run.final_val is not None:
+            best[size] = min(best.get(size, math.inf), run.final_val)
+    sizes = np.array(sorted(best))
+    losses = np.array([best[s] for s in sizes])
+    try:
+        nc, alpha = fit_power_law(sizes, losses)
+    except ReportError:
+        nc = alpha = None
+
+    figure, ax = _figure(7.5, 5.5)
+    ax.scatter(sizes, losses, color="tab:blue", zorder=3, label="best final val loss at each size")
+    if alpha is not None:
+        grid = np.geomspace(sizes.min() / 1.5, sizes.max() * 1.5, 100)
+        ax.plot(grid, (nc / grid) ** alpha, color="tab:red", linestyle="--",
+                label="least-squares fit on log-log axes")
+        ax.set_title(f"Scaling law: L(N) = (Nc/N)^α with α = {alpha:.3f}, Nc = {nc:.3g}")
+    else:
+        ax.set_title("Scaling: no power law could be fitted")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    from matplotlib.ticker import NullFormatter
+
+    low, high = losses.min(), losses.max()  # plain numbers on the loss axis: 3.2, not 3.2 x 10^0
+    ticks = np.geomspace(low, high, 5) if high > low else np.array([low])
+    ax.set_yticks(ticks, [f"{t:.3g}" for t in ticks])
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("non-embedding parameters N")
+    ax.set_ylabel("final val loss L (nats per token)")
+    ax.grid(True, alpha=0.3, which="both")
+    ax.legend(loc="best", fontsize="small")
+    _save(figure, path)
+    return nc, alpha

@@ -1,0 +1,228 @@
+"""A set of runs as the analysis needs them: found in MLflow (a sweep's children, or an experiment's runs),
+with their params, tags and loss histories, and which settings differ across them."""
+
+from __future__ import annotations
+
+import math
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from pipeline import tracking
+from pipeline.errors import ReportError, TrackingError, first_line
+
+Curve = list[tuple[int, float]]
+
+MODEL_SIZE = "n_params_non_embedding"
+# Settings that change the model's size; when any differs the x axis is MODEL_SIZE, if every run logged it.
+MODEL_SIZE_PARAMS = ("config", "n_layer", "n_head", "n_embd", MODEL_SIZE)
+# The settings a sweep may vary, most telling first: the first one that differs is the x axis of final_val_loss.
+SWEEP_PREFERENCE = ("lr", "context_length", MODEL_SIZE, "batch_size", "grad_accum", "max_tokens", "max_steps",
+                    "epochs", "min_lr", "warmup_steps", "weight_decay", "dropout", "grad_clip", "beta1", "beta2",
+                    "stride", "seed", "corpus")
+TAG_FALLBACKS = {"config": "lab.config", "corpus": "lab.corpus"}
+
+
+@dataclass(frozen=True)
+class RunCurves:
+    """One run as the report needs it: identity, params, tags and its loss and tokens_seen histories."""
+
+    run_id: str
+    name: str
+    status: str
+    params: dict[str, str]
+    tags: dict[str, str]
+    train: Curve
+    val: Curve
+    tokens: Curve
+
+    def value(self, key: str) -> str | None:
+        value = self.params.get(key)
+        if value in (None, "") and key in TAG_FALLBACKS:
+            value = self.tags.get(TAG_FALLBACKS[key])
+        return value if value not in (None, "") else None
+
+    @property
+    def final_train(self) -> float | None:
+        return self.train[-1][1] if self.train else None
+
+    @property
+    def final_val(self) -> float | None:
+        return self.val[-1][1] if self.val else None
+
+    @property
+    def min_val(self) -> float | None:
+        return min(v for _, v in self.val) if self.val else None
+
+    @property
+    def tokens_seen(self) -> int | None:
+        if self.tokens:
+            return int(self.tokens[-1][1])
+        steps = self.tokens_at([self.train[-1][0]]) if self.train else None
+        return int(steps[0]) if steps is not None else None
+
+    def tokens_at(self, steps: Sequence[int]) -> np.ndarray | None:
+        """Tokens seen at each step: as logged at that step, else step x tokens_per_step, else interpolated
+        from the tokens_seen history; None when the run recorded neither."""
+        known = dict(self.tokens)
+        per_step = number(self.params.get("tokens_per_step"))
+        if not known and not per_step:
+            return None
+        known_steps = np.array([0] + [s for s, _ in self.tokens], dtype=float)
+        known_tokens = np.array([0] + [t for _, t in self.tokens], dtype=float)
+        rate = known_tokens[-1] / known_steps[-1] if known_steps[-1] else 0.0
+        out = []
+        for step in steps:
+            if step in known:
+                out.append(known[step])
+            elif per_step:
+                out.append(step * per_step)
+            elif step <= known_steps[-1]:
+                out.append(float(np.interp(step, known_steps, known_tokens)))
+            else:
+                out.append(step * rate)
+        return np.array(out, dtype=float)
+
+
+def runs_of_parent(client: MlflowClient, parent_run_id: str) -> pd.DataFrame:
+    """The child runs of a parent run (tag mlflow.parentRunId), oldest first, as mlflow.search_runs gives them.
+    Raises TrackingError for an unknown parent and ReportError when it has no children."""
+    tracking.get_run(client, parent_run_id)
+    runs = _search(client, search_all_experiments=True,
+                   filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'")
+    if runs.empty:
+        raise ReportError(f"run {parent_run_id} has no child runs (no run is tagged "
+                          f"mlflow.parentRunId = {parent_run_id})")
+    return runs
+
+
+def runs_of_experiment(client: MlflowClient, experiment_name: str, filter_string: str = "") -> pd.DataFrame:
+    """An experiment's runs that match an MLflow filter (e.g. "params.corpus = 'tiny'"), oldest first, without
+    parent runs whose children are among them. Raises TrackingError for an unknown experiment and ReportError
+    for a bad filter or when no run matches."""
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        raise TrackingError(f"no MLflow experiment named '{experiment_name}' in {client.tracking_uri}")
+    try:
+        runs = _search(client, experiment_ids=[experiment.experiment_id], filter_string=filter_string or "")
+    except mlflow.exceptions.MlflowException as error:
+        raise ReportError(f"MLflow refuses the filter {filter_string!r}: {first_line(error)}") from None
+    if not runs.empty and "tags.mlflow.parentRunId" in runs:
+        parents = set(runs["tags.mlflow.parentRunId"].dropna())
+        runs = runs[~runs["run_id"].isin(parents)].reset_index(drop=True)
+    if runs.empty:
+        where = f" matching {filter_string!r}" if filter_string else ""
+        raise ReportError(f"no runs in experiment '{experiment_name}'{where}")
+    return runs
+
+
+def _search(client: MlflowClient, **query) -> pd.DataFrame:
+    with _tracking_uri(client.tracking_uri):
+        return mlflow.search_runs(output_format="pandas", order_by=["attributes.start_time ASC"], **query)
+
+
+@contextmanager
+def _tracking_uri(uri: str) -> Iterator[None]:
+    """mlflow.search_runs reads the global tracking URI: point it at the client's store for the call."""
+    if mlflow.get_tracking_uri() == uri:
+        yield
+        return
+    saved, saved_env = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved)
+        if saved_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_env
+
+
+def load_runs(client: MlflowClient, runs: pd.DataFrame | Sequence[str]) -> list[RunCurves]:
+    """Runs (a search_runs DataFrame, or run ids) with their loss and tokens_seen histories."""
+    if not isinstance(runs, pd.DataFrame):
+        ids = list(dict.fromkeys(runs))
+        if not ids:
+            raise ReportError("no runs to report on")
+        experiments = sorted({tracking.get_run(client, run_id).info.experiment_id for run_id in ids})
+        quoted = ", ".join(f"'{run_id}'" for run_id in ids)
+        found = _search(client, experiment_ids=experiments, filter_string=f"attributes.run_id IN ({quoted})")
+        order = {run_id: index for index, run_id in enumerate(ids)}
+        runs = found.sort_values("run_id", key=lambda column: column.map(order)).reset_index(drop=True)
+    if runs.empty:
+        raise ReportError("no runs to report on")
+    loaded = []
+    for _, row in runs.iterrows():
+        params = {k[len("params."):]: str(v) for k, v in row.items() if k.startswith("params.") and _present(v)}
+        tags = {k[len("tags."):]: str(v) for k, v in row.items() if k.startswith("tags.") and _present(v)}
+        run_id = str(row["run_id"])
+        loaded.append(RunCurves(
+            run_id=run_id,
+            name=tags.get("mlflow.runName") or run_id[:8],
+            status=str(row.get("status", "")),
+            params=params,
+            tags=tags,
+            train=_history(client, run_id, "train_loss"),
+            val=_history(client, run_id, "val_loss"),
+            tokens=_history(client, run_id, "tokens_seen"),
+        ))
+    return loaded
+
+
+def _history(client: MlflowClient, run_id: str, key: str) -> Curve:
+    by_step = {}
+    for metric in sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp)):
+        by_step[metric.step] = metric.value
+    return sorted(by_step.items())
+
+
+def swept_params(runs: Sequence[RunCurves]) -> list[str]:
+    """The settings whose values differ across runs, in SWEEP_PREFERENCE order. A model-size change shows as
+    MODEL_SIZE when every run logged it, else as the first differing of config, n_layer, n_head, n_embd."""
+
+    def differs(key: str) -> bool:  # runs that did not log the key (failed at start, say) do not count
+        return len({_normal(run.value(key)) for run in runs} - {None}) > 1
+
+    swept = []
+    size_keys = [key for key in MODEL_SIZE_PARAMS if differs(key)]
+    for key in SWEEP_PREFERENCE:
+        if key == MODEL_SIZE:
+            if size_keys:
+                numeric = all(number(run.value(MODEL_SIZE)) for run in runs)
+                swept.append(MODEL_SIZE if numeric else size_keys[0])
+        elif differs(key):
+            swept.append(key)
+    return swept
+
+
+def _present(value) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def number(text) -> float | None:
+    """A param's text as a finite number, else None."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _normal(text):
+    value = number(text)
+    return value if value is not None else text
+
+
+def sort_key(value):
+    """Numbers first, in order, then text: how swept values are ordered in tables and on axes."""
+    value_number = number(value)
+    if value_number is not None:
+        return (0, value_number, "")
+    return (1, 0.0, "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value))

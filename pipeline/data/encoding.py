@@ -1,0 +1,310 @@
+"""Tokenizing a corpus: GPT-2 BPE (tiktoken) into train and val shards, skipped when they are up to date.
+
+Text is streamed in pieces cut at line ends, so memory stays bounded whatever the corpus size, and each batch
+of pieces is encoded on every core with tiktoken.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+from pipeline.data.corpora import DOCUMENT_SEPARATOR, CorpusText
+from pipeline.data.shards import Shards, ShardWriter, load_shards
+from pipeline.errors import CorpusError, ShardError
+from pipeline.files import cache_root, sha256_of
+
+TOKENIZER = "gpt2"
+MANIFEST_FORMAT = 1
+DEFAULT_SHARD_TOKENS = 100_000_000
+PIECE_BYTES = 1 << 20  # text handed to the tokenizer at a time
+BATCH_PIECES = 16  # pieces encoded together, spread over the cores
+_SEPARATOR = re.compile(r"\n?" + re.escape(DOCUMENT_SEPARATOR) + r"\n?")
+
+
+def encoding():
+    """tiktoken's GPT-2 BPE. Offline, it reads its files from $TIKTOKEN_CACHE_DIR."""
+    import tiktoken
+
+    try:
+        return tiktoken.get_encoding(TOKENIZER)
+    except Exception as error:  # no network and no cache: requests or tiktoken errors of many kinds
+        raise CorpusError(
+            f"could not load tiktoken's {TOKENIZER} files ({type(error).__name__}); "
+            "without network, point TIKTOKEN_CACHE_DIR at a folder holding them"
+        ) from None
+
+
+@dataclass(frozen=True)
+class TokenizeResult:
+    shards: Shards
+    skipped: bool  # True when the shards were already up to date
+
+
+def tokenize(
+    corpus: CorpusText,
+    cache: Path | None = None,
+    val_fraction: float = 0.1,
+    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+) -> TokenizeResult:
+    """Tokenize a local corpus into train and val shards, unless shards of the same input and settings exist."""
+    if not 0 < val_fraction < 1:
+        raise CorpusError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    if shard_tokens < 2:
+        raise CorpusError(f"shard_tokens must be at least 2, got {shard_tokens}")
+    folder = (cache or cache_root()) / "shards" / corpus.name
+    files = corpus.train + (corpus.val or ())
+    for path in files:
+        if not path.is_file():
+            raise CorpusError(f"corpus file not found: {path}")
+        if path.stat().st_size == 0:
+            raise CorpusError(f"corpus file {path} is empty")
+    key = {
+        "format": MANIFEST_FORMAT,
+        "tokenizer": TOKENIZER,
+        "source_sha256": {str(p): sha256_of(p) for p in files},
+        "val_fraction": None if corpus.val else val_fraction,
+        "shard_tokens": shard_tokens,
+    }
+    if (folder / "manifest.json").is_file():
+        try:
+            existing = load_shards(folder)
+            if existing.manifest.get("key") == key:
+                return TokenizeResult(existing, skipped=True)
+        except ShardError:
+            pass  # damaged: tokenize again
+    enc = encoding()
+    if corpus.val:
+        plan = {"train": [(p, 0, None) for p in corpus.train], "val": [(p, 0, None) for p in corpus.val]}
+        split_rule = "the source's own validation split"
+    else:
+        plan, split_rule = _split_plan(corpus.train, val_fraction)
+
+    try:
+        return TokenizeResult(_write_shards(enc, corpus, plan, split_rule, key, folder, shard_tokens), skipped=False)
+    except OSError as error:  # a full disk, a read-only folder: the old shards, if any, are untouched
+        raise CorpusError(f"could not write the shards of {corpus.name} to {folder}: {error.strerror or error}") from None
+
+
+def _write_shards(enc, corpus: CorpusText, plan: dict, split_rule: str, key: dict, folder: Path,
+                  shard_tokens: int) -> Shards:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{corpus.name}."))
+    try:
+        total_bytes = sum((end if end is not None else p.stat().st_size) - start
+                          for parts in plan.values() for p, start, end in parts)
+        splits = {}
+        with tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"tokenize {corpus.name}",
+                  disable=None) as bar:
+            for split, parts in plan.items():
+                splits[split] = _tokenize_split(enc, parts, staging, split, shard_tokens, bar)
+        counts = {split: sum(s["tokens"] for s in shards) for split, shards in splits.items()}
+        for split, count in counts.items():
+            if count < 2:
+                raise CorpusError(
+                    f"the {split} split of {corpus.name} has {count} token(s); each split needs at least 2"
+                )
+        manifest = {
+            "corpus": corpus.name,
+            "source": corpus.source,
+            "key": key,
+            "split_rule": split_rule,
+            "splits": splits,
+            "train_tokens": counts["train"],
+            "val_tokens": counts["val"],
+            "tokens_sha256": hashlib.sha256(
+                "".join(s["sha256"] for split in ("train", "val") for s in splits[split]).encode()
+            ).hexdigest(),
+        }
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        _replace_folder(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return load_shards(folder)
+
+
+def _replace_folder(staging: Path, folder: Path) -> None:
+    """Swap the finished staging folder in for the old one; the old one is gone only once the new is in place."""
+    if folder.exists():
+        retired = folder.with_name(f".{folder.name}.old")
+        shutil.rmtree(retired, ignore_errors=True)
+        os.replace(folder, retired)
+        os.replace(staging, folder)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(staging, folder)
+
+
+def _split_plan(files: tuple[Path, ...], val_fraction: float) -> tuple[dict, str]:
+    """Byte ranges of the train and val splits: whole files where there are several (unless the last file alone
+    is over twice val_fraction), else within the one file at the first document boundary past the split point,
+    else at the first whitespace past it."""
+    sizes = [p.stat().st_size for p in files]
+    total = sum(sizes)
+    if len(files) > 1:
+        start = 0
+        for index, size in enumerate(sizes):
+            if start >= total * (1 - val_fraction) and index > 0:
+                return ({"train": [(p, 0, None) for p in files[:index]],
+                         "val": [(p, 0, None) for p in files[index:]]}, "files (documents) at the tail")
+            start += size
+        if sizes[-1] <= 2 * val_fraction * total:
+            return ({"train": [(p, 0, None) for p in files[:-1]], "val": [(files[-1], 0, None)]},
+                    "the last file (document)")
+        # the last file alone is far more than val_fraction: hold out only its tail
+        cut, rule = _cut_point(files[-1], int(total * (1 - val_fraction)) - (total - sizes[-1]))
+        return ({"train": [(p, 0, None) for p in files[:-1]] + [(files[-1], 0, cut)],
+                 "val": [(files[-1], cut, None)]}, f"within the last file: {rule}")
+    path = files[0]
+    cut, rule = _cut_point(path, int(total * (1 - val_fraction)))
+    return {"train": [(path, 0, cut)], "val": [(path, cut, None)]}, rule
+
+
+def _cut_point(path: Path, target: int) -> tuple[int, str]:
+    marker = DOCUMENT_SEPARATOR.encode()
+    with open(path, "rb") as f:
+        f.seek(target)
+        window = f.read(1 << 22)
+    found = window.find(marker)
+    if found >= 0:
+        cut = found + len(marker)
+        cut += window[cut:cut + 1] == b"\n"  # the separator's own line end stays with it, as in _SEPARATOR
+        if window[cut:].strip() or len(window) == 1 << 22:  # a document follows: not the file's last separator
+            return target + cut, "document boundary near the tail"
+    for offset, byte in enumerate(window):
+        if byte in b" \n\t\r":
+            return target + offset, "the tail, at a word boundary"
+    while target > 0 and window and (window[0] & 0xC0) == 0x80:  # never inside a multi-byte character
+        target -= 1
+        with open(path, "rb") as f:
+            f.seek(target)
+            window = f.read(1)
+    return target, "the tail"
+
+
+def _tokenize_split(enc, parts, staging: Path, split: str, shard_tokens: int, bar) -> list[dict]:
+    shards: list[dict] = []
+    writer: ShardWriter | None = None
+
+    def write(tokens: np.ndarray) -> None:
+        nonlocal writer
+        while tokens.size:
+            if writer is None:
+                writer = ShardWriter(staging / f"{split}_{len(shards):03d}.bin")
+            room = shard_tokens - writer.tokens
+            writer.append(tokens[:room])
+            tokens = tokens[room:]
+            if writer.tokens == shard_tokens:
+                finish()
+
+    def finish() -> None:
+        nonlocal writer
+        writer.close()
+        shards.append({"file": writer.path.name, "tokens": writer.tokens, "sha256": writer.digest.hexdigest()})
+        writer = None
+
+    eot = np.array([enc.eot_token], dtype=np.uint16)
+    for index, (path, start, end) in enumerate(parts):
+        if index:
+            write(eot)  # files are documents too
+        batch: list[str] = []
+        for piece, size in _pieces(path, start, end):
+            batch.append(piece)
+            bar.update(size)
+            if len(batch) == BATCH_PIECES:
+                write(_encode(enc, batch))
+                batch = []
+        if batch:
+            write(_encode(enc, batch))
+    if writer is not None:
+        finish()
+    return shards
+
+
+def _encode(enc, pieces: list[str]) -> np.ndarray:
+    """Encode pieces on every core; <|endoftext|> in the text separates documents and becomes the EOT token.
+
+    One task per piece, not per document: a thread-pool task per document costs more than encoding it. The
+    newline on either side of a separator is dropped first (what _SEPARATOR matches, found with str.replace,
+    which is far faster than the regex), then tiktoken encodes the separator itself as the EOT token."""
+    texts = [piece.replace("\n" + DOCUMENT_SEPARATOR, DOCUMENT_SEPARATOR)
+             .replace(DOCUMENT_SEPARATOR + "\n", DOCUMENT_SEPARATOR) for piece in pieces]
+    with ThreadPoolExecutor(min(len(texts), _threads()) or 1) as pool:
+        arrays = list(pool.map(lambda text: _encode_text(enc, text), texts))
+    return np.concatenate(arrays).astype(np.uint16) if arrays else np.empty(0, dtype=np.uint16)
+
+
+def _encode_text(enc, text: str) -> np.ndarray:
+    allowed = {DOCUMENT_SEPARATOR}
+    if hasattr(enc, "encode_to_numpy"):  # tiktoken >= 0.9: no Python list of ints in between
+        return enc.encode_to_numpy(text, allowed_special=allowed)
+    return np.array(enc.encode(text, allowed_special=allowed), dtype=np.uint32)
+
+
+def _threads() -> int:
+    """The cores this process may run on (os.cpu_count() counts the machine's, even where fewer are allowed)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _pieces(path: Path, start: int, end: int | None) -> Iterator[tuple[str, int]]:
+    """(text, bytes) pieces of path[start:end], cut after a newline so no line is split.
+    A line longer than a piece is cut after a separator or at a character boundary instead."""
+    end = path.stat().st_size if end is None else end
+    with open(path, "rb") as f:
+        f.seek(start)
+        offset, carry = start, b""
+        while offset < end or carry:
+            block = f.read(min(PIECE_BYTES, end - offset))
+            offset += len(block)
+            data = carry + block
+            cut = _piece_end(data) if offset < end else len(data)
+            piece, carry = data[:cut], data[cut:]
+            try:
+                yield piece.decode("utf-8"), len(piece)
+            except UnicodeDecodeError as error:
+                piece_start = offset - len(data)
+                raise CorpusError(
+                    f"{path} is not UTF-8 text: invalid byte 0x{piece[error.start]:02x} at byte offset "
+                    f"{piece_start + error.start}"
+                ) from None
+
+
+def _piece_end(data: bytes) -> int:
+    """Where a piece of data that the text goes on after ends: after its last line end, else after its last
+    separator, else at a character boundary. Never inside a separator, nor between it and the line ends that
+    _SEPARATOR takes with it: a document boundary gives the same tokens wherever the pieces are cut."""
+    marker = DOCUMENT_SEPARATOR.encode()
+    cut = data.rfind(b"\n") + 1
+    if cut and marker.startswith(data[cut:cut + len(marker)]) and not data.endswith(marker, 0, cut - 1):
+        cut -= 1  # the line end before a separator (maybe one in the next block) stays with it
+    if cut:
+        return cut
+    found = data.rfind(marker, 0, len(data) - 1)  # not the last bytes: a line end may follow in the next block
+    if found >= 0:
+        return found + len(marker)
+    cut = _whole_characters(data)
+    for size in range(len(marker) - 1, 0, -1):  # nor the start of a separator that the next block finishes
+        if data.endswith(marker[:size], 0, cut):
+            return cut - size
+    return cut
+
+
+def _whole_characters(data: bytes) -> int:
+    """Length of the longest prefix of data that does not end inside a UTF-8 multi-byte character."""
+    for back in range(1, min(4, len(data)) + 1):
+        lead = data[-back]
+        if lead & 0xC0 != 0x80:  # an ASCII byte or the first byte of a character
+            needed = 1 if lead < 0x80 else 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
+            return len(data) if needed <= back else len(data) - back
+    return len(data)

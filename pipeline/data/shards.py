@@ -1,0 +1,126 @@
+"""llm.c-style .bin token shards: writing them, and reading them back without loading them whole.
+
+A shard is a header of 256 int32 (magic 20240520, version 1, token count) followed by the tokens as uint16.
+A corpus's shards live in `<cache>/shards/<corpus>/` as train_NNN.bin, val_NNN.bin and manifest.json.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import ShardError
+from pipeline.files import atomic_path
+
+MAGIC = 20240520
+VERSION = 1
+HEADER_INTS = 256
+HEADER_BYTES = HEADER_INTS * 4
+
+
+def write_shard(path: Path, tokens: np.ndarray) -> None:
+    """Write one shard atomically (used for small shards and tests; tokenization streams instead)."""
+    with atomic_path(path) as tmp, ShardWriter(tmp) as writer:
+        writer.append(np.asarray(tokens))
+
+
+class ShardWriter:
+    """Appends tokens to one .bin file; the header's count is filled in on close."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.tokens = 0
+        self.digest = hashlib.sha256()
+        self._file = open(self.path, "wb")
+        self._file.write(b"\0" * HEADER_BYTES)
+
+    def append(self, tokens: np.ndarray) -> None:
+        if tokens.size and (tokens.min() < 0 or tokens.max() >= 2**16):
+            raise ShardError(f"token ids must fit in uint16, got range {tokens.min()}..{tokens.max()}")
+        data = tokens.astype(np.uint16).tobytes()
+        self._file.write(data)
+        self.digest.update(data)
+        self.tokens += tokens.size
+
+    def close(self) -> None:
+        header = np.zeros(HEADER_INTS, dtype=np.int32)
+        header[:3] = (MAGIC, VERSION, self.tokens)
+        self._file.seek(0)
+        self._file.write(header.tobytes())
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_shard(path: Path) -> np.memmap:
+    """The tokens of one shard as a read-only memmap, after checking magic, version and size."""
+    path = Path(path)
+    if not path.is_file():
+        raise ShardError(f"shard not found: {path}")
+    size = path.stat().st_size
+    if size < HEADER_BYTES:
+        raise ShardError(f"shard {path} is truncated: {size} bytes, shorter than its {HEADER_BYTES}-byte header")
+    header = np.fromfile(path, dtype=np.int32, count=HEADER_INTS)
+    if header[0] != MAGIC:
+        raise ShardError(f"shard {path} has magic {header[0]}, expected {MAGIC}: not an llm.c token shard")
+    if header[1] != VERSION:
+        raise ShardError(f"shard {path} has version {header[1]}, expected {VERSION}")
+    count = int(header[2])
+    expected = HEADER_BYTES + 2 * count
+    if count < 0 or size != expected:
+        raise ShardError(f"shard {path} is truncated or padded: {size} bytes, its header promises {expected}")
+    return np.memmap(path, dtype=np.uint16, mode="r", offset=HEADER_BYTES, shape=(count,))
+
+
+# ---------------------------------------------------------------- manifest
+
+
+@dataclass(frozen=True)
+class Shards:
+    """A tokenized corpus: its folder and manifest."""
+
+    folder: Path
+    manifest: dict
+
+    def split(self, name: str) -> list[np.memmap]:
+        return [read_shard(self.folder / shard["file"]) for shard in self.manifest["splits"][name]]
+
+    @property
+    def train_tokens(self) -> int:
+        return self.manifest["train_tokens"]
+
+    @property
+    def val_tokens(self) -> int:
+        return self.manifest["val_tokens"]
+
+    @property
+    def tokens_sha256(self) -> str:
+        return self.manifest["tokens_sha256"]
+
+
+def load_shards(folder: Path) -> Shards:
+    manifest_path = Path(folder) / "manifest.json"
+    if not manifest_path.is_file():
+        raise ShardError(f"no manifest.json in {folder}: tokenize the corpus first")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as error:
+        raise ShardError(f"{manifest_path} is not valid JSON ({error})") from None
+    shards = Shards(Path(folder), manifest)
+    try:
+        for split in ("train", "val"):
+            shards.split(split)  # checks every header and size now rather than mid-run
+    except (KeyError, TypeError) as error:
+        raise ShardError(f"{manifest_path} does not list its shards (missing or malformed {error})") from None
+    return shards

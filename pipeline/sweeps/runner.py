@@ -1,0 +1,236 @@
+"""Running a sweep: one parent MLflow run, one nested child run per point, each child a `pipeline.train` process.
+
+A re-run skips the points that already FINISHED with the same settings, so an interrupted sweep picks up where
+it stopped. Children run in `workers` parallel processes; each writes only its own run, in batches, which
+MLflow's SQLite store takes from several processes at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import yaml
+from mlflow.tracking import MlflowClient
+
+from pipeline import tracking
+from pipeline.settings import settings_to_args
+from pipeline.files import PROJECT_DIR
+from pipeline.errors import SettingsError
+from pipeline.sweeps.spec import Sweep, SweepPoint
+
+log = logging.getLogger(__name__)
+
+PARENT_ROLE, CHILD_ROLE = "sweep", "sweep_child"
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    point: SweepPoint
+    finished_run_id: str | None  # a FINISHED run with the same settings: skipped
+
+
+@dataclass(frozen=True)
+class ChildOutcome:
+    point: SweepPoint
+    run_id: str
+    status: str  # FINISHED, FAILED or KILLED
+    skipped: bool
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    parent_run_id: str
+    status: str
+    children: tuple[ChildOutcome, ...]
+    report_files: tuple[Path, ...] = ()
+
+    @property
+    def failures(self) -> list[ChildOutcome]:
+        return [c for c in self.children if c.status != "FINISHED"]
+
+
+def plan(client: MlflowClient, sweep: Sweep) -> list[PlannedRun]:
+    """Each point of the sweep, with the FINISHED run that already covers it, if any."""
+    finished = _finished_children(client, sweep)
+    return [PlannedRun(point, finished.get(point.key)) for point in sweep.points]
+
+
+def train_command(point: SweepPoint) -> list[str]:
+    return [sys.executable, "-m", "pipeline.train", *settings_to_args(replace(point.settings, run_name=point.name))]
+
+
+def run_sweep(client: MlflowClient, sweep: Sweep, workers: int = 1) -> SweepResult:
+    """Run every point not yet finished, then end the parent FINISHED (FAILED if every child failed)."""
+    if workers < 1:
+        raise SettingsError(f"workers must be at least 1, got {workers}")
+    planned = plan(client, sweep)
+    experiment_id = tracking.experiment_id(client, sweep.points[0].settings.experiment)
+    parent_id = _parent_run(client, sweep, experiment_id)
+    outcomes: dict[str, ChildOutcome] = {}
+    for item in planned:
+        if item.finished_run_id:
+            log.info("skip %s: finished as run %s", item.point.name, item.finished_run_id)
+            outcomes[item.point.key] = ChildOutcome(item.point, item.finished_run_id, "FINISHED", skipped=True)
+    todo = [item.point for item in planned if not item.finished_run_id]
+    if todo:
+        log.info("sweep %s: %d run(s) to do, %d already finished, %d worker(s)", sweep.name, len(todo),
+                 len(planned) - len(todo), workers)
+    child_ids: dict[str, str] = {}
+    try:
+        for point in todo:
+            child_ids[point.key] = _create_child(client, sweep, point, parent_id, experiment_id)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for outcome in pool.map(lambda p: _run_child(client, p, child_ids[p.key]), todo):
+                outcomes[outcome.point.key] = outcome
+        children = tuple(outcomes[point.key] for point in sweep.points)
+        all_failed = all(c.status != "FINISHED" for c in children)
+        status = tracking.STATUS_FAILED if all_failed else tracking.STATUS_FINISHED
+        summary = _summary(sweep, children)
+        client.set_tag(parent_id, "lab.summary", summary[:5000])
+        client.log_dict(parent_id, {"sweep": sweep.name, "children": [
+            {"name": c.point.name, "run_id": c.run_id, "status": c.status, "skipped": c.skipped, "error": c.error}
+            for c in children]}, "summary.json")
+        finished_ids = [c.run_id for c in children if c.status == "FINISHED"]
+        report_files = _report(client, parent_id, finished_ids, sweep) if finished_ids else ()
+    except BaseException as error:
+        interrupted = isinstance(error, KeyboardInterrupt)
+        for key, run_id in child_ids.items():
+            if key not in outcomes and client.get_run(run_id).info.status == "RUNNING":  # never started
+                tracking.finish_run(client, run_id, tracking.STATUS_KILLED)
+        tracking.finish_run(client, parent_id, tracking.STATUS_KILLED if interrupted else tracking.STATUS_FAILED)
+        raise
+    tracking.finish_run(client, parent_id, status)
+    log.info(summary)
+    return SweepResult(parent_id, status, children, report_files)
+
+
+def _finished_children(client: MlflowClient, sweep: Sweep) -> dict[str, str]:
+    experiment = client.get_experiment_by_name(sweep.points[0].settings.experiment)
+    if experiment is None:
+        return {}
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`lab.sweep` = '{sweep.name}' and tags.`lab.role` = '{CHILD_ROLE}' "
+                      "and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+    )
+    finished: dict[str, str] = {}
+    for run in runs:
+        finished.setdefault(run.data.tags.get("lab.child_key", ""), run.info.run_id)
+    return finished
+
+
+def _parent_run(client: MlflowClient, sweep: Sweep, experiment_id: str) -> str:
+    """The run `mlflow run` made for us, else this sweep's last parent run (so re-runs nest under one
+    parent), else a new one."""
+    tags = {"lab.sweep": sweep.name, "lab.role": PARENT_ROLE}
+    given = os.environ.get("MLFLOW_RUN_ID")
+    if given:
+        parent_id = given
+    else:
+        previous = client.search_runs(
+            [experiment_id], filter_string=f"tags.`lab.sweep` = '{sweep.name}' and tags.`lab.role` = '{PARENT_ROLE}'",
+            order_by=["attributes.start_time DESC"], max_results=1,
+        )
+        if previous:
+            parent_id = previous[0].info.run_id
+            client.update_run(parent_id, status="RUNNING")
+        else:
+            parent_id = client.create_run(experiment_id, run_name=f"sweep-{sweep.name}", tags=tags).info.run_id
+    for key, value in tags.items():
+        client.set_tag(parent_id, key, value)
+    client.log_text(parent_id, yaml.safe_dump({sweep.name: sweep.spec}, sort_keys=False), "sweep.yaml")
+    return parent_id
+
+
+def _create_child(client: MlflowClient, sweep: Sweep, point: SweepPoint, parent_id: str, experiment_id: str) -> str:
+    run = client.create_run(experiment_id, run_name=point.name, tags={
+        "mlflow.parentRunId": parent_id,
+        "lab.sweep": sweep.name,
+        "lab.role": CHILD_ROLE,
+        "lab.child_key": point.key,
+    })
+    return run.info.run_id
+
+
+def _run_child(client: MlflowClient, point: SweepPoint, run_id: str) -> ChildOutcome:
+    """One `pipeline.train` process logging into the child run made for it; its output is prefixed and shown."""
+    env = {**os.environ, "MLFLOW_RUN_ID": run_id, "MLFLOW_TRACKING_URI": tracking.tracking_uri(),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_DIR), os.environ.get("PYTHONPATH")]))}
+    log.info("start %s (run %s)", point.name, run_id)
+    with tempfile.TemporaryFile(mode="w+") as errors:
+        process = subprocess.Popen(train_command(point), env=env, stdout=subprocess.PIPE, stderr=errors, text=True)
+        for line in process.stdout:
+            log.info("[%s] %s", point.name, line.rstrip())
+        process.wait()
+        errors.seek(0)
+        error_lines = [line.strip() for line in errors if line.strip()]
+    status = client.get_run(run_id).info.status
+    if status == "RUNNING":  # the process died before it could end its run
+        status = tracking.STATUS_FAILED
+        tracking.finish_run(client, run_id, status)
+    error = "" if status == "FINISHED" else (error_lines[-1] if error_lines else f"exit code {process.returncode}")
+    log.info("%s %s%s", point.name, status, f": {error}" if error else "")
+    return ChildOutcome(point, run_id, status, skipped=False, error=error)
+
+
+def _summary(sweep: Sweep, children: tuple[ChildOutcome, ...]) -> str:
+    finished = sum(c.status == "FINISHED" for c in children)
+    skipped = sum(c.skipped for c in children)
+    line = f"sweep {sweep.name}: {finished}/{len(children)} runs finished ({skipped} from earlier)"
+    failures = [f"{c.point.name} {c.status}: {c.error}" for c in children if c.status != "FINISHED"]
+    return line + ("; failed: " + "; ".join(failures) if failures else "")
+
+
+def _report(client: MlflowClient, parent_id: str, run_ids: list[str], sweep: Sweep) -> tuple[Path, ...]:
+    from pipeline.analysis.comparison import build_report
+
+    out_dir = Path("reports") / f"{sweep.name}-{parent_id[:8]}"
+    try:
+        report = build_report(client, run_ids, out_dir, parent_run_id=parent_id)
+    except Exception as error:  # a report is a view of the runs: never lose the sweep over it
+        log.warning("report for sweep %s failed: %s", sweep.name, error)
+        return ()
+    return tuple(report.files)
+
+
+def scheduler_commands(client: MlflowClient, sweep: Sweep) -> list[str]:
+    """One self-contained shell command per point not yet finished, for a scheduler to run anywhere that
+    reaches the same tracking server. Each logs into a child run made now (status SCHEDULED) under the parent;
+    running the sweep again afterwards finds them finished and only writes the report."""
+    experiment_id = tracking.experiment_id(client, sweep.points[0].settings.experiment)
+    parent_id = _parent_run(client, sweep, experiment_id)
+    commands = []
+    for item in plan(client, sweep):
+        if item.finished_run_id:
+            continue
+        run_id = _create_child(client, sweep, item.point, parent_id, experiment_id)
+        client.update_run(run_id, status="SCHEDULED")
+        env = f"MLFLOW_TRACKING_URI={shlex.quote(tracking.tracking_uri())} MLFLOW_RUN_ID={run_id}"
+        commands.append(f"cd {shlex.quote(str(PROJECT_DIR))} && {env} python -m pipeline.train "
+                        + shlex.join(train_command(item.point)[3:]))
+    if commands:
+        client.update_run(parent_id, status="SCHEDULED")
+    else:
+        tracking.finish_run(client, parent_id, tracking.STATUS_FINISHED)
+    return commands
+
+
+def describe(planned: list[PlannedRun]) -> list[str]:
+    """One line per run for --dry-run."""
+    lines = []
+    for item in planned:
+        state = f"finished as {item.finished_run_id}, skip" if item.finished_run_id else "to run"
+        overrides = json.dumps(item.point.overrides) if item.point.overrides else "{}"
+        lines.append(f"{item.point.name}  {overrides}  ({state})")
+    return lines

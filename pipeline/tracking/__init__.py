@@ -1,0 +1,26 @@
+"""Everything the lab keeps in MLflow: runs (runs.py) and their metrics (metrics.py)."""
+
+from pipeline.tracking.metrics import MAX_BATCH, MetricBuffer, retry_until_sent
+from pipeline.tracking.runs import (
+    STATUS_FAILED,
+    STATUS_FINISHED,
+    STATUS_KILLED,
+    check_reachable,
+    client_for,
+    connect,
+    dataset_input,
+    experiment_id,
+    finish_run,
+    get_run,
+    last_logged_step,
+    log_params_once,
+    start_run,
+    tracking_uri,
+)
+
+__all__ = [
+    "MAX_BATCH", "MetricBuffer", "retry_until_sent", "STATUS_FAILED", "STATUS_FINISHED", "STATUS_KILLED", "check_reachable",
+    "client_for", "connect",
+    "dataset_input", "experiment_id", "finish_run", "get_run", "last_logged_step", "log_params_once", "start_run",
+    "tracking_uri",
+]

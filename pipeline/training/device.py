@@ -1,0 +1,56 @@
+"""The device a run trains on: choosing it, mixed precision on GPUs, and what it reports about memory."""
+
+from __future__ import annotations
+
+import platform
+import resource
+from contextlib import nullcontext
+
+import torch
+
+from pipeline.errors import SettingsError
+
+
+def pick_device(name: str) -> torch.device:
+    """auto picks CUDA, else MPS, else the CPU; a named device that is missing is a SettingsError."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SettingsError(f"unknown device '{name}' (auto, cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SettingsError("device cuda asked for, but PyTorch sees no CUDA GPU here (use --device auto)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise SettingsError("device mps asked for, but it is not available here (use --device auto)")
+    return device
+
+
+def mixed_precision(device: torch.device):
+    """bf16 autocast on CUDA (fp16 with a GradScaler where bf16 is missing); full fp32 elsewhere."""
+    if device.type != "cuda":
+        return nullcontext(), None
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    if torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16), None
+    return torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
+
+
+def is_out_of_memory(error: RuntimeError) -> bool:
+    """torch.OutOfMemoryError on GPUs; a plain RuntimeError from the CPU allocator."""
+    text = str(error)
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
+
+
+def memory_used(device: torch.device) -> dict[str, float]:
+    """Peak resident memory of this process, and peak allocated GPU memory on CUDA, in MB."""
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    memory = {"peak_rss_mb": peak_kb / (1024 * 1024 if platform.system() == "Darwin" else 1024)}
+    if device.type == "cuda":
+        memory["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return memory

@@ -1,0 +1,244 @@
+"""One training run, in its four phases: prepare the data, open (or resume) the MLflow run, the step loop, close.
+
+Closing happens in one place, whatever ended the loop: FINISHED (diagnosed and tagged), KILLED on Ctrl-C or
+SIGTERM, FAILED on any error. Under torchrun every process calls `train`; rank 0 alone talks to MLflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import subprocess
+from dataclasses import asdict, dataclass, replace
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from model import GPT
+from pipeline import tracking
+from pipeline.analysis.diagnosis import diagnose_run, tag_run
+from pipeline.analysis.novelty import NgramIndex
+from pipeline.data.batches import ValWindows, WindowSampler
+from pipeline.data.corpora import fetch
+from pipeline.data.encoding import encoding, tokenize
+from pipeline.data.shards import Shards
+from pipeline.errors import LabError, SettingsError
+from pipeline.files import PROJECT_DIR
+from pipeline.settings import TrainSettings, short_number
+from pipeline.training import checkpoints, distributed
+from pipeline.training.device import pick_device
+from pipeline.training.distributed import World
+from pipeline.training.flops import flops_per_token, peak_flops
+from pipeline.training.loop import Data, Model, Plan, StepLoop, Tracked, TrainingInterrupted, TrainResult
+from pipeline.training.schedule import make_optimizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """What phase one found: the corpus's names and its token shards."""
+
+    name: str
+    label: str  # the name in run names and tags: a local file's name without its hash
+    source: str
+    prompt: str
+    shards: Shards
+
+
+def train(settings: TrainSettings) -> TrainResult:
+    """Train as settings say (or resume settings.resume), tracked in MLflow. Raises LabError subclasses for
+    bad input and TrainingInterrupted on Ctrl-C or SIGTERM."""
+    world = distributed.join(settings.device)
+    try:
+        result = _train(settings, world)
+        world.wait_for_all()  # leave together: a process that tears down early can abort the others' last sends
+        return result
+    finally:
+        distributed.leave(world)
+
+
+def _train(settings: TrainSettings, world: World) -> TrainResult:
+    client = tracking.connect() if world.is_main else None
+    settings, resume_state = _settings_to_run(settings, world, client)
+    device = pick_device(settings.device)
+    if device.type == "cuda" and world.active:
+        device = torch.device("cuda", world.local_rank)
+    model_config = settings.model_config()
+
+    corpus = prepare_corpus(settings.corpus, world)
+    data = prepare_data(settings, corpus, model_config.context_length, world)
+    # The CPU probe draws random matrices: measure before seeding, so it cannot shift the run's random stream.
+    peak, peak_source = peak_flops(device) if world.is_main else (0.0, "")
+    model, start_step = build_model(settings, model_config, device, world, resume_state)
+    plan = Plan.make(settings, data.sampler, world, flops_per_token(model_config, data.sampler.length),
+                     peak * world.world_size)
+
+    tracked = open_run(settings, corpus, world, client, resume_state)
+    status, error = tracking.STATUS_FAILED, None
+    try:
+        if world.is_main and resume_state is None:
+            _log_run_inputs(client, tracked.run_id, settings, model, corpus, data, plan, device, world,
+                            peak, peak_source)
+        if world.is_main:
+            n_params = model.model.num_params()
+            log.info("run %s: %s, %s parameters (%s non-embedding), %d steps of %d tokens on %s%s", tracked.run_id,
+                     settings.config, f"{n_params:,}", f"{model.model.num_params(non_embedding=True):,}",
+                     plan.total_steps, plan.tokens_per_step, device,
+                     f" x {world.world_size} processes" if world.active else "")
+            data = replace(data, ngrams=NgramIndex.load_or_build(corpus.shards))
+        if resume_state is not None and model.scaler is not None and resume_state.get("scaler"):
+            model.scaler.load_state_dict(resume_state["scaler"])
+        result = StepLoop(settings, world, device, model, data, plan, tracked).run(start_step)
+        status = tracking.STATUS_FINISHED
+        return result
+    except TrainingInterrupted:
+        status = tracking.STATUS_KILLED
+        raise
+    except BaseException as raised:
+        error = raised
+        raise
+    finally:
+        if world.is_main:
+            close_run(client, tracked.run_id, status, error)
+
+
+def _settings_to_run(settings: TrainSettings, world: World, client) -> tuple[TrainSettings, dict | None]:
+    """The settings as given, or a resumed run's own settings (with the device asked for now) and its checkpoint."""
+    resume_state = None
+    if settings.resume:
+        if world.is_main:
+            tracking.get_run(client, settings.resume)
+            resume_state = checkpoints.load_from_run(settings.resume, client)
+        resume_state = world.share(resume_state)
+        saved = TrainSettings(**resume_state["settings"])
+        settings = replace(saved, resume=settings.resume, device=settings.device)
+    settings.validate()
+    if settings.grad_accum % world.world_size:
+        raise SettingsError(f"grad_accum ({settings.grad_accum}) must be a multiple of the number of processes "
+                            f"({world.world_size}), so the effective batch stays the same")
+    return settings, resume_state
+
+
+def prepare_corpus(spec: str, world: World) -> Corpus:
+    """Phase one: download and tokenize the corpus; one process does it, the others then find it done."""
+    if world.is_main:
+        fetched = fetch(spec)
+        tokenized = tokenize(fetched.corpus)
+    world.wait_for_all()
+    if not world.is_main:
+        fetched = fetch(spec)
+        tokenized = tokenize(fetched.corpus)
+    if fetched.action not in ("already present", "local"):
+        log.info("corpus %s: %s", fetched.corpus.name, fetched.action)
+    name = fetched.corpus.name
+    label = name.split("-")[0] if fetched.action == "local" else name
+    return Corpus(name, label, fetched.corpus.source, fetched.corpus.prompt, tokenized.shards)
+
+
+def prepare_data(settings: TrainSettings, corpus: Corpus, context_length: int, world: World) -> Data:
+    """The train windows, the fixed validation windows and the prompt of the run's samples."""
+    prompt = settings.prompt or corpus.prompt
+    prompt_tokens = len(encoding().encode_ordinary(prompt))
+    if prompt_tokens >= context_length:
+        raise SettingsError(f"prompt has {prompt_tokens} tokens; it must be shorter than the context "
+                            f"({context_length})")
+    sampler = WindowSampler(corpus.shards.split("train"), context_length, settings.stride, settings.seed)
+    val = ValWindows.build(corpus.shards.split("val"), context_length, settings.val_windows)
+    if sampler.length < context_length and world.is_main:
+        log.warning("the train split has %d tokens, fewer than the context (%d) + 1: windows shrink to %d",
+                    corpus.shards.train_tokens, context_length, sampler.length)
+    return Data(sampler, val, prompt)
+
+
+def build_model(settings: TrainSettings, model_config, device: torch.device, world: World,
+                resume_state: dict | None) -> tuple[Model, int]:
+    """The seeded model and its optimizer, restored from the checkpoint when resuming; and the first step."""
+    torch.manual_seed(settings.seed)
+    model = GPT(model_config).to(device)
+    optimizer = make_optimizer(model, settings, device)
+    start_step = 0
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        start_step = resume_state["step"]
+        torch.set_rng_state(resume_state["rng"])
+        if device.type == "cuda" and resume_state.get("cuda_rng"):
+            torch.cuda.set_rng_state_all(resume_state["cuda_rng"])
+    step_model = torch.compile(model) if settings.compile else model
+    if world.active:
+        step_model = DistributedDataParallel(step_model, device_ids=[device.index] if device.type == "cuda" else None)
+    return Model.on(device, model, step_model, optimizer), start_step
+
+
+def open_run(settings: TrainSettings, corpus: Corpus, world: World, client, resume_state: dict | None) -> Tracked:
+    """Phase two: a new MLflow run, or the resumed one set RUNNING again; every process learns its id."""
+    run_id, skip_through = None, -1
+    if world.is_main:
+        if resume_state is not None:
+            run_id = settings.resume
+            client.update_run(run_id, status="RUNNING")
+            skip_through = tracking.last_logged_step(client, run_id)
+        else:
+            run_name = settings.run_name or default_run_name(settings, corpus.label)
+            run_id = tracking.start_run(client, settings.experiment, run_name,
+                                        tags={"lab.config": settings.config, "lab.corpus": corpus.label})
+    run_id = world.share(run_id)
+    metrics = tracking.MetricBuffer(client, run_id, skip_through=skip_through) if world.is_main else None
+    return Tracked(client, run_id, metrics, skip_through)
+
+
+def close_run(client, run_id: str, status: str, error: BaseException | None) -> None:
+    """Phase four, the one place a run ends: diagnosed and FINISHED, KILLED, or FAILED with its error as a tag."""
+    if status == tracking.STATUS_FINISHED:
+        diagnosis = diagnose_run(client, run_id)
+        tag_run(client, run_id, diagnosis)
+        log.info("diagnosis: %s (%s)", diagnosis.tag, diagnosis.detail)
+        tracking.retry_until_sent(lambda: tracking.finish_run(client, run_id, status), "the run's end")
+        return
+    if error is not None:
+        message = str(error) if isinstance(error, LabError) else f"{type(error).__name__}: {error}"
+        client.set_tag(run_id, "error", message[:5000])
+    tracking.finish_run(client, run_id, status)
+
+
+def default_run_name(settings: TrainSettings, corpus_label: str) -> str:
+    config_label = settings.config.rsplit("/", 1)[-1].removesuffix(".yaml").removesuffix(".yml")
+    return f"{config_label}-{corpus_label}-lr{short_number(settings.lr)}"
+
+
+def _log_run_inputs(client, run_id: str, settings: TrainSettings, model: Model, corpus: Corpus, data: Data,
+                    plan: Plan, device: torch.device, world: World, peak: float, peak_source: str) -> None:
+    """Every setting, the resolved model, the corpus and its shards, and the machine, as params and a dataset."""
+    shards = corpus.shards
+    tracking.log_params_once(client, run_id, {
+        **settings.as_params(),
+        **{k: str(v) for k, v in asdict(model.model.config).items()},
+        "corpus_name": corpus.name,
+        "shards_sha256": shards.tokens_sha256,
+        "train_tokens": str(shards.train_tokens),
+        "val_tokens": str(shards.val_tokens),
+        "window_length": str(data.sampler.length),
+        "train_windows": str(data.sampler.n_windows),
+        "total_steps": str(plan.total_steps),
+        "tokens_per_step": str(plan.tokens_per_step),
+        "world_size": str(world.world_size),
+        "n_params": str(model.model.num_params()),
+        "n_params_non_embedding": str(model.model.num_params(non_embedding=True)),
+        "device": str(device),
+        "flops_per_token": f"{plan.flops_per_token:.4g}",
+        "peak_flops": f"{peak:.4g}",
+        "peak_flops_source": peak_source,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "git_commit": _git_commit(),
+    })
+    client.log_inputs(run_id, datasets=[tracking.dataset_input(corpus.name, corpus.source, shards.tokens_sha256)])
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_DIR, capture_output=True, text=True,
+                              timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"

@@ -1,0 +1,48 @@
+"""Text from a model: a prompt in, a continuation out, and models loaded back from a run's checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from model import GPT, GPTConfig
+from pipeline import tracking
+from pipeline.training import checkpoints
+from pipeline.errors import SettingsError
+from pipeline.data.encoding import encoding
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str  # the continuation, without the prompt
+    tokens: list[int]
+
+
+def complete(model: GPT, prompt: str, max_new_tokens: int, temperature: float, top_k: int, seed: int,
+             device: torch.device) -> Completion:
+    """The model's continuation of prompt; the same seed gives the same text."""
+    enc = encoding()
+    prompt_ids = enc.encode_ordinary(prompt) or [enc.eot_token]
+    if len(prompt_ids) > model.config.context_length:
+        raise SettingsError(
+            f"prompt has {len(prompt_ids)} tokens, longer than the model's context ({model.config.context_length})"
+        )
+    generator = torch.Generator(device=device).manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    out = model.generate(torch.tensor([prompt_ids], device=device), max_new_tokens,
+                         temperature=temperature, top_k=top_k or None, generator=generator)
+    model.train(was_training)
+    tokens = out[0, len(prompt_ids):].tolist()
+    return Completion(enc.decode(tokens), tokens)
+
+
+def model_from_run(run_id: str, device: torch.device) -> GPT:
+    """The model of a run's last checkpoint."""
+    client = tracking.connect()
+    tracking.get_run(client, run_id)
+    state = checkpoints.load_from_run(run_id)
+    model = GPT(GPTConfig(**state["model_config"]))
+    model.load_state_dict(state["model"])
+    return model.to(device)

@@ -1,0 +1,42 @@
+"""How long a run trains and how fast it learns: the step budget, the learning rate at each step, the optimizer."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from model import GPT
+from pipeline.settings import TrainSettings
+
+
+def total_steps_for(settings: TrainSettings, n_windows: int, window_length: int) -> int:
+    """The first budget reached: epochs, max_steps or max_tokens (each 0 when not set)."""
+    windows_per_step = settings.batch_size * settings.grad_accum
+    budgets = []
+    if settings.epochs:
+        budgets.append(math.ceil(settings.epochs * n_windows / windows_per_step))
+    if settings.max_steps:
+        budgets.append(settings.max_steps)
+    if settings.max_tokens:
+        budgets.append(math.ceil(settings.max_tokens / (windows_per_step * window_length)))
+    return max(1, min(budgets))
+
+
+def lr_at(step: int, settings: TrainSettings, total_steps: int) -> float:
+    """Linear warmup to lr, then cosine decay to min_lr at the last step. step counts from 0."""
+    if step < settings.warmup_steps:
+        return settings.lr * (step + 1) / settings.warmup_steps
+    progress = (step - settings.warmup_steps) / max(1, total_steps - settings.warmup_steps)
+    return settings.min_lr + 0.5 * (1 + math.cos(math.pi * min(1.0, progress))) * (settings.lr - settings.min_lr)
+
+
+def make_optimizer(model: GPT, settings: TrainSettings, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on weight matrices only: biases, LayerNorm gains are left alone."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": settings.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=settings.lr, betas=(settings.beta1, settings.beta2),
+                             fused=device.type == "cuda")

@@ -1,0 +1,154 @@
+"""Sweeps: experiments.yaml validated whole, expanded, and run as nested MLflow runs in parallel processes."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from pipeline import tracking
+from pipeline.errors import SettingsError
+from pipeline.sweeps.spec import load_sweep, load_sweeps
+from pipeline.sweeps.runner import CHILD_ROLE, plan, run_sweep
+from tests.conftest import TINY_MODEL_FIELDS, assert_one_line_error, run_module
+
+TINY_BASE = {"corpus": "tiny", **TINY_MODEL_FIELDS, "epochs": 100, "max_steps": 6, "warmup_steps": 2,
+             "log_interval": 1, "eval_interval": 3, "sample_interval": 6, "sample_tokens": 8}
+
+
+def write_sweeps(path, sweeps: dict):
+    path.write_text(yaml.safe_dump({"sweeps": sweeps}, sort_keys=False))
+    return path
+
+
+def test_shipped_sweeps_cover_the_learning_exercises():
+    sweeps = load_sweeps()
+    assert {"memorization", "lr_sensitivity", "context_length", "scaling", "smoke"} <= set(sweeps)
+    assert [p.settings.lr for p in sweeps["lr_sensitivity"].points] == [1e-4, 3e-4, 1e-3, 3e-3]
+    assert [p.settings.context_length for p in sweeps["context_length"].points] == [64, 128, 256]
+    assert [p.settings.config for p in sweeps["scaling"].points] == ["nano", "small", "medium"]
+    assert all(p.settings.max_tokens > 0 for p in sweeps["scaling"].points)  # same tokens for every size
+    corpora = [p.settings.corpus for p in sweeps["memorization"].points]
+    assert corpora == ["verdict", "tinystories"]
+    assert len({p.settings.max_tokens for p in sweeps["memorization"].points}) == 1
+
+
+def test_grid_is_the_cross_product_and_random_is_seeded_and_in_range(tmp_path):
+    path = write_sweeps(tmp_path / "e.yaml", {
+        "g": {"base": TINY_BASE, "method": "grid",
+              "parameters": {"lr": {"values": [0.01, 0.003]}, "batch_size": {"values": [2, 4, 8]}}},
+        "r": {"base": TINY_BASE, "method": "random", "run_cap": 5, "seed": 3,
+              "parameters": {"lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2},
+                             "batch_size": {"values": [2, 4]}}},
+    })
+    sweeps = load_sweeps(path)
+    grid = [(p.settings.lr, p.settings.batch_size) for p in sweeps["g"].points]
+    assert sorted(grid) == sorted((lr, b) for lr in (0.01, 0.003) for b in (2, 4, 8))
+    draws = [(p.settings.lr, p.settings.batch_size) for p in sweeps["r"].points]
+    assert len(draws) == 5 and all(1e-4 <= lr <= 1e-2 and b in (2, 4) for lr, b in draws)
+    assert draws == [(p.settings.lr, p.settings.batch_size) for p in load_sweeps(path)["r"].points]
+    assert sweeps["g"].swept == ["batch_size", "lr"]
+
+
+BAD_SWEEPS = [
+    ({"s": {"base": TINY_BASE, "parameters": {"lr": {"values": [0.1]}}, "methd": "grid"}}, "sweep 's': unknown key 'methd'"),
+    ({"s": {"base": TINY_BASE, "method": "bayes", "parameters": {"lr": {"values": [0.1]}}}}, "method must be one of"),
+    ({"s": {"base": TINY_BASE, "parameters": {"learning_rate": {"values": [0.1]}}}}, "unknown parameter 'learning_rate'"),
+    ({"s": {"base": TINY_BASE, "parameters": {"lr": {"values": []}}}}, "values must be a non-empty list"),
+    ({"s": {"base": TINY_BASE, "parameters": {}}}, "'parameters' must map at least one setting"),
+    ({"s": {"base": TINY_BASE, "parameters": {"batch_size": {"values": ["big"]}}}}, "'batch_size' must be int"),
+    ({"s": {"base": TINY_BASE, "parameters": {"lr": [0.1, 0.2]}}}, "give values: [...] or value: x"),
+    ({"s": {"base": {**TINY_BASE, "epoch": 3}, "parameters": {"lr": {"values": [0.1]}}}}, "base: unknown setting 'epoch'"),
+    ({"s": {"base": {**TINY_BASE, "max_steps": "ten"}, "parameters": {"lr": {"values": [0.1]}}}}, "'max_steps' must be int"),
+    ({"s": {"base": TINY_BASE, "method": "list"}}, "'runs' must be a non-empty list"),
+    ({"s": {"base": TINY_BASE, "method": "list", "runs": [{"lr": 0.1}, {"lr": 0.1}]}}, "two runs have the same settings"),
+    ({"s": {"base": TINY_BASE, "method": "random", "parameters": {"lr": {"values": [0.1]}}}}, "needs run_cap"),
+    ({"s": {"base": TINY_BASE, "method": "random", "run_cap": 2,
+            "parameters": {"lr": {"distribution": "normal", "min": 0.1, "max": 0.2}}}}, "distribution must be one of"),
+    ({"s": {"base": TINY_BASE, "method": "random", "run_cap": 2,
+            "parameters": {"lr": {"distribution": "uniform", "min": 0.2, "max": 0.1}}}}, "min < max"),
+    ({"s": {"base": TINY_BASE, "parameters": {"lr": {"values": [0.1]}}, "metric": {"name": "val_loss", "goal": "lowest"}}},
+     "goal must be minimize or maximize"),
+    ({"s": {"base": TINY_BASE, "parameters": {"lr": {"values": [-1.0]}}}}, "lr must be a positive number"),
+    ({"s": ["lr"]}, "sweep 's': must be a mapping"),
+    ({}, "defines no sweeps"),
+]
+
+
+@pytest.mark.parametrize("sweeps, message", BAD_SWEEPS)
+def test_invalid_experiments_files_are_refused_with_the_sweep_and_key(tmp_path, sweeps, message):
+    path = write_sweeps(tmp_path / "e.yaml", sweeps)
+    with pytest.raises(SettingsError) as caught:
+        load_sweeps(path)
+    assert message in str(caught.value)
+
+
+def test_one_bad_sweep_stops_the_whole_file_before_anything_runs(tmp_path, store):
+    path = write_sweeps(tmp_path / "e.yaml", {
+        "good": {"base": TINY_BASE, "parameters": {"lr": {"values": [0.01]}}},
+        "bad": {"base": TINY_BASE, "parameters": {"lr": {"values": ["fast"]}}},
+    })
+    result = run_module("pipeline.sweep", "--name", "good", "--file", str(path), cwd=os.getcwd())
+    assert_one_line_error(result, "sweep 'bad'", "'lr' must be float")
+    assert not (tmp_path / "mlflow.db").exists() or not MlflowClient(store).search_runs(
+        [e.experiment_id for e in MlflowClient(store).search_experiments()])
+    assert_one_line_error(run_module("pipeline.sweep", "--name", "nope", cwd=os.getcwd()), "unknown sweep 'nope'")
+
+
+def children_of(client, parent_id):
+    experiment = client.get_run(parent_id).info.experiment_id
+    return client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+
+
+def test_smoke_sweep_with_two_workers_nests_runs_loses_nothing_and_reruns_skip(store, tmp_path):
+    client = tracking.connect()
+    sweep = load_sweep("smoke")
+    result = run_sweep(client, sweep, workers=2)
+    parent = client.get_run(result.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["lab.sweep"] == "smoke"
+    assert {a.path for a in client.list_artifacts(result.parent_run_id)} >= {"sweep.yaml", "summary.json"}
+    children = children_of(client, result.parent_run_id)
+    assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
+    assert sorted(float(c.data.params["lr"]) for c in children) == [0.003, 0.01]
+    for child in children:  # two processes wrote to one SQLite store at once: every point is there
+        steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "train_loss"))
+        assert steps == [1, 2, 3, 4, 5, 6]
+        assert sorted(m.step for m in client.get_metric_history(child.info.run_id, "val_loss")) == [3, 6]
+        assert child.data.tags["lab.role"] == CHILD_ROLE
+
+    report = {a.path for a in client.list_artifacts(result.parent_run_id, "report")}
+    assert {"report/loss_curves.png", "report/final_val_loss.png", "report/runs.csv", "report/runs.md"} <= report
+    assert all(path.stat().st_size > 0 for path in result.report_files)
+    assert all(c.data.tags.get("diagnosis") for c in children)
+
+    again = run_sweep(client, sweep, workers=2)
+    assert again.parent_run_id == result.parent_run_id
+    assert all(c.skipped for c in again.children)
+    assert len(children_of(client, result.parent_run_id)) == 2
+
+    dry = run_module("pipeline.sweep", "--name", "smoke", "--dry-run", cwd=os.getcwd())
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.count("skip") == 2 and "smoke-01-lr=1e-2" in dry.stdout
+
+
+def test_a_failing_child_is_failed_and_the_sweep_goes_on(store, tmp_path):
+    path = write_sweeps(tmp_path / "e.yaml", {
+        "mixed": {"base": TINY_BASE, "method": "list", "runs": [{"lr": 1e30, "warmup_steps": 0, "min_lr": 0.0},
+                                                                 {"lr": 0.01}]},
+        "doomed": {"base": {**TINY_BASE, "warmup_steps": 0, "min_lr": 0.0}, "method": "list",
+                   "runs": [{"lr": 1e30}, {"lr": 1e31}]},
+    })
+    client = tracking.connect()
+    result = run_sweep(client, load_sweep("mixed", path))
+    assert result.status == "FINISHED"
+    statuses = {c.point.settings.lr: c.status for c in result.children}
+    assert statuses == {1e30: "FAILED", 0.01: "FINISHED"}
+    [failure] = result.failures
+    assert "loss became" in failure.error
+    assert "mixed-01" in client.get_run(result.parent_run_id).data.tags["lab.summary"]
+
+    doomed = run_sweep(client, load_sweep("doomed", path))
+    assert doomed.status == "FAILED" and client.get_run(doomed.parent_run_id).info.status == "FAILED"
+    assert len(plan(client, load_sweep("doomed", path))) == 2
