@@ -101,7 +101,8 @@ class BareLoop:
         from pipeline.data.batches import WindowSampler
         from pipeline.training.device import pick_device
         from pipeline.training.distributed import World
-        from pipeline.training.loop import Data, Model, Plan, StepLoop, Tracked
+        from pipeline.training.loop import StepLoop
+        from pipeline.training.state import Data, Model, Plan, Tracked
         from pipeline.training.schedule import make_optimizer, total_steps_for
 
         self.s = settings

@@ -41,7 +41,8 @@ def main() -> int:
         from pipeline.analysis.novelty import NgramIndex
         from pipeline.settings import TrainSettings
         from pipeline.training.distributed import World
-        from pipeline.training.loop import Data, Model, Plan, StepLoop, Tracked
+        from pipeline.training.loop import StepLoop
+        from pipeline.training.state import Data, Model, Plan, Tracked
 
         s = TrainSettings(config="nano", corpus="verdict", device=args.device)
         shards, train_split, val_split = benchlib.prepare(s)

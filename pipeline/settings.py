@@ -31,8 +31,9 @@ class TrainSettings:
     # what to train on
     config: str = _setting("nano", "Model size: nano, small, medium, or a YAML file of GPTConfig fields.")
     corpus: str = _setting("verdict", "Corpus name from corpus/registry.yaml, or a path to a text file or folder.")
-    # budget: training stops at whichever of these comes first (0 = not set)
-    epochs: float = _setting(1.0, "Passes over every window start of the train split (fractions allowed).")
+    # budget: the one given, or the first reached of those given (0 = not set); with none given, one epoch
+    epochs: float = _setting(0.0, "Passes over every window start of the train split (fractions allowed; "
+                                  "one epoch when no budget is given).")
     max_steps: int = _setting(0, "Stop after this many optimizer steps (0 = no limit).")
     max_tokens: int = _setting(0, "Stop after this many training tokens (0 = no limit).")
     # batches
@@ -72,6 +73,17 @@ class TrainSettings:
     context_length: int | None = _setting(None, "Override the config's context length in tokens.", model=True)
     dropout: float | None = _setting(None, "Override the config's dropout probability.", model=True)
 
+    def budget_epochs(self) -> float:
+        """The epochs budget: as given, or one epoch when no budget at all was given (not when max_steps is)."""
+        if self.epochs or self.max_steps or self.max_tokens:
+            return self.epochs
+        return 1.0
+
+    def changed_from_defaults(self) -> list[str]:
+        """The settings whose values differ from the defaults: what the user gave."""
+        defaults = TrainSettings()
+        return [f.name for f in fields(self) if getattr(self, f.name) != getattr(defaults, f.name)]
+
     def model_overrides(self) -> dict:
         return {name: getattr(self, name) for name in MODEL_FIELDS if getattr(self, name) is not None}
 
@@ -103,8 +115,6 @@ class TrainSettings:
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise SettingsError(f"{name} must be zero or more, got {value}")
-        if self.epochs == 0 and self.max_steps == 0 and self.max_tokens == 0:
-            raise SettingsError("no budget: set epochs, max_steps or max_tokens above zero")
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be in [0, 1), got {getattr(self, name)}")
@@ -119,9 +129,13 @@ class TrainSettings:
 
 
 def _check_model(config: "GPTConfig") -> None:
+    from model.gpt import GPT2_VOCAB_SIZE
+
     for name in ("n_layer", "n_head", "n_embd", "context_length"):
         if getattr(config, name) < 1:
             raise SettingsError(f"{name} must be at least 1, got {getattr(config, name)}")
+    if config.vocab_size < GPT2_VOCAB_SIZE:
+        raise SettingsError(f"vocab_size must hold the tokenizer's {GPT2_VOCAB_SIZE} tokens, got {config.vocab_size}")
     if config.n_embd % config.n_head:
         raise SettingsError(f"n_embd ({config.n_embd}) must be a multiple of n_head ({config.n_head})")
     if not 0 <= config.dropout < 1:

@@ -20,7 +20,7 @@ def main(**options):
       python -m pipeline.train --config nano --corpus verdict --epochs 3
     """
     settings = settings_from_options(options).validate()  # bad input is refused before torch and MLflow load
-    from pipeline.training.loop import TrainingInterrupted
+    from pipeline.training.state import TrainingInterrupted
     from pipeline.training.run import train
 
     try:

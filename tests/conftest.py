@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import sqlite3
 import socket
 import subprocess
 import sys
@@ -36,10 +38,24 @@ def corpus_cache(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def store_template(tmp_path_factory) -> Path:
+    """An empty MLflow SQLite store, made once: MLflow's schema migrations cost 1-2 s per new file."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("store-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments(max_results=1)
+    return path
+
+
 @pytest.fixture
-def store(tmp_path, monkeypatch, corpus_cache) -> str:
-    """A fresh MLflow SQLite store (artifacts beside it) and a working folder of its own."""
+def store(tmp_path, monkeypatch, corpus_cache, store_template) -> str:
+    """A fresh MLflow SQLite store (a copy of the template; artifacts beside it) and a working folder of its own."""
     monkeypatch.chdir(tmp_path)
+    shutil.copyfile(store_template, tmp_path / "mlflow.db")
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:  # the Default experiment keeps its artifacts here too
+        db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                   (str(tmp_path / "mlruns" / "0"),))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)

@@ -51,6 +51,8 @@ def test_every_command_in_the_guide_runs(store, tmp_path):
         if words[0] == "./run-dashboard.sh":
             args, cwd = [str(PROJECT_DIR / "run-dashboard.sh"), "--help"], tmp_path
         elif words[:3] == ["python", "-m", "pipeline.train"]:
+            # a documented run has a budget of its own: one epoch of a large corpus is days on a laptop
+            assert {"--epochs", "--max-steps", "--max-tokens"} & set(words), f"no budget: {command}"
             args, cwd = [sys.executable, *words[1:], *CHEAP_TRAINING], tmp_path
         elif words[:3] == ["python", "-m", "pipeline.sweep"]:
             args, cwd = [sys.executable, *words[1:], "--dry-run"], tmp_path

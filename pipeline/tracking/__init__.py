@@ -5,6 +5,7 @@ from pipeline.tracking.runs import (
     STATUS_FAILED,
     STATUS_FINISHED,
     STATUS_KILLED,
+    beat,
     check_reachable,
     client_for,
     connect,
@@ -13,14 +14,15 @@ from pipeline.tracking.runs import (
     finish_run,
     get_run,
     last_logged_step,
+    live_trainer,
     log_params_once,
     start_run,
     tracking_uri,
 )
 
 __all__ = [
-    "MAX_BATCH", "MetricBuffer", "retry_until_sent", "STATUS_FAILED", "STATUS_FINISHED", "STATUS_KILLED", "check_reachable",
+    "MAX_BATCH", "MetricBuffer", "retry_until_sent", "STATUS_FAILED", "STATUS_FINISHED", "STATUS_KILLED", "beat", "check_reachable",
     "client_for", "connect",
-    "dataset_input", "experiment_id", "finish_run", "get_run", "last_logged_step", "log_params_once", "start_run",
+    "dataset_input", "experiment_id", "finish_run", "get_run", "last_logged_step", "live_trainer", "log_params_once", "start_run",
     "tracking_uri",
 ]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import time
 import warnings
 from pathlib import Path
 
@@ -68,11 +70,47 @@ def start_run(client: MlflowClient, experiment: str, run_name: str, tags: dict[s
     return run.info.run_id
 
 
+HEARTBEAT_TAG = "lab.heartbeat"
+HEARTBEAT_SECONDS = 30.0  # a trainer refreshes its run's heartbeat this often; three missed beats mean it is gone
+
+
+def beat(client: MlflowClient, run_id: str) -> None:
+    """Mark the run as being trained right now, by this process on this machine."""
+    client.set_tag(run_id, HEARTBEAT_TAG, f"{socket.gethostname()} {os.getpid()} {time.time():.0f}")
+
+
+def live_trainer(run) -> str | None:
+    """Who is training the run right now, or None when nobody is (it ended, or its trainer crashed).
+
+    A trainer on this machine is alive while its process exists and beats; one elsewhere while it beats.
+    A run left RUNNING by kill -9 or a power cut therefore resumes at once here, within 90 s elsewhere."""
+    heartbeat = run.data.tags.get(HEARTBEAT_TAG, "").split()
+    if len(heartbeat) != 3:
+        return None
+    host, pid, beaten_at = heartbeat[0], int(heartbeat[1]), float(heartbeat[2])
+    age = time.time() - beaten_at
+    if age > 3 * HEARTBEAT_SECONDS:
+        return None
+    if host == socket.gethostname():
+        if pid == os.getpid():
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:  # another user's process: it exists
+            pass
+    return f"process {pid} on {host}, heard from {age:.0f} s ago"
+
+
 def get_run(client: MlflowClient, run_id: str):
+    """The run; a TrackingError when the store has no such run (a store that does not answer raises as it is)."""
     try:
         return client.get_run(run_id)
-    except mlflow.exceptions.MlflowException:
-        raise TrackingError(f"no MLflow run with id '{run_id}' in {tracking_uri()}") from None
+    except mlflow.exceptions.MlflowException as error:
+        if error.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise
+        raise TrackingError(f"no MLflow run with id '{run_id}' in {client.tracking_uri}") from None
 
 
 def log_params_once(client: MlflowClient, run_id: str, params: dict[str, str]) -> None:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from pipeline.errors import SettingsError
+
 
 @dataclass(frozen=True)
 class World:
@@ -47,6 +49,21 @@ class World:
         """Return once every process has reached this point."""
         if self.active:
             dist.barrier()
+
+    def share_of_step(self, windows_per_step: int, max_batch: int) -> list[tuple[int, int]]:
+        """This process's windows of a step, as (offset in the step, count) micro-batches of at most max_batch.
+
+        Process r takes the r-th of N equal, contiguous parts, so together the processes cover exactly the
+        windows one process would, whatever N: the effective batch, and a resume on another N, stay the same.
+        """
+        if windows_per_step % self.world_size:
+            raise SettingsError(
+                f"a step's {windows_per_step} windows (batch_size x grad_accum) cannot be split evenly over "
+                f"{self.world_size} processes: pass --batch-size or --grad-accum so that their product is a "
+                f"multiple of {self.world_size}")
+        share = windows_per_step // self.world_size
+        start = self.rank * share
+        return [(start + offset, min(max_batch, share - offset)) for offset in range(0, share, max_batch)]
 
     def share(self, value):
         """Rank 0's value, on every process (a run id, a checkpoint)."""

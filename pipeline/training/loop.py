@@ -1,5 +1,5 @@
 """The step loop: optimizer steps over the data stream, with logging, evaluation, samples and checkpoints
-at their intervals. Its inputs are four small bundles (Model, Data, Plan, Tracked) made by training/run.py."""
+at their intervals. Its inputs are four small bundles (training/state.py) made by training/run.py."""
 
 from __future__ import annotations
 
@@ -8,90 +8,23 @@ import math
 import signal
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 
 import torch
 
-from model import GPT
-from pipeline.analysis.novelty import NgramIndex
-from pipeline.data.batches import ValWindows, WindowSampler
 from pipeline.errors import CheckpointError, TrainingError, first_line
 from pipeline.settings import TrainSettings
-from pipeline.tracking import MetricBuffer, retry_until_sent
+from pipeline.tracking import beat, retry_until_sent
+from pipeline.tracking.runs import HEARTBEAT_SECONDS
 from pipeline.training import checkpoints
-from pipeline.training.device import is_out_of_memory, memory_used, mixed_precision
+from pipeline.training.device import is_out_of_memory, memory_used
 from pipeline.training.distributed import World
 from pipeline.training.flops import mfu
 from pipeline.training.sampling import complete
-from pipeline.training.schedule import lr_at, total_steps_for
+from pipeline.training.schedule import lr_at
+from pipeline.training.state import Data, Model, Plan, Tracked, TrainingInterrupted, TrainResult
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    main_process: bool  # False on the other processes of a torchrun group, which report nothing
-    run_id: str
-    steps: int
-    tokens_seen: int
-    train_loss: float
-    val_loss: float | None
-    status: str
-
-
-class TrainingInterrupted(Exception):
-    """Ctrl-C or SIGTERM: the run was checkpointed and ended KILLED."""
-
-    def __init__(self, run_id: str, step: int):
-        super().__init__(f"interrupted at step {step}; checkpoint saved: resume with --resume {run_id}")
-        self.run_id = run_id
-        self.step = step
-
-
-@dataclass
-class Model:
-    """The model, the module the steps call (compiled and/or DDP-wrapped), its optimizer and its precision."""
-
-    model: GPT
-    step_model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    autocast: object
-    scaler: torch.amp.GradScaler | None
-
-    @classmethod
-    def on(cls, device: torch.device, model: GPT, step_model, optimizer) -> "Model":
-        autocast, scaler = mixed_precision(device)
-        return cls(model, step_model, optimizer, autocast, scaler)
-
-
-@dataclass(frozen=True)
-class Data:
-    sampler: WindowSampler
-    val: ValWindows
-    prompt: str
-    ngrams: NgramIndex | None = None  # the train split's 8-grams, on rank 0: how much of a sample is copied
-
-
-@dataclass(frozen=True)
-class Plan:
-    total_steps: int
-    tokens_per_step: int  # all processes together
-    flops_per_token: float
-    peak_flops_per_sec: float  # of every process together
-
-    @classmethod
-    def make(cls, settings: TrainSettings, sampler: WindowSampler, world: World, flops_per_token: float,
-             peak_flops_per_sec: float) -> "Plan":
-        return cls(total_steps_for(settings, sampler.n_windows, sampler.length),
-                   settings.batch_size * settings.grad_accum * sampler.length, flops_per_token, peak_flops_per_sec)
-
-
-@dataclass(frozen=True)
-class Tracked:
-    client: object  # MlflowClient on rank 0, None elsewhere
-    run_id: str
-    metrics: MetricBuffer | None
-    skip_through: int  # a resumed run's last logged step: its samples are not logged twice
 
 
 class StepLoop:
@@ -108,9 +41,10 @@ class StepLoop:
         self.tracked = tracked
         self.main = world.is_main
         self.metrics = tracked.metrics
-        self.micro_steps = settings.grad_accum // world.world_size
         self.stop_requested = False
         self.oom_adjusted = False
+        self.estimated = False  # the run's duration is estimated once, at the first log step
+        self.last_beat = time.monotonic()
 
     def run(self, start_step: int) -> TrainResult:
         previous_handlers = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -152,6 +86,8 @@ class StepLoop:
                                      **memory_used(self.device))
                     log.info("step %d/%d  loss %.4f  lr %.2e  %s tok/s", step, total_steps, train_loss, lr,
                              f"{tokens_per_sec:,.0f}")
+                    if not self.estimated:
+                        self._estimate(step, tokens_per_sec)
                 if self.main and (is_last or (s.eval_interval and step % s.eval_interval == 0)):
                     val_loss = self._evaluate()
                     self.metrics.log(step, val_loss=val_loss, val_perplexity=math.exp(min(val_loss, 50.0)))
@@ -168,6 +104,7 @@ class StepLoop:
                     raise TrainingInterrupted(self.tracked.run_id, step)
                 if self.main:
                     self.metrics.maybe_flush()
+                    self._keep_heartbeat()
                 if logs_now:
                     window_started, window_tokens = time.perf_counter(), 0
         except RuntimeError as error:
@@ -191,17 +128,19 @@ class StepLoop:
         s, m = self.s, self.m
         for group in m.optimizer.param_groups:
             group["lr"] = lr
+        windows_per_step = s.batch_size * s.grad_accum
+        micro_batches = self.world.share_of_step(windows_per_step, s.batch_size)
+        my_windows = sum(count for _, count in micro_batches)
         loss_sum = torch.zeros((), device=self.device)
-        for micro in range(self.micro_steps):
-            # process r takes micro-batches r, r + N, ...: together exactly the single process's windows
-            index = micro * self.world.world_size + self.world.rank
-            x, y = self.data.sampler.batch(step * s.batch_size * s.grad_accum + index * s.batch_size, s.batch_size)
+        for index, (offset, count) in enumerate(micro_batches):
+            x, y = self.data.sampler.batch(step * windows_per_step + offset, count)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            last_micro = micro == self.micro_steps - 1
+            last_micro = index == len(micro_batches) - 1
             sync = m.step_model.no_sync() if self.world.active and not last_micro else nullcontext()
             with sync, m.autocast:
                 _, loss = m.step_model(x, y)
-                loss = loss / self.micro_steps
+                # each window weighs the same; DDP then averages the processes' gradients
+                loss = loss * (count / my_windows)
             (m.scaler.scale(loss) if m.scaler else loss).backward()
             loss_sum += loss.detach()
         if m.scaler:
@@ -228,12 +167,30 @@ class StepLoop:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         self.s = replace(s, batch_size=s.batch_size // 2, grad_accum=s.grad_accum * 2)
-        self.micro_steps *= 2
         change = f"batch_size {s.batch_size} -> {self.s.batch_size}, grad_accum {s.grad_accum} -> {self.s.grad_accum}"
         log.warning("out of memory in the first step: %s (the effective batch is unchanged)", change)
         if self.main:
             self.tracked.client.set_tag(self.tracked.run_id, "lab.oom_adjusted", change)
         return True
+
+    def _estimate(self, step: int, tokens_per_sec: float) -> None:
+        """How long the rest takes at the speed measured so far; a warning past a day, with a budget to set."""
+        self.estimated = True
+        seconds = (self.plan.total_steps - step) * self.plan.tokens_per_step / tokens_per_sec
+        log.info("estimate: %s for the %d steps left at %s tokens/s", duration(seconds),
+                 self.plan.total_steps - step, f"{tokens_per_sec:,.0f}")
+        if seconds > 24 * 3600:
+            log.warning("this run would take %s at this speed: give it a budget, e.g. --max-tokens %d for "
+                        "about an hour", duration(seconds), round(tokens_per_sec * 3600, -3))
+
+    def _keep_heartbeat(self) -> None:
+        if time.monotonic() - self.last_beat < HEARTBEAT_SECONDS:
+            return
+        self.last_beat = time.monotonic()
+        try:
+            beat(self.tracked.client, self.tracked.run_id)
+        except Exception:  # the store is away: metrics report that once; the next beat tries again
+            pass
 
     def _request_stop(self, signum, frame) -> None:
         if self.stop_requested:  # a second Ctrl-C: stop now, without the checkpoint
@@ -309,3 +266,14 @@ class StepLoop:
             raise
         except Exception as error:
             log.warning("checkpoint of step %d not stored (%s); the next one will be", step, first_line(error))
+
+
+def duration(seconds: float) -> str:
+    """40 s, 6.5 min, 3 h 05 min, 2.1 days: a time as a person reads it."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 48 * 3600:
+        return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+    return f"{seconds / 86400:.1f} days"

@@ -22,14 +22,15 @@ from pipeline.data.batches import ValWindows, WindowSampler
 from pipeline.data.corpora import fetch
 from pipeline.data.encoding import encoding, tokenize
 from pipeline.data.shards import Shards
-from pipeline.errors import LabError, SettingsError
+from pipeline.errors import LabError, SettingsError, first_line
 from pipeline.files import PROJECT_DIR
 from pipeline.settings import TrainSettings, short_number
 from pipeline.training import checkpoints, distributed
 from pipeline.training.device import pick_device
 from pipeline.training.distributed import World
 from pipeline.training.flops import flops_per_token, peak_flops
-from pipeline.training.loop import Data, Model, Plan, StepLoop, Tracked, TrainingInterrupted, TrainResult
+from pipeline.training.loop import StepLoop
+from pipeline.training.state import Data, Model, Plan, Tracked, TrainingInterrupted, TrainResult
 from pipeline.training.schedule import make_optimizer
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,10 @@ def train(settings: TrainSettings) -> TrainResult:
 
 
 def _train(settings: TrainSettings, world: World) -> TrainResult:
+    # bad input is refused before the store is touched (or created: seconds that torchrun may cut short)
+    if settings.resume:
+        _refuse_settings_beside_resume(settings)
+    _check(settings, world)
     client = tracking.connect() if world.is_main else None
     settings, resume_state = _settings_to_run(settings, world, client)
     device = pick_device(settings.device)
@@ -86,6 +91,7 @@ def _train(settings: TrainSettings, world: World) -> TrainResult:
                      settings.config, f"{n_params:,}", f"{model.model.num_params(non_embedding=True):,}",
                      plan.total_steps, plan.tokens_per_step, device,
                      f" x {world.world_size} processes" if world.active else "")
+            log.info("plan: %s", plan.describe())
             data = replace(data, ngrams=NgramIndex.load_or_build(corpus.shards))
         if resume_state is not None and model.scaler is not None and resume_state.get("scaler"):
             model.scaler.load_state_dict(resume_state["scaler"])
@@ -103,30 +109,47 @@ def _train(settings: TrainSettings, world: World) -> TrainResult:
             close_run(client, tracked.run_id, status, error)
 
 
+def _refuse_settings_beside_resume(settings: TrainSettings) -> None:
+    """A resumed run keeps its own settings, so that it continues exactly; only the device may change."""
+    given = [name for name in settings.changed_from_defaults() if name not in ("resume", "device")]
+    if given:
+        options = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise SettingsError(f"--resume continues run {settings.resume} with its own settings: drop {options} "
+                            "(only --device may change)")
+
+
+def _check(settings: TrainSettings, world: World) -> None:
+    """SettingsError for values out of range, and for a step that cannot split over the processes."""
+    settings.validate()
+    world.share_of_step(settings.batch_size * settings.grad_accum, settings.batch_size)
+
+
 def _settings_to_run(settings: TrainSettings, world: World, client) -> tuple[TrainSettings, dict | None]:
     """The settings as given, or a resumed run's own settings (with the device asked for now) and its checkpoint."""
     resume_state = None
     if settings.resume:
         if world.is_main:
-            tracking.get_run(client, settings.resume)
+            trainer = tracking.live_trainer(tracking.get_run(client, settings.resume))
+            if trainer:
+                raise SettingsError(f"run {settings.resume} is still being trained ({trainer}): stop it before "
+                                    "resuming it")
+            tracking.beat(client, settings.resume)  # claim it now: a second Resume a moment later is refused
             resume_state = checkpoints.load_from_run(settings.resume, client)
         resume_state = world.share(resume_state)
         saved = TrainSettings(**resume_state["settings"])
         settings = replace(saved, resume=settings.resume, device=settings.device)
-    settings.validate()
-    if settings.grad_accum % world.world_size:
-        raise SettingsError(f"grad_accum ({settings.grad_accum}) must be a multiple of the number of processes "
-                            f"({world.world_size}), so the effective batch stays the same")
+        _check(settings, world)
     return settings, resume_state
 
 
 def prepare_corpus(spec: str, world: World) -> Corpus:
-    """Phase one: download and tokenize the corpus; one process does it, the others then find it done."""
-    if world.is_main:
+    """Phase one: download and tokenize the corpus; one process per machine does it, the others then find it
+    done (and a file lock keeps machines that share a disk from doing it twice)."""
+    if world.local_rank == 0:
         fetched = fetch(spec)
         tokenized = tokenize(fetched.corpus)
     world.wait_for_all()
-    if not world.is_main:
+    if world.local_rank != 0:
         fetched = fetch(spec)
         tokenized = tokenize(fetched.corpus)
     if fetched.action not in ("already present", "local"):
@@ -183,23 +206,36 @@ def open_run(settings: TrainSettings, corpus: Corpus, world: World, client, resu
             run_name = settings.run_name or default_run_name(settings, corpus.label)
             run_id = tracking.start_run(client, settings.experiment, run_name,
                                         tags={"lab.config": settings.config, "lab.corpus": corpus.label})
+            tracking.beat(client, run_id)
     run_id = world.share(run_id)
     metrics = tracking.MetricBuffer(client, run_id, skip_through=skip_through) if world.is_main else None
     return Tracked(client, run_id, metrics, skip_through)
 
 
 def close_run(client, run_id: str, status: str, error: BaseException | None) -> None:
-    """Phase four, the one place a run ends: diagnosed and FINISHED, KILLED, or FAILED with its error as a tag."""
+    """Phase four, the one place a run ends: diagnosed and FINISHED, KILLED, or FAILED with its error as a tag.
+
+    FINISHED and KILLED runs wait for a tracking store that is away, as metrics do. A FAILED run tries once:
+    its error is already on its way to the user, and a store that is away gets one line, not a traceback."""
     if status == tracking.STATUS_FINISHED:
-        diagnosis = diagnose_run(client, run_id)
-        tag_run(client, run_id, diagnosis)
-        log.info("diagnosis: %s (%s)", diagnosis.tag, diagnosis.detail)
+        tracking.retry_until_sent(lambda: _finish(client, run_id), "the run's end")
+    elif status == tracking.STATUS_KILLED:
         tracking.retry_until_sent(lambda: tracking.finish_run(client, run_id, status), "the run's end")
-        return
-    if error is not None:
+    else:
         message = str(error) if isinstance(error, LabError) else f"{type(error).__name__}: {error}"
-        client.set_tag(run_id, "error", message[:5000])
-    tracking.finish_run(client, run_id, status)
+        try:
+            client.set_tag(run_id, "error", message[:5000])
+            tracking.finish_run(client, run_id, status)
+        except Exception as unreachable:
+            log.warning("run %s could not be marked FAILED (%s); it stays RUNNING until resumed", run_id,
+                        first_line(unreachable))
+
+
+def _finish(client, run_id: str) -> None:
+    diagnosis = diagnose_run(client, run_id)
+    tag_run(client, run_id, diagnosis)
+    tracking.finish_run(client, run_id, tracking.STATUS_FINISHED)
+    log.info("diagnosis: %s (%s)", diagnosis.tag, diagnosis.detail)
 
 
 def default_run_name(settings: TrainSettings, corpus_label: str) -> str:

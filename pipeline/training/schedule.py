@@ -11,11 +11,12 @@ from pipeline.settings import TrainSettings
 
 
 def total_steps_for(settings: TrainSettings, n_windows: int, window_length: int) -> int:
-    """The first budget reached: epochs, max_steps or max_tokens (each 0 when not set)."""
+    """The first budget reached of those given: epochs, max_steps or max_tokens (each 0 when not set); with
+    none given, one epoch. As Hugging Face Trainer's max_steps, a budget the user gives is the budget."""
     windows_per_step = settings.batch_size * settings.grad_accum
     budgets = []
-    if settings.epochs:
-        budgets.append(math.ceil(settings.epochs * n_windows / windows_per_step))
+    if settings.budget_epochs():
+        budgets.append(math.ceil(settings.budget_epochs() * n_windows / windows_per_step))
     if settings.max_steps:
         budgets.append(settings.max_steps)
     if settings.max_tokens:
@@ -23,11 +24,18 @@ def total_steps_for(settings: TrainSettings, n_windows: int, window_length: int)
     return max(1, min(budgets))
 
 
+def warmup_for(settings: TrainSettings, total_steps: int) -> int:
+    """The warmup steps, at most half the budget: a warmup longer than the run would never reach the peak."""
+    return min(settings.warmup_steps, (total_steps - 1) // 2)
+
+
 def lr_at(step: int, settings: TrainSettings, total_steps: int) -> float:
-    """Linear warmup to lr, then cosine decay to min_lr at the last step. step counts from 0."""
-    if step < settings.warmup_steps:
-        return settings.lr * (step + 1) / settings.warmup_steps
-    progress = (step - settings.warmup_steps) / max(1, total_steps - settings.warmup_steps)
+    """Linear warmup to lr, then cosine decay from lr at the step after warmup to exactly min_lr at the last
+    step (total_steps - 1). step counts from 0."""
+    warmup = warmup_for(settings, total_steps)
+    if step < warmup:
+        return settings.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total_steps - 1 - warmup)
     return settings.min_lr + 0.5 * (1 + math.cos(math.pi * min(1.0, progress))) * (settings.lr - settings.min_lr)
 
 

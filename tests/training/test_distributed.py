@@ -17,7 +17,7 @@ from tests.conftest import PROJECT_DIR, TINY_MODEL, run_module
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
 # dropout 0: each process draws its own dropout masks, which a single process cannot reproduce
 RUN = ["--corpus", "tiny", *TINY_MODEL, "--epochs", "1000", "--lr", "1e-2", "--warmup-steps", "5",
-       "--batch-size", "4", "--grad-accum", "2", "--log-interval", "1", "--eval-interval", "10",
+       "--batch-size", "4", "--log-interval", "1", "--eval-interval", "10",
        "--sample-interval", "0", "--dropout", "0"]
 
 
@@ -37,7 +37,7 @@ def curve(client: MlflowClient, run_id: str) -> list[float]:
     return [m.value for m in sorted(client.get_metric_history(run_id, "train_loss"), key=lambda m: m.step)]
 
 
-def test_two_processes_match_one_with_gradient_accumulation(store):
+def test_two_processes_match_one_with_the_default_batch_split_by_windows(store):
     client = MlflowClient(store)
     single = run_module("pipeline.train", *RUN, "--max-steps", "20", "--run-name", "single", cwd=os.getcwd())
     assert single.returncode == 0, single.stderr
@@ -93,8 +93,10 @@ def test_resume_moves_from_two_processes_to_one_and_back(store):
     assert curve(client, run.info.run_id) == pytest.approx(curve(client, ref.info.run_id), abs=1e-4)
 
 
-def test_grad_accum_must_split_evenly_across_processes(store):
-    process = torchrun(store, *RUN, "--grad-accum", "3", "--max-steps", "2")
+def test_a_step_that_cannot_split_evenly_is_refused_with_what_to_pass(store):
+    process = torchrun(store, *RUN, "--batch-size", "3", "--max-steps", "2")
     _, err = process.communicate(timeout=300)
     assert process.returncode != 0
-    assert "grad_accum (3) must be a multiple of the number of processes (2)" in err
+    assert "a step's 3 windows (batch_size x grad_accum) cannot be split evenly over 2 processes" in err
+    assert "RUNNING" not in {r.info.status for r in MlflowClient(store).search_runs(
+        [e.experiment_id for e in MlflowClient(store).search_experiments()])}

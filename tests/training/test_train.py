@@ -74,20 +74,46 @@ def test_loss_falls_on_tiny_and_the_run_records_everything(store):
     assert checkpoint["step"] == 40 and checkpoint["settings"]["lr"] == 1e-2
 
 
-def test_schedule_warms_up_then_decays_to_min_lr():
+def test_schedule_warms_up_then_decays_to_exactly_min_lr_at_the_last_step():
     s = TrainSettings(lr=1e-3, min_lr=1e-4, warmup_steps=10)
-    assert lr_at(0, s, 100) == pytest.approx(1e-4)
-    assert lr_at(9, s, 100) == pytest.approx(1e-3)
-    assert lr_at(99, s, 100) == pytest.approx(1e-4, rel=0.01)
+    assert lr_at(0, s, 100) == 1e-3 / 10
+    assert lr_at(9, s, 100) == 1e-3
+    assert lr_at(10, s, 100) == 1e-3
+    assert lr_at(99, s, 100) == 1e-4
     values = [lr_at(i, s, 100) for i in range(10, 100)]
     assert values == sorted(values, reverse=True)
 
 
-def test_budget_is_the_first_of_epochs_steps_and_tokens():
-    s = TrainSettings(batch_size=4, grad_accum=2, epochs=3)
-    assert total_steps_for(s, n_windows=100, window_length=16) == 38  # ceil(300 / 8)
-    assert total_steps_for(replace(s, max_steps=10), 100, 16) == 10
-    assert total_steps_for(replace(s, max_tokens=8 * 16 * 5), 100, 16) == 5
+@pytest.mark.parametrize("total_steps", [2, 3, 7, 20, 21])
+def test_warmup_longer_than_the_budget_still_reaches_the_peak_and_min_lr(total_steps):
+    s = TrainSettings(lr=1e-3, min_lr=1e-4, warmup_steps=30)
+    values = [lr_at(i, s, total_steps) for i in range(total_steps)]
+    assert max(values) == 1e-3
+    assert values[-1] == 1e-4
+    peak = values.index(1e-3)
+    assert peak <= total_steps // 2 and values[peak:] == sorted(values[peak:], reverse=True)
+
+
+def test_the_budget_given_is_the_budget_and_no_budget_is_one_epoch():
+    s = TrainSettings(batch_size=4, grad_accum=2)
+    assert total_steps_for(s, n_windows=100, window_length=16) == 13  # no budget given: one epoch, ceil(100 / 8)
+    assert total_steps_for(replace(s, max_steps=30), 100, 16) == 30  # not cut to the default epoch
+    assert total_steps_for(replace(s, max_tokens=8 * 16 * 40), 100, 16) == 40
+    assert total_steps_for(replace(s, epochs=3), 100, 16) == 38  # ceil(300 / 8)
+    # several given: the first reached wins
+    assert total_steps_for(replace(s, epochs=3, max_steps=10), 100, 16) == 10
+    assert total_steps_for(replace(s, epochs=1, max_steps=30), 100, 16) == 13
+    assert total_steps_for(replace(s, max_steps=30, max_tokens=8 * 16 * 5), 100, 16) == 5
+
+
+def test_max_steps_alone_runs_that_many_steps_and_prints_the_plan(store):
+    result = run_module("pipeline.train", "--corpus", "tiny", *TINY_MODEL, "--max-steps", "12", "--log-interval",
+                        "4", "--eval-interval", "0", "--sample-interval", "0", cwd=os.getcwd())
+    assert result.returncode == 0, result.stderr
+    assert "finished: 12 steps" in result.stdout
+    plan = next(line for line in result.stdout.splitlines() if line.startswith("plan: "))
+    assert plan.startswith("plan: 12 steps x 256 tokens = 3,072 tokens")  # 8 windows of 32 tokens a step
+    assert any(line.startswith("estimate: ") and "for the 8 steps left" in line for line in result.stdout.splitlines())
 
 
 def test_run_names_read_like_the_settings():
@@ -160,7 +186,7 @@ def test_sigterm_also_checkpoints_and_ends_killed(store):
     (["--lr", "0"], "lr must be a positive number"),
     (["--lr", "-1e-3"], "lr must be a positive number"),
     (["--batch-size", "0"], "batch_size must be at least 1"),
-    (["--epochs", "0", "--max-steps", "0", "--max-tokens", "0"], "no budget"),
+    (["--epochs", "-1"], "epochs must be zero or more"),
     (["--max-steps", "-5"], "max_steps must be zero or more"),
     (["--n-head", "3"], "must be a multiple of n_head"),
     (["--batch-size", "many"], "'many' is not a valid integer"),
@@ -257,3 +283,24 @@ def test_mlflow_run_entry_point_with_local_env_manager(store):
     assert run.data.params["max_steps"] == "3" and run.data.params["n_layer"] == "2"
     assert run.data.params["lr"] == "3e-3"  # as the user typed it: logged by `mlflow run`, kept by the trainer
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 1
+
+
+def test_model_files_from_yaml_are_checked_and_an_unpadded_vocabulary_trains_and_generates(store, tmp_path):
+    small_vocab = tmp_path / "small-vocab.yaml"
+    small_vocab.write_text("n_layer: 1\nn_head: 2\nn_embd: 32\ncontext_length: 32\nvocab_size: 1000\n")
+    result = run_module("pipeline.train", "--config", str(small_vocab), "--corpus", "tiny", "--max-steps", "2",
+                        cwd=os.getcwd())
+    assert_one_line_error(result, "vocab_size must hold the tokenizer's 50257 tokens, got 1000")
+    for bad, message in (("bias: maybe\n", "model field 'bias'"), ("n_layer: 0\n", "n_layer must be at least 1")):
+        (tmp_path / "bad.yaml").write_text(bad)
+        assert_one_line_error(run_module("pipeline.train", "--config", str(tmp_path / "bad.yaml"), "--corpus",
+                                         "tiny", "--max-steps", "2", cwd=os.getcwd()), message)
+    assert "RUNNING" not in run_statuses(store)
+
+    exact = tmp_path / "exact-vocab.yaml"
+    exact.write_text("n_layer: 1\nn_head: 2\nn_embd: 32\ncontext_length: 32\nvocab_size: 50257\n")
+    trained = train(replace(TINY, config=str(exact), max_steps=4, sample_interval=0))
+    out = run_module("pipeline.generate", "--run-id", trained.run_id, "--prompt", "A language model",
+                     "--max-new-tokens", "20", cwd=os.getcwd())
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("A language model")

@@ -1,0 +1,89 @@
+"""What the step loop is given (Model, Data, Plan, Tracked: made by training/run.py) and what a run returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from model import GPT
+from pipeline.analysis.novelty import NgramIndex
+from pipeline.data.batches import ValWindows, WindowSampler
+from pipeline.settings import TrainSettings
+from pipeline.tracking import MetricBuffer
+from pipeline.training.device import mixed_precision
+from pipeline.training.distributed import World
+from pipeline.training.schedule import total_steps_for
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    main_process: bool  # False on the other processes of a torchrun group, which report nothing
+    run_id: str
+    steps: int
+    tokens_seen: int
+    train_loss: float
+    val_loss: float | None
+    status: str
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C or SIGTERM: the run was checkpointed and ended KILLED."""
+
+    def __init__(self, run_id: str, step: int):
+        super().__init__(f"interrupted at step {step}; checkpoint saved: resume with --resume {run_id}")
+        self.run_id = run_id
+        self.step = step
+
+
+@dataclass
+class Model:
+    """The model, the module the steps call (compiled and/or DDP-wrapped), its optimizer and its precision."""
+
+    model: GPT
+    step_model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    autocast: object
+    scaler: torch.amp.GradScaler | None
+
+    @classmethod
+    def on(cls, device: torch.device, model: GPT, step_model, optimizer) -> "Model":
+        autocast, scaler = mixed_precision(device)
+        return cls(model, step_model, optimizer, autocast, scaler)
+
+
+@dataclass(frozen=True)
+class Data:
+    sampler: WindowSampler
+    val: ValWindows
+    prompt: str
+    ngrams: NgramIndex | None = None  # the train split's 8-grams, on rank 0: how much of a sample is copied
+
+
+@dataclass(frozen=True)
+class Plan:
+    total_steps: int
+    tokens_per_step: int  # all processes together
+    flops_per_token: float
+    peak_flops_per_sec: float  # of every process together
+    epochs: float = 0.0  # passes over the train split's window starts that total_steps make
+
+    @classmethod
+    def make(cls, settings: TrainSettings, sampler: WindowSampler, world: World, flops_per_token: float,
+             peak_flops_per_sec: float) -> "Plan":
+        total_steps = total_steps_for(settings, sampler.n_windows, sampler.length)
+        windows_per_step = settings.batch_size * settings.grad_accum
+        return cls(total_steps, windows_per_step * sampler.length, flops_per_token, peak_flops_per_sec,
+                   epochs=total_steps * windows_per_step / sampler.n_windows)
+
+    def describe(self) -> str:
+        return (f"{self.total_steps:,} steps x {self.tokens_per_step:,} tokens = "
+                f"{self.total_steps * self.tokens_per_step:,} tokens, {self.epochs:.3g} epochs")
+
+
+@dataclass(frozen=True)
+class Tracked:
+    client: object  # MlflowClient on rank 0, None elsewhere
+    run_id: str
+    metrics: MetricBuffer | None
+    skip_through: int  # a resumed run's last logged step: its samples are not logged twice
