@@ -105,7 +105,7 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_old_checkpoin
     process = start_train(store, *LONG_RUN, "--max-steps", "40", "--checkpoint-interval", "20", "--run-name", "full")
     wait_for_line(process, "step 12/")
     process.send_signal(signal.SIGINT)
-    process.communicate(timeout=120)
+    process.communicate(timeout=600)
     run = the_run(client, "full")
     stopped_at = checkpoints.load_from_run(run.info.run_id, client)["step"]
     assert run.info.status == "KILLED" and 12 <= stopped_at < 20

@@ -35,7 +35,7 @@ def dashboard(store, tmp_path):
     app.extensions["lab_dashboard"].registry.kill_all()
 
 
-def wait_for(check, timeout: float = 60, every: float = 0.5, what: str = "condition"):
+def wait_for(check, timeout: float = 600, every: float = 0.5, what: str = "condition"):
     """check() until it returns something truthy; that value."""
     deadline = time.monotonic() + timeout
     while True:
@@ -225,7 +225,7 @@ def server(store, tmp_path):
                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/"
     try:
-        wait_for(lambda: process.poll() is not None or _status(url) == 200, timeout=60, what="the dashboard")
+        wait_for(lambda: process.poll() is not None or _status(url) == 200, timeout=600, what="the dashboard")
         assert process.poll() is None, (tmp_path / "dashboard.log").read_text()
         yield url
     finally:
@@ -364,11 +364,11 @@ def test_run_dashboard_serves_both_pages_and_ctrl_c_stops_both(store, tmp_path):
                                start_new_session=True)
     try:
         for url in (f"http://127.0.0.1:{port}/", f"http://127.0.0.1:{mlflow_port}/"):
-            wait_for(lambda url=url: process.poll() is not None or _status(url) == 200, timeout=60, what=url)
+            wait_for(lambda url=url: process.poll() is not None or _status(url) == 200, timeout=600, what=url)
             assert process.poll() is None, process.stdout.read()
         assert _status(f"http://127.0.0.1:{port}/api/runs") == 200
         process.send_signal(signal.SIGINT)  # Ctrl-C
-        out, _ = process.communicate(timeout=30)
+        out, _ = process.communicate(timeout=300)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
@@ -388,12 +388,12 @@ def test_run_dashboard_refuses_a_busy_port_in_one_line(tmp_path):
                              ([("--port", free_port()), ("--mlflow-port", busy)], "--mlflow-port"):
             flat = [str(x) for pair in args for x in pair]
             result = subprocess.run(["bash", str(SCRIPT), *flat], cwd=tmp_path, capture_output=True, text=True,
-                                    timeout=30)
+                                    timeout=300)
             assert result.returncode == 2, result
             lines = result.stderr.strip().splitlines()
             assert lines == [f"error: port {busy} ({'launcher' if option == '--port' else 'MLflow UI'}) is already "
                              f"in use on 127.0.0.1; choose another with {option}"], result.stderr
             assert result.stdout == ""  # nothing was started
-    helped = subprocess.run(["bash", str(SCRIPT), "--help"], capture_output=True, text=True, timeout=30)
+    helped = subprocess.run(["bash", str(SCRIPT), "--help"], capture_output=True, text=True, timeout=300)
     assert helped.returncode == 0 and "--host" in helped.stdout and "WARNING" in helped.stdout
     assert "--allowed-hosts" in helped.stdout and "basic-auth" in helped.stdout

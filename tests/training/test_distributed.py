@@ -62,7 +62,7 @@ def stop_at(process: subprocess.Popen, step: int) -> None:
         if line.startswith(f"step {step}/"):
             os.killpg(process.pid, signal.SIGTERM)
             break
-    process.communicate(timeout=120)
+    process.communicate(timeout=600)
 
 
 def test_resume_moves_from_two_processes_to_one_and_back(store):

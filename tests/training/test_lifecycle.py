@@ -51,7 +51,7 @@ def test_a_run_trained_right_now_is_not_resumed_twice_and_a_day_long_plan_is_war
                               f"process {trainer.pid}")
     finally:
         trainer.send_signal(signal.SIGINT)
-        trainer.communicate(timeout=120)
+        trainer.communicate(timeout=600)
     assert only_run(store).info.status == "KILLED"
 
 
@@ -64,7 +64,7 @@ def test_a_crashed_trainers_run_resumes_although_it_is_left_running(store):
     trainer = start_trainer(store, *ENDLESS[:-2], "--checkpoint-interval", "3")
     lines_until(trainer, "step 4/")
     trainer.kill()  # kill -9: no checkpoint at the end, the run stays RUNNING with a fresh heartbeat
-    trainer.communicate(timeout=60)
+    trainer.communicate(timeout=600)
     run = only_run(store)
     assert run.info.status == "RUNNING" and tracking.live_trainer(MlflowClient(store).get_run(run.info.run_id)) is None
     resumed = start_trainer(store, "--resume", run.info.run_id)
@@ -72,7 +72,7 @@ def test_a_crashed_trainers_run_resumes_although_it_is_left_running(store):
         lines_until(resumed, "step 5/")
     finally:
         resumed.send_signal(signal.SIGINT)
-        resumed.communicate(timeout=120)
+        resumed.communicate(timeout=600)
     assert only_run(store).info.status == "KILLED"
 
 

@@ -146,7 +146,7 @@ def test_interrupted_run_resumes_to_the_same_loss(store):
         if line.startswith("step 10/"):
             process.send_signal(signal.SIGINT)
             break
-    out, err = process.communicate(timeout=120)
+    out, err = process.communicate(timeout=600)
     assert process.returncode == 130, err
     assert "resume with --resume" in err
     parts_run = client.search_runs([whole_run.info.experiment_id], filter_string="attributes.run_name = 'parts'")[0]
@@ -173,7 +173,7 @@ def test_sigterm_also_checkpoints_and_ends_killed(store):
         if line.startswith("step 5/"):
             process.send_signal(signal.SIGTERM)
             break
-    process.communicate(timeout=120)
+    process.communicate(timeout=600)
     client = MlflowClient(store)
     run = client.search_runs([client.get_experiment_by_name("pretraining").experiment_id])[0]
     assert run.info.status == "KILLED"
