@@ -248,7 +248,8 @@ def _piece_end(data: bytes) -> int:
     if found >= 0:
         return found + len(marker)
     cut = _whole_characters(data)
-    for size in range(len(marker) - 1, 0, -1):  # nor the start of a separator that the next block finishes
+    # nor in or right after a separator: the next block may finish it, or hold the line end that goes with it
+    for size in range(len(marker), 0, -1):
         if data.endswith(marker[:size], 0, cut):
             return cut - size
     return cut

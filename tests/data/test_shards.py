@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pipeline.data import encoding as encoding_module
@@ -266,6 +266,7 @@ alphabet = st.sampled_from(["a", "b", "cat ", " ", "\n", "\n\n", "é", "日本",
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(parts=st.lists(alphabet, max_size=60), piece_bytes=st.integers(16, 48))
+@example(parts=["é", "<|", SEP, "\n"], piece_bytes=17)  # the separator ends the block, its line end opens the next
 def test_pieces_of_any_size_give_the_same_documents(parts, piece_bytes):
     """With tiny pieces: the pieces cover the text, and every separator becomes exactly one EOT token with the
     line ends beside it dropped, wherever the pieces are cut."""
