@@ -1,4 +1,5 @@
-"""Tokenizing a corpus: GPT-2 BPE (tiktoken) into train and val shards, skipped when they are up to date.
+"""Tokenizing a corpus: GPT-2 BPE (tiktoken) into train and val shards, skipped when they are up to date
+(shard_cache.py says when).
 
 Text is streamed in pieces cut at line ends, so memory stays bounded whatever the corpus size, and each batch
 of pieces is encoded on every core with tiktoken.
@@ -21,14 +22,13 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.data.corpora import DOCUMENT_SEPARATOR, CorpusText
+from pipeline.data.shard_cache import build_key, check_setting, reusable, wanted_key
 from pipeline.data.shards import Shards, ShardWriter, load_shards
 from pipeline.data.splitting import split_plan
-from pipeline.errors import CorpusError, ShardError
-from pipeline.files import cache_root, sha256_of
+from pipeline.errors import CorpusError
+from pipeline.files import cache_root
 
 TOKENIZER = "gpt2"
-MANIFEST_FORMAT = 1
-DEFAULT_SHARD_TOKENS = 100_000_000
 PIECE_BYTES = 1 << 20  # text handed to the tokenizer at a time
 BATCH_PIECES = 16  # pieces encoded together, spread over the cores
 _SEPARATOR = re.compile(r"\n?" + re.escape(DOCUMENT_SEPARATOR) + r"\n?")
@@ -56,50 +56,43 @@ class TokenizeResult:
 def tokenize(
     corpus: CorpusText,
     cache: Path | None = None,
-    val_fraction: float = 0.1,
-    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    val_fraction: float | None = None,
+    shard_tokens: int | None = None,
 ) -> TokenizeResult:
-    """Tokenize a local corpus into train and val shards, unless shards of the same input and settings exist."""
-    if not 0 < val_fraction < 1:
-        raise CorpusError(f"val_fraction must be between 0 and 1, got {val_fraction}")
-    if shard_tokens < 2:
-        raise CorpusError(f"shard_tokens must be at least 2, got {shard_tokens}")
+    """Tokenize a local corpus into train and val shards, unless shards of the same content and settings exist.
+
+    A setting left None accepts existing shards whatever value made them; a new build then takes the value of
+    the shards it replaces, else the default.
+    """
+    for name, value in (("val_fraction", val_fraction), ("shard_tokens", shard_tokens)):
+        if value is not None:
+            check_setting(name, value)
     folder = (cache or cache_root()) / "shards" / corpus.name
-    files = corpus.train + (corpus.val or ())
-    for path in files:
+    for path in corpus.train + (corpus.val or ()):
         if not path.is_file():
             raise CorpusError(f"corpus file not found: {path}")
         if path.stat().st_size == 0:
             raise CorpusError(f"corpus file {path} is empty")
-    key = {
-        "format": MANIFEST_FORMAT,
-        "tokenizer": TOKENIZER,
-        "source_sha256": {str(p): sha256_of(p) for p in files},
-        "val_fraction": None if corpus.val else val_fraction,
-        "shard_tokens": shard_tokens,
-    }
-    if (folder / "manifest.json").is_file():
-        try:
-            existing = load_shards(folder)
-            if existing.manifest.get("key") == key:
-                return TokenizeResult(existing, skipped=True)
-        except ShardError:
-            pass  # damaged: tokenize again
+    wanted = wanted_key(corpus, TOKENIZER, val_fraction, shard_tokens)
+    existing = reusable(folder, wanted)
+    if existing:
+        return TokenizeResult(existing, skipped=True)
+    key = build_key(folder, wanted)
     enc = encoding()
     if corpus.val:
         plan = {"train": [(p, 0, None) for p in corpus.train], "val": [(p, 0, None) for p in corpus.val]}
         split_rule = "the source's own validation split"
     else:
-        plan, split_rule = split_plan(corpus.train, val_fraction)
-
+        plan, split_rule = split_plan(corpus.train, key["val_fraction"])
     try:
-        return TokenizeResult(_write_shards(enc, corpus, plan, split_rule, key, folder, shard_tokens), skipped=False)
+        shards = _write_shards(enc, corpus, plan, split_rule, key, folder)
     except OSError as error:  # a full disk, a read-only folder: the old shards, if any, are untouched
-        raise CorpusError(f"could not write the shards of {corpus.name} to {folder}: {error.strerror or error}") from None
+        raise CorpusError(f"could not write the shards of {corpus.name} to {folder}: "
+                          f"{error.strerror or error}") from None
+    return TokenizeResult(shards, skipped=False)
 
 
-def _write_shards(enc, corpus: CorpusText, plan: dict, split_rule: str, key: dict, folder: Path,
-                  shard_tokens: int) -> Shards:
+def _write_shards(enc, corpus: CorpusText, plan: dict, split_rule: str, key: dict, folder: Path) -> Shards:
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{corpus.name}."))
     try:
@@ -109,7 +102,7 @@ def _write_shards(enc, corpus: CorpusText, plan: dict, split_rule: str, key: dic
         with tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"tokenize {corpus.name}",
                   disable=None) as bar:
             for split, parts in plan.items():
-                splits[split] = _tokenize_split(enc, parts, staging, split, shard_tokens, bar)
+                splits[split] = _tokenize_split(enc, parts, staging, split, key["shard_tokens"], bar)
         counts = {split: sum(s["tokens"] for s in shards) for split, shards in splits.items()}
         for split, count in counts.items():
             if count < 2:

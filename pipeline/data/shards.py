@@ -108,8 +108,17 @@ class Shards:
     def tokens_sha256(self) -> str:
         return self.manifest["tokens_sha256"]
 
+    @property
+    def tokenizer(self) -> str:
+        return self.manifest["key"]["tokenizer"]
 
-def load_shards(folder: Path) -> Shards:
+    @property
+    def val_fraction(self) -> float | None:
+        """The share of the text held out for validation; None where the corpus has its own val split."""
+        return self.manifest["key"]["val_fraction"]
+
+
+def read_manifest(folder: Path) -> dict:
     manifest_path = Path(folder) / "manifest.json"
     if not manifest_path.is_file():
         raise ShardError(f"no manifest.json in {folder}: tokenize the corpus first")
@@ -117,10 +126,17 @@ def load_shards(folder: Path) -> Shards:
         manifest = json.loads(manifest_path.read_text())
     except json.JSONDecodeError as error:
         raise ShardError(f"{manifest_path} is not valid JSON ({error})") from None
-    shards = Shards(Path(folder), manifest)
+    if not isinstance(manifest, dict):
+        raise ShardError(f"{manifest_path} is not a shard manifest")
+    return manifest
+
+
+def load_shards(folder: Path) -> Shards:
+    shards = Shards(Path(folder), read_manifest(folder))
     try:
         for split in ("train", "val"):
             shards.split(split)  # checks every header and size now rather than mid-run
     except (KeyError, TypeError) as error:
-        raise ShardError(f"{manifest_path} does not list its shards (missing or malformed {error})") from None
+        where = Path(folder) / "manifest.json"
+        raise ShardError(f"{where} does not list its shards (missing or malformed {error})") from None
     return shards

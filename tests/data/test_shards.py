@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pipeline.data import encoding as encoding_module
+from pipeline.data.shard_cache import DEFAULT_SHARD_TOKENS
 from pipeline.data.corpora import DOCUMENT_SEPARATOR, CorpusText, fetch
 from pipeline.errors import CorpusError, ShardError
 from pipeline.data.encoding import PIECE_BYTES, _SEPARATOR, _encode, _pieces, encoding, tokenize
@@ -78,12 +79,13 @@ def test_shards_decode_back_to_the_text(name, tmp_path, enc):
     assert manifest["val_tokens"] == sum(len(s) for s in val) == result.shards.val_tokens
     assert 0.07 < manifest["val_tokens"] / (manifest["train_tokens"] + manifest["val_tokens"]) < 0.13
     assert manifest["key"] == {
-        "format": 1,
+        "format": 2,
         "tokenizer": "gpt2",
-        "source_sha256": {str(fetched.corpus.train[0]): hashlib.sha256(text.encode()).hexdigest()},
+        "sources": [["train", fetched.corpus.train[0].name, hashlib.sha256(text.encode()).hexdigest()]],
         "val_fraction": 0.1,
-        "shard_tokens": encoding_module.DEFAULT_SHARD_TOKENS,
+        "shard_tokens": DEFAULT_SHARD_TOKENS,
     }
+    assert result.shards.val_fraction == 0.1 and result.shards.tokenizer == "gpt2"
     for split in ("train", "val"):
         for entry in manifest["splits"][split]:
             tokens = read_shard(result.shards.folder / entry["file"])
@@ -114,7 +116,7 @@ def test_changed_input_or_val_fraction_tokenizes_again(tmp_path, enc):
         f.write("One more sentence about tokens and the loss.\n")
     changed = tokenize(corpus_of(source), cache=tmp_path)
     assert not changed.skipped
-    assert changed.shards.manifest["key"]["source_sha256"] != first.shards.manifest["key"]["source_sha256"]
+    assert changed.shards.manifest["key"]["sources"] != first.shards.manifest["key"]["sources"]
     total = changed.shards.train_tokens + changed.shards.val_tokens
     assert total > first.shards.train_tokens + first.shards.val_tokens
     text = source.read_text()
@@ -135,7 +137,8 @@ def test_damaged_shards_are_tokenized_again(tmp_path):
     shard.write_bytes(shard.read_bytes()[:-2])
     again = tokenize(corpus_of(TINY, "tiny"), cache=tmp_path)
     assert not again.skipped
-    assert again.shards.manifest == first.shards.manifest
+    assert again.shards.tokens_sha256 == first.shards.tokens_sha256
+    assert again.shards.manifest["key"] == first.shards.manifest["key"]
 
     (first.shards.folder / "manifest.json").write_text("{}")  # valid JSON, but lists no shards
     with pytest.raises(ShardError, match="manifest.json"):
@@ -441,12 +444,12 @@ def test_any_header_byte_corruption_is_caught(tokens, index, value):
 
 def test_cli_tokenize_twice(tmp_path):
     env = {"CORPUS_CACHE": str(tmp_path)}
-    first = run_module("pipeline.tokenize", "--corpus", "tiny", env=env)
+    first = run_module("pipeline.tokenize", "--corpus", "tiny", "--val-fraction", "0.3", env=env)
     assert first.returncode == 0, first.stderr
     assert "tiny: written in" in first.stdout and "train tokens" in first.stdout
-    second = run_module("pipeline.tokenize", "--corpus", "tiny", env=env)
+    second = run_module("pipeline.tokenize", "--corpus", "tiny", env=env)  # keeps the fraction chosen
     assert second.returncode == 0, second.stderr
-    assert "tiny: already up to date" in second.stdout
+    assert "tiny: already up to date" in second.stdout and "val fraction 0.3" in second.stdout
     assert load_shards(tmp_path / "shards" / "tiny").train_tokens > 0
 
 
