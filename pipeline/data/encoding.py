@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.data.corpora import DOCUMENT_SEPARATOR, CorpusText
-from pipeline.data.shard_cache import build_key, check_setting, reusable, wanted_key
+from pipeline.data.shard_cache import build_key, check_setting, record_stamps, reusable, wanted_key
 from pipeline.data.shards import Shards, ShardWriter, load_shards
 from pipeline.data.splitting import split_plan
 from pipeline.errors import CorpusError
@@ -76,6 +76,8 @@ def tokenize(
     wanted = wanted_key(corpus, TOKENIZER, val_fraction, shard_tokens)
     existing = reusable(folder, wanted)
     if existing:
+        if existing.stamps_changed:
+            record_stamps(existing)
         return TokenizeResult(existing, skipped=True)
     key = build_key(folder, wanted)
     enc = encoding()
@@ -158,7 +160,8 @@ def _tokenize_split(enc, parts, staging: Path, split: str, shard_tokens: int, ba
     def finish() -> None:
         nonlocal writer
         writer.close()
-        shards.append({"file": writer.path.name, "tokens": writer.tokens, "sha256": writer.digest.hexdigest()})
+        shards.append({"file": writer.path.name, "tokens": writer.tokens, "sha256": writer.digest.hexdigest(),
+                       "mtime_ns": writer.path.stat().st_mtime_ns})  # load_shards hashes a shard only when it moves
         writer = None
 
     eot = np.array([enc.eot_token], dtype=np.uint16)

@@ -8,13 +8,14 @@ keeps the val split that `pipeline.tokenize --val-fraction 0.2` chose.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 from pipeline.data.corpora import CorpusText
 from pipeline.data.shards import Shards, load_shards, read_manifest
 from pipeline.errors import CorpusError, ShardError
-from pipeline.files import sha256_of
+from pipeline.files import atomic_path, sha256_of
 
 MANIFEST_FORMAT = 2
 DEFAULT_VAL_FRACTION = 0.1
@@ -75,3 +76,12 @@ def build_key(folder: Path, wanted: dict) -> dict:
             except CorpusError:
                 key[name] = default
     return key
+
+
+def record_stamps(shards: Shards) -> None:
+    """Write the manifest with the shards' new mtimes, once load_shards found their tokens unchanged."""
+    try:
+        with atomic_path(shards.folder / "manifest.json") as tmp:
+            tmp.write_text(json.dumps(shards.manifest, indent=2))
+    except OSError:
+        pass  # a read-only cache: each start hashes those shards again, nothing worse

@@ -1,14 +1,21 @@
-"""The shard cache: reuse by content and by the settings the user chose. Real files, real tiktoken."""
+"""The shard cache: reuse by content and by the settings the user chose, and damaged shards found cheaply.
+Real files, real tiktoken, a real training subprocess."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 from pipeline.data.corpora import CorpusText, fetch
 from pipeline.data.encoding import tokenize
-from tests.conftest import PROJECT_DIR
+from pipeline.data.shards import HEADER_BYTES, load_shards
+from pipeline.errors import ShardError
+from tests.conftest import PROJECT_DIR, run_module
 
 TINY = PROJECT_DIR / "corpus" / "tiny.txt"
 
@@ -20,6 +27,16 @@ def corpus_of(*paths: Path, name: str = "sample", val: tuple[Path, ...] | None =
 def tokens_file(path: Path, copies: int = 5) -> Path:
     path.write_text(TINY.read_text() * copies)
     return path
+
+
+def flip_a_token(shard: Path) -> bytes:
+    """Set the middle token to 65535 (no GPT-2 token: garbage to a model) and move the mtime on; the old bytes."""
+    data = shard.read_bytes()
+    middle = HEADER_BYTES + (len(data) - HEADER_BYTES) // 4 * 2
+    shard.write_bytes(data[:middle] + b"\xff\xff" + data[middle + 2:])
+    stat = shard.stat()
+    os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    return data
 
 
 # ---------------------------------------------------------------- the settings the user chose
@@ -78,3 +95,71 @@ def test_a_moved_cache_and_a_copied_corpus_are_recognised_by_content(tmp_path):
     again = tokenize(corpus_of(*(copy / f.relative_to(folder) for f in files)), cache=tmp_path)
     assert again.skipped and again.shards.manifest == made.shards.manifest
     assert [name for _, name, _ in made.shards.manifest["key"]["sources"]] == ["a.txt", "sub/b.txt"]
+
+
+# ---------------------------------------------------------------- damaged shards
+
+
+def truncate_consistently(shard: Path) -> bytes:
+    """Drop the last token and lower the header's count to match: a size check alone cannot tell."""
+    data = shard.read_bytes()
+    header = np.frombuffer(data[:HEADER_BYTES], dtype=np.int32).copy()
+    header[2] -= 1
+    shard.write_bytes(header.tobytes() + data[HEADER_BYTES:-2])
+    return data
+
+
+@pytest.mark.parametrize("damage, fragment", [(flip_a_token, "changed after it was written"),
+                                              (truncate_consistently, "its manifest says")])
+def test_a_shard_changed_after_tokenizing_is_refused_then_rebuilt(tmp_path, damage, fragment):
+    first = tokenize(corpus_of(tokens_file(tmp_path / "notes.txt")), cache=tmp_path).shards
+    shard = first.folder / "train_000.bin"
+    good = damage(shard)
+    with pytest.raises(ShardError, match=fragment) as caught:
+        load_shards(first.folder)
+    assert str(shard) in str(caught.value)
+    again = tokenize(corpus_of(tmp_path / "notes.txt"), cache=tmp_path)
+    assert not again.skipped
+    assert shard.read_bytes() == good and again.shards.tokens_sha256 == first.tokens_sha256
+
+
+def test_only_shards_whose_mtime_moved_are_hashed(tmp_path):
+    first = tokenize(corpus_of(tokens_file(tmp_path / "notes.txt")), cache=tmp_path).shards
+    shard = first.folder / "val_000.bin"
+    stat = shard.stat()
+    os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched: same tokens
+    touched = tokenize(corpus_of(tmp_path / "notes.txt"), cache=tmp_path)
+    assert touched.skipped
+    recorded = json.loads((first.folder / "manifest.json").read_text())["splits"]["val"][0]["mtime_ns"]
+    assert recorded == shard.stat().st_mtime_ns == stat.st_mtime_ns + 10**9  # hashed once, then recorded
+
+    # The price of a cheap check: an edit that puts the recorded mtime back is not hashed, so not seen.
+    data = shard.read_bytes()
+    shard.write_bytes(data[:-2] + b"\xff\xff")
+    os.utime(shard, ns=(stat.st_atime_ns, recorded))
+    assert tokenize(corpus_of(tmp_path / "notes.txt"), cache=tmp_path).skipped
+
+
+def test_training_after_a_shard_was_edited_rebuilds_it_at_the_chosen_split(tmp_path, store):
+    from mlflow.tracking import MlflowClient
+
+    env = {"CORPUS_CACHE": str(tmp_path / "cache")}
+    made = run_module("pipeline.tokenize", "--corpus", "tiny", "--val-fraction", "0.3", env=env)
+    assert made.returncode == 0, made.stderr
+    assert "tiny: written" in made.stdout and "val fraction 0.3" in made.stdout
+    again = run_module("pipeline.tokenize", "--corpus", "tiny", env=env)
+    assert "tiny: already up to date" in again.stdout and "val fraction 0.3" in again.stdout
+    folder = tmp_path / "cache" / "shards" / "tiny"
+    chosen = load_shards(folder)
+    shard = folder / "train_000.bin"
+    good = flip_a_token(shard)
+
+    result = run_module("pipeline.train", "--corpus", "tiny", "--max-steps", "1", "--n-layer", "1", "--n-embd",
+                        "32", "--n-head", "2", "--context-length", "16", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert shard.read_bytes() == good
+    client = MlflowClient(store)
+    [run] = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert run.info.status == "FINISHED"
+    assert run.data.params["shards_sha256"] == chosen.tokens_sha256
+    assert run.data.params["val_tokens"] == str(chosen.val_tokens)

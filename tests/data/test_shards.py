@@ -91,6 +91,7 @@ def test_shards_decode_back_to_the_text(name, tmp_path, enc):
             tokens = read_shard(result.shards.folder / entry["file"])
             assert entry["tokens"] == len(tokens)
             assert entry["sha256"] == hashlib.sha256(np.asarray(tokens).tobytes()).hexdigest()
+            assert entry["mtime_ns"] == (result.shards.folder / entry["file"]).stat().st_mtime_ns
     every_sha = "".join(s["sha256"] for split in ("train", "val") for s in manifest["splits"][split])
     assert manifest["tokens_sha256"] == hashlib.sha256(every_sha.encode()).hexdigest()
     assert json.loads((result.shards.folder / "manifest.json").read_text()) == manifest
