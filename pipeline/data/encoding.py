@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.data.corpora import DOCUMENT_SEPARATOR, CorpusText
-from pipeline.data.shard_cache import build_key, check_setting, record_stamps, reusable, wanted_key
+from pipeline.data.shard_cache import build_key, build_lock, check_setting, record_stamps, reusable, wanted_key
 from pipeline.data.shards import Shards, ShardWriter, load_shards
 from pipeline.data.splitting import split_plan
 from pipeline.errors import CorpusError
@@ -62,7 +62,8 @@ def tokenize(
     """Tokenize a local corpus into train and val shards, unless shards of the same content and settings exist.
 
     A setting left None accepts existing shards whatever value made them; a new build then takes the value of
-    the shards it replaces, else the default.
+    the shards it replaces, else the default. Processes calling this at once take turns: one builds, the
+    others then reuse.
     """
     for name, value in (("val_fraction", val_fraction), ("shard_tokens", shard_tokens)):
         if value is not None:
@@ -74,23 +75,24 @@ def tokenize(
         if path.stat().st_size == 0:
             raise CorpusError(f"corpus file {path} is empty")
     wanted = wanted_key(corpus, TOKENIZER, val_fraction, shard_tokens)
-    existing = reusable(folder, wanted)
-    if existing:
-        if existing.stamps_changed:
-            record_stamps(existing)
-        return TokenizeResult(existing, skipped=True)
-    key = build_key(folder, wanted)
-    enc = encoding()
-    if corpus.val:
-        plan = {"train": [(p, 0, None) for p in corpus.train], "val": [(p, 0, None) for p in corpus.val]}
-        split_rule = "the source's own validation split"
-    else:
-        plan, split_rule = split_plan(corpus.train, key["val_fraction"])
-    try:
-        shards = _write_shards(enc, corpus, plan, split_rule, key, folder)
-    except OSError as error:  # a full disk, a read-only folder: the old shards, if any, are untouched
-        raise CorpusError(f"could not write the shards of {corpus.name} to {folder}: "
-                          f"{error.strerror or error}") from None
+    with build_lock(folder):
+        existing = reusable(folder, wanted)  # built meanwhile, maybe, by the process we waited for
+        if existing:
+            if existing.stamps_changed:
+                record_stamps(existing)
+            return TokenizeResult(existing, skipped=True)
+        key = build_key(folder, wanted)
+        enc = encoding()
+        if corpus.val:
+            plan = {"train": [(p, 0, None) for p in corpus.train], "val": [(p, 0, None) for p in corpus.val]}
+            split_rule = "the source's own validation split"
+        else:
+            plan, split_rule = split_plan(corpus.train, key["val_fraction"])
+        try:
+            shards = _write_shards(enc, corpus, plan, split_rule, key, folder)
+        except OSError as error:  # a full disk, a read-only folder: the old shards, if any, are untouched
+            raise CorpusError(f"could not write the shards of {corpus.name} to {folder}: "
+                              f"{error.strerror or error}") from None
     return TokenizeResult(shards, skipped=False)
 
 

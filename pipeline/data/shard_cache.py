@@ -1,4 +1,5 @@
-"""The shard cache's rules: what identifies a corpus's shards, and when existing ones are reused.
+"""The shard cache's rules: what identifies a corpus's shards, when existing ones are reused, and the lock that
+lets one process build them while the others wait.
 
 Shards are keyed on content, never on paths, so a moved or re-cloned project keeps them: the tokenizer, each
 source file's split, name and sha256, and the settings that shape the tokens. A setting left unsaid (None)
@@ -9,13 +10,20 @@ keeps the val split that `pipeline.tokenize --val-fraction 0.2` chose.
 from __future__ import annotations
 
 import json
+import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
+
+from filelock import FileLock, Timeout
 
 from pipeline.data.corpora import CorpusText
 from pipeline.data.shards import Shards, load_shards, read_manifest
 from pipeline.errors import CorpusError, ShardError
 from pipeline.files import atomic_path, sha256_of
+
+log = logging.getLogger(__name__)
 
 MANIFEST_FORMAT = 2
 DEFAULT_VAL_FRACTION = 0.1
@@ -85,3 +93,26 @@ def record_stamps(shards: Shards) -> None:
             tmp.write_text(json.dumps(shards.manifest, indent=2))
     except OSError:
         pass  # a read-only cache: each start hashes those shards again, nothing worse
+
+
+@contextmanager
+def build_lock(folder: Path) -> Iterator[None]:
+    """Held while a corpus's shards are checked or built: one process tokenizes, the others wait for it.
+
+    The lock file stays beside the shard folder: deleting it on release would let a third process lock a new
+    file while a second still waits on the old one."""
+    lock: FileLock | None = FileLock(folder.parent / f"{folder.name}.lock")
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log.info("%s: waiting for another process that is tokenizing it", folder.name)
+            lock.acquire()
+    except OSError:
+        lock = None  # a read-only cache: its shards can be reused, and nothing can be built there anyway
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()

@@ -1,11 +1,13 @@
-"""The shard cache: reuse by content and by the settings the user chose, and damaged shards found cheaply.
-Real files, real tiktoken, a real training subprocess."""
+"""The shard cache: reuse by content and by the settings the user chose, damaged shards found cheaply, and
+processes that tokenize the same corpus at once taking turns. Real files, real tiktoken, real subprocesses."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from pipeline.errors import ShardError
 from tests.conftest import PROJECT_DIR, run_module
 
 TINY = PROJECT_DIR / "corpus" / "tiny.txt"
+SHAKESPEARE_TOKENS = 338_025  # tiktoken gpt2 on tinyshakespeare.txt, train and val
 
 
 def corpus_of(*paths: Path, name: str = "sample", val: tuple[Path, ...] | None = None) -> CorpusText:
@@ -163,3 +166,31 @@ def test_training_after_a_shard_was_edited_rebuilds_it_at_the_chosen_split(tmp_p
     assert run.info.status == "FINISHED"
     assert run.data.params["shards_sha256"] == chosen.tokens_sha256
     assert run.data.params["val_tokens"] == str(chosen.val_tokens)
+
+
+# ---------------------------------------------------------------- processes at once
+
+
+def test_two_processes_tokenizing_at_once_take_turns(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_DIR), "CORPUS_CACHE": str(tmp_path)}
+    command = [sys.executable, "-m", "pipeline.tokenize", "--corpus", "shakespeare"]
+    processes = [subprocess.Popen(command, cwd=PROJECT_DIR, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [process.communicate(timeout=300) for process in processes]
+    for process, (out, err) in zip(processes, outputs):
+        assert process.returncode == 0, err
+    states = sorted("written" if "shakespeare: written" in out else
+                    "reused" if "shakespeare: already up to date" in out else out for out, _ in outputs)
+    assert states == ["reused", "written"]
+    shards = load_shards(tmp_path / "shards" / "shakespeare")
+    assert shards.train_tokens + shards.val_tokens == SHAKESPEARE_TOKENS
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == ["shakespeare", "shakespeare.lock"]
+
+
+def test_a_cache_where_no_lock_can_be_taken_still_serves_its_shards(tmp_path):
+    first = tokenize(corpus_of(TINY, name="tiny"), cache=tmp_path)
+    lock = tmp_path / "shards" / "tiny.lock"
+    lock.unlink()
+    lock.mkdir()  # cannot be opened for writing, as in a read-only cache
+    again = tokenize(corpus_of(TINY, name="tiny"), cache=tmp_path)
+    assert again.skipped and again.shards.manifest == first.shards.manifest

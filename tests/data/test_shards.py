@@ -128,8 +128,8 @@ def test_changed_input_or_val_fraction_tokenizes_again(tmp_path, enc):
     assert wider.shards.manifest["key"]["val_fraction"] == 0.3
     assert wider.shards.val_tokens > changed.shards.val_tokens
     assert tokenize(corpus_of(source), cache=tmp_path, val_fraction=0.3).skipped
-    # the swap leaves only the live folder: no staging folder, no retired one
-    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == ["sample"]
+    # the swap leaves only the live folder and its lock file: no staging folder, no retired one
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == ["sample", "sample.lock"]
 
 
 def test_damaged_shards_are_tokenized_again(tmp_path):
