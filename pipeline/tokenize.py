@@ -3,29 +3,34 @@
 import click
 
 from pipeline.data.corpora import fetch
+from pipeline.data.encoding import tokenize
+from pipeline.data.shard_cache import DEFAULT_SHARD_TOKENS, DEFAULT_VAL_FRACTION
 from pipeline.errors import run_cli
-from pipeline.data.encoding import DEFAULT_SHARD_TOKENS, tokenize
 
 
 @click.command()
 @click.option("--corpus", default="verdict", show_default=True,
               help="Corpus name from corpus/registry.yaml, or a path to a text file or folder.")
-@click.option("--val-fraction", default=0.1, show_default=True,
-              help="Share of the text held out for validation, where the source has no validation split.")
-@click.option("--shard-tokens", default=DEFAULT_SHARD_TOKENS, show_default=True,
-              help="Tokens per .bin shard file.")
+@click.option("--val-fraction", type=float, default=None,
+              help="Share of the text held out for validation, where the source has no validation split. "
+                   f"[default: what the existing shards used, else {DEFAULT_VAL_FRACTION}]")
+@click.option("--shard-tokens", type=int, default=None,
+              help="Tokens per .bin shard file. "
+                   f"[default: what the existing shards used, else {DEFAULT_SHARD_TOKENS}]")
 def main(corpus, val_fraction, shard_tokens):
     """Tokenize a corpus with tiktoken's GPT-2 BPE into corpus/shards/CORPUS/.
 
     Downloads the corpus first if needed. Writes train_NNN.bin and val_NNN.bin (llm.c format: a 256 x int32
-    header, then uint16 tokens) and manifest.json. Does nothing when the shards are up to date.
+    header, then uint16 tokens) and manifest.json. Does nothing when the shards are up to date; training reuses
+    them whatever --val-fraction made them.
     """
     fetched = fetch(corpus)
     result = tokenize(fetched.corpus, val_fraction=val_fraction, shard_tokens=shard_tokens)
     shards = result.shards
     state = "already up to date" if result.skipped else "written"
+    split = "the source's own val split" if shards.val_fraction is None else f"val fraction {shards.val_fraction}"
     click.echo(f"{shards.manifest['corpus']}: {state} in {shards.folder} "
-               f"({shards.train_tokens:,} train tokens, {shards.val_tokens:,} val tokens)")
+               f"({shards.train_tokens:,} train tokens, {shards.val_tokens:,} val tokens; {split})")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ that folder first, so everything works offline.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import re
 import shutil
@@ -190,11 +191,13 @@ def _download_dataset(entry: CorpusEntry, wanted: dict[str, Path]) -> None:
         import datasets  # heavy import: only when a dataset is really fetched
 
         for split, target in wanted.items():
-            rows = datasets.load_dataset(entry.hf_dataset, entry.hf_config, split=entry.splits[split])
+            # Streamed: only the rows kept are read (TinyStories' train split is ~1.9 GB, a lab keeps a slice).
+            rows = datasets.load_dataset(entry.hf_dataset, entry.hf_config, split=entry.splits[split],
+                                         streaming=True)
+            limit = entry.max_documents or None
             with atomic_path(target) as tmp, open(tmp, "w", encoding="utf-8") as out:
-                for index, row in enumerate(tqdm(rows, desc=f"{entry.name} {split}", unit=" docs", disable=None)):
-                    if entry.max_documents and index >= entry.max_documents:
-                        break
+                for row in tqdm(itertools.islice(rows, limit), total=limit, desc=f"{entry.name} {split}",
+                                unit=" docs", disable=None):
                     text = row[entry.text_field]
                     if entry.join_rows:
                         out.write(text)

@@ -1,4 +1,5 @@
-"""Tokenizing a corpus: GPT-2 BPE (tiktoken) into train and val shards, skipped when they are up to date.
+"""Tokenizing a corpus: GPT-2 BPE (tiktoken) into train and val shards, skipped when they are up to date
+(shard_cache.py says when).
 
 Text is streamed in pieces cut at line ends, so memory stays bounded whatever the corpus size, and each batch
 of pieces is encoded on every core with tiktoken.
@@ -21,13 +22,13 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.data.corpora import DOCUMENT_SEPARATOR, CorpusText
+from pipeline.data.shard_cache import build_key, build_lock, check_setting, record_stamps, reusable, wanted_key
 from pipeline.data.shards import Shards, ShardWriter, load_shards
-from pipeline.errors import CorpusError, ShardError
-from pipeline.files import cache_root, sha256_of
+from pipeline.data.splitting import split_plan
+from pipeline.errors import CorpusError
+from pipeline.files import cache_root
 
 TOKENIZER = "gpt2"
-MANIFEST_FORMAT = 1
-DEFAULT_SHARD_TOKENS = 100_000_000
 PIECE_BYTES = 1 << 20  # text handed to the tokenizer at a time
 BATCH_PIECES = 16  # pieces encoded together, spread over the cores
 _SEPARATOR = re.compile(r"\n?" + re.escape(DOCUMENT_SEPARATOR) + r"\n?")
@@ -55,50 +56,47 @@ class TokenizeResult:
 def tokenize(
     corpus: CorpusText,
     cache: Path | None = None,
-    val_fraction: float = 0.1,
-    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    val_fraction: float | None = None,
+    shard_tokens: int | None = None,
 ) -> TokenizeResult:
-    """Tokenize a local corpus into train and val shards, unless shards of the same input and settings exist."""
-    if not 0 < val_fraction < 1:
-        raise CorpusError(f"val_fraction must be between 0 and 1, got {val_fraction}")
-    if shard_tokens < 2:
-        raise CorpusError(f"shard_tokens must be at least 2, got {shard_tokens}")
+    """Tokenize a local corpus into train and val shards, unless shards of the same content and settings exist.
+
+    A setting left None accepts existing shards whatever value made them; a new build then takes the value of
+    the shards it replaces, else the default. Processes calling this at once take turns: one builds, the
+    others then reuse.
+    """
+    for name, value in (("val_fraction", val_fraction), ("shard_tokens", shard_tokens)):
+        if value is not None:
+            check_setting(name, value)
     folder = (cache or cache_root()) / "shards" / corpus.name
-    files = corpus.train + (corpus.val or ())
-    for path in files:
+    for path in corpus.train + (corpus.val or ()):
         if not path.is_file():
             raise CorpusError(f"corpus file not found: {path}")
         if path.stat().st_size == 0:
             raise CorpusError(f"corpus file {path} is empty")
-    key = {
-        "format": MANIFEST_FORMAT,
-        "tokenizer": TOKENIZER,
-        "source_sha256": {str(p): sha256_of(p) for p in files},
-        "val_fraction": None if corpus.val else val_fraction,
-        "shard_tokens": shard_tokens,
-    }
-    if (folder / "manifest.json").is_file():
+    wanted = wanted_key(corpus, TOKENIZER, val_fraction, shard_tokens)
+    with build_lock(folder):
+        existing = reusable(folder, wanted)  # built meanwhile, maybe, by the process we waited for
+        if existing:
+            if existing.stamps_changed:
+                record_stamps(existing)
+            return TokenizeResult(existing, skipped=True)
+        key = build_key(folder, wanted)
+        enc = encoding()
+        if corpus.val:
+            plan = {"train": [(p, 0, None) for p in corpus.train], "val": [(p, 0, None) for p in corpus.val]}
+            split_rule = "the source's own validation split"
+        else:
+            plan, split_rule = split_plan(corpus.train, key["val_fraction"])
         try:
-            existing = load_shards(folder)
-            if existing.manifest.get("key") == key:
-                return TokenizeResult(existing, skipped=True)
-        except ShardError:
-            pass  # damaged: tokenize again
-    enc = encoding()
-    if corpus.val:
-        plan = {"train": [(p, 0, None) for p in corpus.train], "val": [(p, 0, None) for p in corpus.val]}
-        split_rule = "the source's own validation split"
-    else:
-        plan, split_rule = _split_plan(corpus.train, val_fraction)
-
-    try:
-        return TokenizeResult(_write_shards(enc, corpus, plan, split_rule, key, folder, shard_tokens), skipped=False)
-    except OSError as error:  # a full disk, a read-only folder: the old shards, if any, are untouched
-        raise CorpusError(f"could not write the shards of {corpus.name} to {folder}: {error.strerror or error}") from None
+            shards = _write_shards(enc, corpus, plan, split_rule, key, folder)
+        except OSError as error:  # a full disk, a read-only folder: the old shards, if any, are untouched
+            raise CorpusError(f"could not write the shards of {corpus.name} to {folder}: "
+                              f"{error.strerror or error}") from None
+    return TokenizeResult(shards, skipped=False)
 
 
-def _write_shards(enc, corpus: CorpusText, plan: dict, split_rule: str, key: dict, folder: Path,
-                  shard_tokens: int) -> Shards:
+def _write_shards(enc, corpus: CorpusText, plan: dict, split_rule: str, key: dict, folder: Path) -> Shards:
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{corpus.name}."))
     try:
@@ -108,7 +106,7 @@ def _write_shards(enc, corpus: CorpusText, plan: dict, split_rule: str, key: dic
         with tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"tokenize {corpus.name}",
                   disable=None) as bar:
             for split, parts in plan.items():
-                splits[split] = _tokenize_split(enc, parts, staging, split, shard_tokens, bar)
+                splits[split] = _tokenize_split(enc, parts, staging, split, key["shard_tokens"], bar)
         counts = {split: sum(s["tokens"] for s in shards) for split, shards in splits.items()}
         for split, count in counts.items():
             if count < 2:
@@ -146,53 +144,6 @@ def _replace_folder(staging: Path, folder: Path) -> None:
         os.replace(staging, folder)
 
 
-def _split_plan(files: tuple[Path, ...], val_fraction: float) -> tuple[dict, str]:
-    """Byte ranges of the train and val splits: whole files where there are several (unless the last file alone
-    is over twice val_fraction), else within the one file at the first document boundary past the split point,
-    else at the first whitespace past it."""
-    sizes = [p.stat().st_size for p in files]
-    total = sum(sizes)
-    if len(files) > 1:
-        start = 0
-        for index, size in enumerate(sizes):
-            if start >= total * (1 - val_fraction) and index > 0:
-                return ({"train": [(p, 0, None) for p in files[:index]],
-                         "val": [(p, 0, None) for p in files[index:]]}, "files (documents) at the tail")
-            start += size
-        if sizes[-1] <= 2 * val_fraction * total:
-            return ({"train": [(p, 0, None) for p in files[:-1]], "val": [(files[-1], 0, None)]},
-                    "the last file (document)")
-        # the last file alone is far more than val_fraction: hold out only its tail
-        cut, rule = _cut_point(files[-1], int(total * (1 - val_fraction)) - (total - sizes[-1]))
-        return ({"train": [(p, 0, None) for p in files[:-1]] + [(files[-1], 0, cut)],
-                 "val": [(files[-1], cut, None)]}, f"within the last file: {rule}")
-    path = files[0]
-    cut, rule = _cut_point(path, int(total * (1 - val_fraction)))
-    return {"train": [(path, 0, cut)], "val": [(path, cut, None)]}, rule
-
-
-def _cut_point(path: Path, target: int) -> tuple[int, str]:
-    marker = DOCUMENT_SEPARATOR.encode()
-    with open(path, "rb") as f:
-        f.seek(target)
-        window = f.read(1 << 22)
-    found = window.find(marker)
-    if found >= 0:
-        cut = found + len(marker)
-        cut += window[cut:cut + 1] == b"\n"  # the separator's own line end stays with it, as in _SEPARATOR
-        if window[cut:].strip() or len(window) == 1 << 22:  # a document follows: not the file's last separator
-            return target + cut, "document boundary near the tail"
-    for offset, byte in enumerate(window):
-        if byte in b" \n\t\r":
-            return target + offset, "the tail, at a word boundary"
-    while target > 0 and window and (window[0] & 0xC0) == 0x80:  # never inside a multi-byte character
-        target -= 1
-        with open(path, "rb") as f:
-            f.seek(target)
-            window = f.read(1)
-    return target, "the tail"
-
-
 def _tokenize_split(enc, parts, staging: Path, split: str, shard_tokens: int, bar) -> list[dict]:
     shards: list[dict] = []
     writer: ShardWriter | None = None
@@ -211,7 +162,8 @@ def _tokenize_split(enc, parts, staging: Path, split: str, shard_tokens: int, ba
     def finish() -> None:
         nonlocal writer
         writer.close()
-        shards.append({"file": writer.path.name, "tokens": writer.tokens, "sha256": writer.digest.hexdigest()})
+        shards.append({"file": writer.path.name, "tokens": writer.tokens, "sha256": writer.digest.hexdigest(),
+                       "mtime_ns": writer.path.stat().st_mtime_ns})  # load_shards hashes a shard only when it moves
         writer = None
 
     eot = np.array([enc.eot_token], dtype=np.uint16)
@@ -294,7 +246,8 @@ def _piece_end(data: bytes) -> int:
     if found >= 0:
         return found + len(marker)
     cut = _whole_characters(data)
-    for size in range(len(marker) - 1, 0, -1):  # nor the start of a separator that the next block finishes
+    # nor in or right after a separator: the next block may finish it, or hold the line end that goes with it
+    for size in range(len(marker), 0, -1):
         if data.endswith(marker[:size], 0, cut):
             return cut - size
     return cut

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +92,9 @@ class Shards:
 
     folder: Path
     manifest: dict
+    # Some shard's mtime moved though its tokens did not (a copy, a touch): the manifest holds the new mtimes,
+    # for tokenize to record so that the next check is cheap again.
+    stamps_changed: bool = field(default=False, compare=False)
 
     def split(self, name: str) -> list[np.memmap]:
         return [read_shard(self.folder / shard["file"]) for shard in self.manifest["splits"][name]]
@@ -108,8 +111,17 @@ class Shards:
     def tokens_sha256(self) -> str:
         return self.manifest["tokens_sha256"]
 
+    @property
+    def tokenizer(self) -> str:
+        return self.manifest["key"]["tokenizer"]
 
-def load_shards(folder: Path) -> Shards:
+    @property
+    def val_fraction(self) -> float | None:
+        """The share of the text held out for validation; None where the corpus has its own val split."""
+        return self.manifest["key"]["val_fraction"]
+
+
+def read_manifest(folder: Path) -> dict:
     manifest_path = Path(folder) / "manifest.json"
     if not manifest_path.is_file():
         raise ShardError(f"no manifest.json in {folder}: tokenize the corpus first")
@@ -117,10 +129,48 @@ def load_shards(folder: Path) -> Shards:
         manifest = json.loads(manifest_path.read_text())
     except json.JSONDecodeError as error:
         raise ShardError(f"{manifest_path} is not valid JSON ({error})") from None
-    shards = Shards(Path(folder), manifest)
+    if not isinstance(manifest, dict):
+        raise ShardError(f"{manifest_path} is not a shard manifest")
+    return manifest
+
+
+def load_shards(folder: Path) -> Shards:
+    """The shards in folder, each checked against the manifest now rather than mid-run.
+
+    Training loads its shards at every start, so the check is cheap: every shard's header and size always, its
+    sha256 only where its mtime differs from the one recorded when it was written. That catches a truncated
+    shard, and one edited in place (which moves its mtime), for the cost of a stat per untouched shard.
+    """
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    stamps_changed = False
     try:
         for split in ("train", "val"):
-            shards.split(split)  # checks every header and size now rather than mid-run
+            for entry in manifest["splits"][split]:
+                stamps_changed |= _check_shard(folder / entry["file"], entry)
     except (KeyError, TypeError) as error:
-        raise ShardError(f"{manifest_path} does not list its shards (missing or malformed {error})") from None
-    return shards
+        where = folder / "manifest.json"
+        raise ShardError(f"{where} does not list its shards (missing or malformed {error})") from None
+    return Shards(folder, manifest, stamps_changed)
+
+
+def _check_shard(path: Path, entry: dict) -> bool:
+    """Raise ShardError unless path holds the tokens entry describes; True when only its mtime changed (entry
+    then takes the new one)."""
+    count = len(read_shard(path))
+    if count != entry["tokens"]:
+        raise ShardError(f"shard {path} holds {count} tokens, its manifest says {entry['tokens']}: "
+                         "tokenize the corpus again")
+    mtime = path.stat().st_mtime_ns
+    if mtime == entry.get("mtime_ns"):
+        return False
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        f.seek(HEADER_BYTES)
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != entry["sha256"]:
+        raise ShardError(f"shard {path} was changed after it was written (its sha256 differs from the "
+                         "manifest's): tokenize the corpus again")
+    entry["mtime_ns"] = mtime
+    return True

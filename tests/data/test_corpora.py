@@ -199,8 +199,8 @@ def dataset_folder(tmp_path, monkeypatch):
     folder = tmp_path / "dataset"
     folder.mkdir()
 
-    def write(split: str, rows: list[str]) -> None:
-        with open(folder / f"{split}.jsonl", "w", encoding="utf-8") as f:
+    def write(split: str, rows: list[str], file: str | None = None) -> None:
+        with open(folder / (file or f"{split}.jsonl"), "w", encoding="utf-8") as f:
             for row in rows:
                 f.write(json.dumps({"text": row, "id": len(row)}) + "\n")
 
@@ -231,6 +231,22 @@ def test_dataset_rows_become_documents(tmp_path, dataset_folder):
     stamp = (out / "train.txt").stat().st_mtime_ns
     assert fetch("local_set", cache=tmp_path / "cache", registry=registry).action == "already present"
     assert (out / "train.txt").stat().st_mtime_ns == stamp
+
+
+def test_dataset_is_streamed_so_only_the_rows_kept_are_read(tmp_path, dataset_folder):
+    folder, write = dataset_folder
+    write("train", [f"Story {i}: a cat sat." for i in range(6)], file="train-00000-of-00002.jsonl")
+    # the split's second file is not even JSON: loading the whole split fails, streaming never reaches it
+    (folder / "train-00001-of-00002.jsonl").write_text("not JSON, and never read\n")
+    write("validation", ["A val story."])
+    entry = dataset_entry(folder, max_documents=4)
+    result = fetch("local_set", cache=tmp_path / "cache", registry={"local_set": entry})
+    assert result.action == "downloaded"
+    out = tmp_path / "cache" / "downloads" / "local_set"
+    assert (out / "train.txt").read_text(encoding="utf-8") == "".join(
+        f"Story {i}: a cat sat.\n{SEP}\n" for i in range(4))
+    assert (out / "val.txt").read_text(encoding="utf-8") == f"A val story.\n{SEP}\n"
+    assert files_under(out) == ["train.txt", "val.txt"]
 
 
 def test_dataset_rows_joined(tmp_path, dataset_folder):

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pipeline.data import encoding as encoding_module
+from pipeline.data.shard_cache import DEFAULT_SHARD_TOKENS
 from pipeline.data.corpora import DOCUMENT_SEPARATOR, CorpusText, fetch
 from pipeline.errors import CorpusError, ShardError
 from pipeline.data.encoding import PIECE_BYTES, _SEPARATOR, _encode, _pieces, encoding, tokenize
@@ -78,17 +79,19 @@ def test_shards_decode_back_to_the_text(name, tmp_path, enc):
     assert manifest["val_tokens"] == sum(len(s) for s in val) == result.shards.val_tokens
     assert 0.07 < manifest["val_tokens"] / (manifest["train_tokens"] + manifest["val_tokens"]) < 0.13
     assert manifest["key"] == {
-        "format": 1,
+        "format": 2,
         "tokenizer": "gpt2",
-        "source_sha256": {str(fetched.corpus.train[0]): hashlib.sha256(text.encode()).hexdigest()},
+        "sources": [["train", fetched.corpus.train[0].name, hashlib.sha256(text.encode()).hexdigest()]],
         "val_fraction": 0.1,
-        "shard_tokens": encoding_module.DEFAULT_SHARD_TOKENS,
+        "shard_tokens": DEFAULT_SHARD_TOKENS,
     }
+    assert result.shards.val_fraction == 0.1 and result.shards.tokenizer == "gpt2"
     for split in ("train", "val"):
         for entry in manifest["splits"][split]:
             tokens = read_shard(result.shards.folder / entry["file"])
             assert entry["tokens"] == len(tokens)
             assert entry["sha256"] == hashlib.sha256(np.asarray(tokens).tobytes()).hexdigest()
+            assert entry["mtime_ns"] == (result.shards.folder / entry["file"]).stat().st_mtime_ns
     every_sha = "".join(s["sha256"] for split in ("train", "val") for s in manifest["splits"][split])
     assert manifest["tokens_sha256"] == hashlib.sha256(every_sha.encode()).hexdigest()
     assert json.loads((result.shards.folder / "manifest.json").read_text()) == manifest
@@ -114,7 +117,7 @@ def test_changed_input_or_val_fraction_tokenizes_again(tmp_path, enc):
         f.write("One more sentence about tokens and the loss.\n")
     changed = tokenize(corpus_of(source), cache=tmp_path)
     assert not changed.skipped
-    assert changed.shards.manifest["key"]["source_sha256"] != first.shards.manifest["key"]["source_sha256"]
+    assert changed.shards.manifest["key"]["sources"] != first.shards.manifest["key"]["sources"]
     total = changed.shards.train_tokens + changed.shards.val_tokens
     assert total > first.shards.train_tokens + first.shards.val_tokens
     text = source.read_text()
@@ -125,8 +128,8 @@ def test_changed_input_or_val_fraction_tokenizes_again(tmp_path, enc):
     assert wider.shards.manifest["key"]["val_fraction"] == 0.3
     assert wider.shards.val_tokens > changed.shards.val_tokens
     assert tokenize(corpus_of(source), cache=tmp_path, val_fraction=0.3).skipped
-    # the swap leaves only the live folder: no staging folder, no retired one
-    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == ["sample"]
+    # the swap leaves only the live folder and its lock file: no staging folder, no retired one
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == ["sample", "sample.lock"]
 
 
 def test_damaged_shards_are_tokenized_again(tmp_path):
@@ -135,7 +138,8 @@ def test_damaged_shards_are_tokenized_again(tmp_path):
     shard.write_bytes(shard.read_bytes()[:-2])
     again = tokenize(corpus_of(TINY, "tiny"), cache=tmp_path)
     assert not again.skipped
-    assert again.shards.manifest == first.shards.manifest
+    assert again.shards.tokens_sha256 == first.shards.tokens_sha256
+    assert again.shards.manifest["key"] == first.shards.manifest["key"]
 
     (first.shards.folder / "manifest.json").write_text("{}")  # valid JSON, but lists no shards
     with pytest.raises(ShardError, match="manifest.json"):
@@ -266,6 +270,7 @@ alphabet = st.sampled_from(["a", "b", "cat ", " ", "\n", "\n\n", "é", "日本",
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(parts=st.lists(alphabet, max_size=60), piece_bytes=st.integers(16, 48))
+@example(parts=["é", "<|", SEP, "\n"], piece_bytes=17)  # the separator ends the block, its line end opens the next
 def test_pieces_of_any_size_give_the_same_documents(parts, piece_bytes):
     """With tiny pieces: the pieces cover the text, and every separator becomes exactly one EOT token with the
     line ends beside it dropped, wherever the pieces are cut."""
@@ -440,12 +445,12 @@ def test_any_header_byte_corruption_is_caught(tokens, index, value):
 
 def test_cli_tokenize_twice(tmp_path):
     env = {"CORPUS_CACHE": str(tmp_path)}
-    first = run_module("pipeline.tokenize", "--corpus", "tiny", env=env)
+    first = run_module("pipeline.tokenize", "--corpus", "tiny", "--val-fraction", "0.3", env=env)
     assert first.returncode == 0, first.stderr
     assert "tiny: written in" in first.stdout and "train tokens" in first.stdout
-    second = run_module("pipeline.tokenize", "--corpus", "tiny", env=env)
+    second = run_module("pipeline.tokenize", "--corpus", "tiny", env=env)  # keeps the fraction chosen
     assert second.returncode == 0, second.stderr
-    assert "tiny: already up to date" in second.stdout
+    assert "tiny: already up to date" in second.stdout and "val fraction 0.3" in second.stdout
     assert load_shards(tmp_path / "shards" / "tiny").train_tokens > 0
 
 
