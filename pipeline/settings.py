@@ -73,6 +73,12 @@ class TrainSettings:
     context_length: int | None = _setting(None, "Override the config's context length in tokens.", model=True)
     dropout: float | None = _setting(None, "Override the config's dropout probability.", model=True)
 
+    def __post_init__(self):
+        # a blank name, run id or prompt means "not given", as an empty one does
+        for name in ("run_name", "resume", "prompt"):
+            if isinstance(getattr(self, name), str) and not getattr(self, name).strip():
+                setattr(self, name, "")
+
     def budget_epochs(self) -> float:
         """The epochs budget: as given, or one epoch when no budget at all was given (not when max_steps is)."""
         if self.epochs or self.max_steps or self.max_tokens:
@@ -100,7 +106,7 @@ class TrainSettings:
 
     def validate(self) -> "TrainSettings":
         """Raise SettingsError for the first value out of range; return self to allow chaining."""
-        positive = ("batch_size", "grad_accum", "stride", "val_windows")
+        positive = ("batch_size", "grad_accum", "stride", "val_windows", "sample_tokens")
         for name in positive:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -118,8 +124,9 @@ class TrainSettings:
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if not self.experiment.strip():
-            raise SettingsError("experiment must not be empty")
+        for name in ("experiment", "corpus", "config"):
+            if not getattr(self, name).strip():
+                raise SettingsError(f"{name} must not be empty")
         self.model_config()
         return self
 

@@ -70,3 +70,12 @@ def test_validation_names_the_setting():
     with pytest.raises(SettingsError, match="dropout must be in"):
         TrainSettings(dropout=1.5).validate()
     assert TrainSettings().validate().model_config().n_layer == 6
+
+
+def test_blank_names_mean_not_given():
+    settings = TrainSettings(run_name="  ", resume=" \t", prompt="   ")
+    assert (settings.run_name, settings.resume, settings.prompt) == ("", "", "")
+    assert TrainSettings(prompt=" The").prompt == " The"  # a prompt with text keeps its spaces
+    for name in ("corpus", "config", "experiment"):
+        with pytest.raises(SettingsError, match=f"{name} must not be empty"):
+            TrainSettings(**{name: " "}).validate()

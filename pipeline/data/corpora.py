@@ -93,6 +93,8 @@ def load_registry(path: Path = REGISTRY_PATH) -> dict[str, CorpusEntry]:
 def resolve(spec: str, registry: dict[str, CorpusEntry] | None = None) -> CorpusEntry | Path:
     """A registry entry for a known name, a Path for anything that names a file or folder."""
     registry = registry if registry is not None else load_registry()
+    if not spec.strip():  # Path("") is the current folder: never train on it by accident
+        raise CorpusError("corpus is empty: give a name from corpus/registry.yaml or a path to a text file or folder")
     if spec in registry:
         return registry[spec]
     path = Path(spec).expanduser()

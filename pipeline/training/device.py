@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import resource
 from contextlib import nullcontext
@@ -41,10 +42,29 @@ def mixed_precision(device: torch.device):
     return torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
 
 
-def is_out_of_memory(error: RuntimeError) -> bool:
-    """torch.OutOfMemoryError on GPUs; a plain RuntimeError from the CPU allocator."""
+def is_out_of_memory(error: Exception) -> bool:
+    """torch.OutOfMemoryError on GPUs; a plain RuntimeError from the CPU allocator; numpy's MemoryError."""
     text = str(error)
-    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
+    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in text \
+        or "can't allocate memory" in text
+
+
+def check_model_fits(config, device: torch.device) -> None:
+    """Refuse a model whose weights, gradients and AdamW moments (16 bytes a parameter) exceed the device's
+    memory, before allocating it: the kernel's OOM killer would end the process without a word."""
+    # embeddings, then per block attention (4 C^2) and MLP (8 C^2); biases and norms are too small to matter
+    n_params = (config.vocab_size + config.context_length) * config.n_embd + 12 * config.n_layer * config.n_embd**2
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+    elif hasattr(os, "sysconf") and "SC_PHYS_PAGES" in os.sysconf_names:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    else:
+        return
+    needed = 16 * n_params
+    if needed > total:
+        raise SettingsError(f"the model has {n_params:,} parameters: {needed / 2**30:,.0f} GiB for its weights, "
+                            f"gradients and AdamW state, more than the {total / 2**30:,.0f} GiB of {device.type} "
+                            "memory here; lower --n-layer, --n-embd or --context-length")
 
 
 def memory_used(device: torch.device) -> dict[str, float]:

@@ -59,7 +59,7 @@ class StepLoop:
                 lr = lr_at(step, self.s, total_steps)
                 try:
                     loss_sum, grad_norm = self.train_step(step, lr)
-                except RuntimeError as error:
+                except (RuntimeError, MemoryError) as error:
                     if not (is_out_of_memory(error) and step == start_step and self._halve_micro_batch()):
                         raise
                     continue
@@ -107,7 +107,7 @@ class StepLoop:
                     self._keep_heartbeat()
                 if logs_now:
                     window_started, window_tokens = time.perf_counter(), 0
-        except RuntimeError as error:
+        except (RuntimeError, MemoryError) as error:
             if not is_out_of_memory(error):
                 raise
             tried = " even with the micro-batch halved" if self.oom_adjusted else ""

@@ -26,7 +26,7 @@ from pipeline.errors import LabError, SettingsError, first_line
 from pipeline.files import PROJECT_DIR
 from pipeline.settings import TrainSettings, short_number
 from pipeline.training import checkpoints, distributed
-from pipeline.training.device import pick_device
+from pipeline.training.device import check_model_fits, pick_device
 from pipeline.training.distributed import World
 from pipeline.training.flops import flops_per_token, peak_flops
 from pipeline.training.loop import StepLoop
@@ -177,6 +177,7 @@ def prepare_data(settings: TrainSettings, corpus: Corpus, context_length: int, w
 def build_model(settings: TrainSettings, model_config, device: torch.device, world: World,
                 resume_state: dict | None) -> tuple[Model, int]:
     """The seeded model and its optimizer, restored from the checkpoint when resuming; and the first step."""
+    check_model_fits(model_config, device)
     torch.manual_seed(settings.seed)
     model = GPT(model_config).to(device)
     optimizer = make_optimizer(model, settings, device)
@@ -254,6 +255,9 @@ def _log_run_inputs(client, run_id: str, settings: TrainSettings, model: Model, 
         "shards_sha256": shards.tokens_sha256,
         "train_tokens": str(shards.train_tokens),
         "val_tokens": str(shards.val_tokens),
+        # how the shards were made (they are reused whatever made them): what a val loss is measured on
+        "tokenizer": shards.tokenizer,
+        "val_fraction": "the corpus's own val split" if shards.val_fraction is None else str(shards.val_fraction),
         "window_length": str(data.sampler.length),
         "train_windows": str(data.sampler.n_windows),
         "total_steps": str(plan.total_steps),

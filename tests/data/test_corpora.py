@@ -146,6 +146,14 @@ def test_unknown_name_lists_the_known_ones(tmp_path, monkeypatch):
         assert name in message
 
 
+def test_an_empty_or_blank_name_is_refused_not_taken_for_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("a file in the current folder")
+    for spec in ("", "   "):
+        with pytest.raises(CorpusError, match="corpus is empty"):
+            fetch(spec, cache=tmp_path)
+
+
 def test_missing_path_is_refused(tmp_path):
     missing = tmp_path / "nowhere" / "text.txt"
     with pytest.raises(CorpusError, match="corpus path not found") as caught:

@@ -59,6 +59,7 @@ def test_loss_falls_on_tiny_and_the_run_records_everything(store):
         assert key in params, key
     assert params["n_layer"] == "2" and params["context_length"] == "32" and params["device"] == "cpu"
     assert int(params["train_tokens"]) + int(params["val_tokens"]) == 108
+    assert params["tokenizer"] == "gpt2" and params["val_fraction"] == "0.1"
 
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"samples", "samples.json", "checkpoints"} <= artifacts
@@ -193,6 +194,13 @@ def test_sigterm_also_checkpoints_and_ends_killed(store):
     (["--corpus", "no-such-corpus"], "unknown corpus"),
     (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "tpu"], "device"),
     (["--prompt", "word " * 40], "prompt has"),
+    (["--corpus", ""], "corpus must not be empty"),
+    (["--corpus", "  "], "corpus must not be empty"),
+    (["--sample-tokens", "0"], "sample_tokens must be at least 1"),
+    (["--epochs", "nan"], "epochs must be zero or more"),
+    (["--context-length", "100000000"], "GiB for its weights, gradients and AdamW state"),
+    (["--n-layer", "100000", "--n-embd", "100000"], "lower --n-layer, --n-embd or --context-length"),
+    (["--batch-size", "100000000000"], "out of memory at step 1"),
 ])
 def test_bad_input_is_one_line_and_leaves_no_run_running(store, args, message):
     result = run_module("pipeline.train", "--corpus", "tiny", *TINY_MODEL, "--max-steps", "2", *args,
