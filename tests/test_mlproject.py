@@ -9,8 +9,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+import yaml
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
 
 from tests.conftest import PROJECT_DIR
 
@@ -94,3 +99,34 @@ def test_mlflow_run_sweep_keeps_parent_and_children_in_one_experiment(store, tmp
     assert placeholder.data.tags["lab.replaced_by"] == parent.info.run_id
     assert parent.info.run_name == "sweep-smoke" and parent.data.params["name"] == "smoke"
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} >= {"report/runs.csv"}
+
+
+def requirements(lines) -> dict[str, Requirement]:
+    parsed = [Requirement(line) for line in lines]
+    return {canonicalize_name(r.name): r for r in parsed}
+
+
+def test_conda_env_lists_pyprojects_dependencies_with_the_constraints_pins():
+    """`mlflow run` with conda builds conda.yaml: the dependencies pip installs from pyproject.toml, each pinned
+    as constraints.txt pins it (what CI tests against), on a Python pyproject.toml allows."""
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in Python's standard library from 3.11")
+    project = tomllib.loads((PROJECT_DIR / "pyproject.toml").read_text())["project"]
+    needed = requirements(project["dependencies"])
+    extras = requirements(line for deps in project["optional-dependencies"].values() for line in deps)
+    pins = requirements(line.strip() for line in (PROJECT_DIR / "constraints.txt").read_text().splitlines()
+                        if line.strip() and not line.startswith("#"))
+    conda = yaml.safe_load((PROJECT_DIR / "conda.yaml").read_text())["dependencies"]
+    [pip_section] = [d["pip"] for d in conda if isinstance(d, dict)]
+    [python] = [d.split("=", 1)[1] for d in conda if isinstance(d, str) and d.startswith("python=")]
+    built = requirements(pip_section)
+
+    assert set(built) == set(needed)
+    assert set(pins) <= set(needed) | set(extras)  # no pin of a package nothing installs
+    for name, requirement in needed.items():
+        expected = pins[name].specifier if name in pins else requirement.specifier
+        assert built[name].specifier == expected, name
+        assert built[name].extras == requirement.extras, name
+        if name in pins:  # a pin inside the range pyproject.toml allows
+            [pin] = pins[name].specifier
+            assert requirement.specifier.contains(pin.version), name
+    assert SpecifierSet(project["requires-python"]).contains(python)
