@@ -33,7 +33,8 @@ Options:
 
 WARNING: --host 0.0.0.0 (or any address other than 127.0.0.1) lets everyone who can reach this machine use
 both pages. The launcher starts processes on this machine and has no login; the MLflow UI has none either
-unless you start it with MLflow's basic auth (-- --app-name basic-auth). Prefer an SSH tunnel
+unless you start it with MLflow's basic auth (-- --app-name basic-auth: needs pip install -e '.[server]',
+MLFLOW_FLASK_SERVER_SECRET_KEY, and MLFLOW_AUTH_ADMIN_PASSWORD on the first start). Prefer an SSH tunnel
 (ssh -L 5173:127.0.0.1:5173 -L 5000:127.0.0.1:5000 HOST). If you must listen on the network, also set
 --allowed-hosts (and MLflow's --cors-allowed-origins after --) and keep a firewall in front of both ports.
 

@@ -6,10 +6,11 @@
 #   ./run-tracking-server.sh --expose --allowed-hosts mlflow.example.org   # reachable by others, with login
 #
 # Then everyone trains against it:  export MLFLOW_TRACKING_URI=http://HOST:5000
+# Runs on the bash macOS ships (3.2), where `set -u` takes the expansion of an empty array for an unbound variable.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-host=127.0.0.1
+host=""
 port=5000
 backend="${MLFLOW_BACKEND_STORE_URI:-postgresql://mlflow:mlflow@127.0.0.1:5432/mlflow}"
 artifacts="${MLFLOW_ARTIFACTS_DESTINATION:-$PWD/mlartifacts}"
@@ -17,36 +18,58 @@ expose=false
 extra=()
 
 usage() {
-  sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
   cat <<'TXT'
+
 Options:
   --port N                    port (default 5000)
+  --host ADDRESS              address to listen on (default 127.0.0.1; 0.0.0.0 with --expose)
   --backend-store-uri URI     where runs live (default $MLFLOW_BACKEND_STORE_URI or postgresql://mlflow:mlflow@127.0.0.1:5432/mlflow)
   --artifacts-destination D   a shared folder or s3://bucket/path (default ./mlartifacts)
-  --expose                    bind 0.0.0.0 and switch on MLflow's basic-auth login (app-name basic-auth);
-                              pair it with --allowed-hosts and --cors-allowed-origins, and put TLS in front
-  --allowed-hosts, --cors-allowed-origins ...   passed to `mlflow server` unchanged
+  --expose                    listen on all interfaces (or --host) with MLflow's basic-auth login (app-name basic-auth;
+                              needs `pip install -e '.[server]'`); pair it with --allowed-hosts and
+                              --cors-allowed-origins, and put TLS in front
+  --allowed-hosts, --cors-allowed-origins, --workers ...   passed to `mlflow server` unchanged
+
+With --expose, MLflow ships no admin password: the first start creates the user `admin` with the password in
+$MLFLOW_AUTH_ADMIN_PASSWORD (12 characters or more). Users live in basic_auth.db in this folder unless
+$MLFLOW_AUTH_CONFIG_PATH names another basic_auth.ini. Set $MLFLOW_FLASK_SERVER_SECRET_KEY when several servers
+share the store; otherwise each start makes one up.
 TXT
 }
 
+die() { echo "error: $*" >&2; exit 2; }
+
 while [ $# -gt 0 ]; do
   case "$1" in
-    --port) port="$2"; shift 2 ;;
-    --backend-store-uri) backend="$2"; shift 2 ;;
-    --artifacts-destination) artifacts="$2"; shift 2 ;;
+    --port|--host|--backend-store-uri|--artifacts-destination|--allowed-hosts|--cors-allowed-origins|--workers)
+      [ $# -ge 2 ] || die "$1 needs a value (see --help)"
+      case "$1" in
+        --port) port="$2" ;;
+        --host) host="$2" ;;
+        --backend-store-uri) backend="$2" ;;
+        --artifacts-destination) artifacts="$2" ;;
+        *) extra+=("$1" "$2") ;;
+      esac
+      shift 2 ;;
     --expose) expose=true; shift ;;
-    --allowed-hosts|--cors-allowed-origins) extra+=("$1" "$2"); shift 2 ;;
     -h|--help) usage; exit 0 ;;
-    *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
+    *) die "unknown option $1 (see --help)" ;;
   esac
 done
 
 if $expose; then
-  host=0.0.0.0
+  host="${host:-0.0.0.0}"
   extra+=(--app-name basic-auth)
-  echo "warning: listening on all interfaces with MLflow's basic-auth login; change the admin password first" >&2
+  # The login form's CSRF protection needs a key every worker shares.
+  if [ -z "${MLFLOW_FLASK_SERVER_SECRET_KEY:-}" ]; then
+    MLFLOW_FLASK_SERVER_SECRET_KEY="$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')"
+    export MLFLOW_FLASK_SERVER_SECRET_KEY
+  fi
+  echo "warning: listening on $host with MLflow's basic-auth login; keep the admin password secret" >&2
 fi
 mlflow_cli=mlflow
 [ -x .venv/bin/mlflow ] && mlflow_cli=.venv/bin/mlflow
+# Guarded so that an empty extra expands to nothing, also under bash 3.2 with set -u
 exec "$mlflow_cli" server --backend-store-uri "$backend" --artifacts-destination "$artifacts" \
-  --host "$host" --port "$port" "${extra[@]}"
+  --host "${host:-127.0.0.1}" --port "$port" ${extra[@]+"${extra[@]}"}

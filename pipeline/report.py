@@ -15,8 +15,9 @@ from pipeline.errors import run_cli
               help="Report on the runs of this MLflow experiment instead (parent runs of runs in it are left out).")
 @click.option("--filter", "filter_string", default="", metavar="FILTER",
               help="With --experiment: an MLflow search filter the runs must match, e.g. \"params.corpus = 'tiny'\".")
-@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for the report's files  [default: reports/<parent run id or experiment name>]")
+@click.option("--out", "out_dir", default="", type=click.Path(file_okay=False),
+              help="Folder for the report's files; empty means the default  [default: reports/<parent run id or "
+                   "experiment name>]")
 def main(parent_run_id, experiment, filter_string, out_dir):
     """Compare runs: loss curves, final val loss against the swept setting, a scaling-law fit when model
     sizes differ, and a table of the runs (runs.csv, runs.md). Needs no GPU.
@@ -40,7 +41,9 @@ def main(parent_run_id, experiment, filter_string, out_dir):
     else:
         runs = runs_of_experiment(client, experiment, filter_string)
     label = parent_run_id or experiment
-    out_dir = out_dir or Path("reports") / "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
+    # kept a string until here: click's Path type turns the empty value `mlflow run -e report` passes into "."
+    out_dir = Path(out_dir) if out_dir else Path("reports") / "".join(
+        c if c.isalnum() or c in "-_." else "_" for c in label)
     report = build_report(client, runs, out_dir, parent_run_id=parent_run_id)
     click.echo(f"report on {len(report.table)} run(s) in {report.out_dir}:")
     for path in report.files:

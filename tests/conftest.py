@@ -99,20 +99,30 @@ def start_server(folder: Path, port: int) -> subprocess.Popen:
          "--workers", "1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
-    deadline = time.monotonic() + 600  # a loaded 2-core machine is slow; a quiet one takes ~13 s
-    while time.monotonic() < deadline:
+    return wait_until_listening(process, port)
+
+
+def wait_until_listening(process: subprocess.Popen, port: int) -> subprocess.Popen:
+    """The server process once it accepts connections on 127.0.0.1:port; stopped, and the test failed, if it
+    exits or does not listen within 600 s (a loaded 2-core machine is slow; a
+    quiet one takes ~13 s)."""
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and process.poll() is None:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return process
         except OSError:
             time.sleep(0.5)
     stop_server(process)
-    raise AssertionError("mlflow server did not start")
+    raise AssertionError(f"the server did not start (exit code {process.returncode})")
 
 
 def stop_server(process: subprocess.Popen) -> None:
     """Stop the server by its PID (its whole process group: the workers too)."""
-    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:  # it exited on its own, workers and all
+        pass
     process.wait(timeout=300)
 
 

@@ -1,8 +1,11 @@
 """One dataclass feeds the CLI, the MLproject and experiments.yaml: these tests keep them from drifting."""
 
+import importlib
 import re
 from dataclasses import fields
+from pathlib import Path
 
+import click
 import pytest
 import yaml
 
@@ -15,19 +18,35 @@ def mlproject():
     return yaml.safe_load((PROJECT_DIR / "MLproject").read_text())
 
 
-def test_mlproject_train_parameters_match_the_settings_defaults():
-    params = mlproject()["entry_points"]["train"]["parameters"]
-    for f in fields(TrainSettings):
-        if f.name in MODEL_FIELDS:
-            assert f.name not in params  # passed through by `mlflow run` only when given
-            continue
-        default = params[f.name]["default"]
-        if isinstance(f.default, bool):
-            assert str(default).lower() == str(f.default).lower(), f.name
-        elif isinstance(f.default, (int, float)):
-            assert float(default) == float(f.default), f.name
-        else:
-            assert default == f.default, f.name
+def command_options(module: str) -> dict[str, click.Option]:
+    """The options of `python -m pipeline.MODULE` by MLproject parameter name (`--max-steps` -> max_steps)."""
+    command = importlib.import_module(f"pipeline.{module}").main
+    return {p.opts[0].removeprefix("--").replace("-", "_"): p for p in command.params if isinstance(p, click.Option)}
+
+
+def same_default(param_default, option_default) -> bool:
+    if isinstance(option_default, bool):  # passed as `--compile false`
+        return str(param_default).lower() == str(option_default).lower()
+    if isinstance(option_default, (int, float)):
+        return float(param_default) == float(option_default)
+    if option_default is not None and Path(option_default).is_absolute():  # a file of the project, e.g. --file
+        return PROJECT_DIR / param_default == Path(option_default)
+    return (param_default or None) == (option_default or None)  # "" and None both mean not given
+
+
+def test_every_entry_point_takes_every_option_with_its_default():
+    """What a user can say to a command they can say through `mlflow run`, with the same default; train's
+    options take theirs from TrainSettings, so this keeps the MLproject equal to pipeline/settings.py."""
+    for name, entry in mlproject()["entry_points"].items():
+        options = command_options(name)
+        # model overrides: `mlflow run -P n_layer=2` passes them on when given, and only then
+        passed_through = set(MODEL_FIELDS) if name == "train" else set()
+        assert set(entry["parameters"]) == set(options) - passed_through, name
+        for param, spec in entry["parameters"].items():
+            default = spec.get("default") if isinstance(spec, dict) else None  # `run_id: string`: required
+            assert (default is None) == options[param].required, (name, param)
+            if default is not None:
+                assert same_default(default, options[param].default), (name, param, default, options[param].default)
 
 
 def test_mlproject_commands_pass_every_parameter_by_its_option():

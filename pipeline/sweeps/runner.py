@@ -59,8 +59,17 @@ class SweepResult:
         return [c for c in self.children if c.status != "FINISHED"]
 
 
+def placed(client: MlflowClient, sweep: Sweep) -> Sweep:
+    """The sweep with every point in the one experiment its parent goes to (see tracking.experiment_to_use: the
+    sweep file's, or `mlflow run --experiment-name`'s), so that the parent and its children are never apart."""
+    experiment = tracking.experiment_to_use(client, sweep.points[0].settings.experiment)
+    points = tuple(replace(p, settings=replace(p.settings, experiment=experiment)) for p in sweep.points)
+    return replace(sweep, points=points)
+
+
 def plan(client: MlflowClient, sweep: Sweep) -> list[PlannedRun]:
     """Each point of the sweep, with the FINISHED run that already covers it, if any."""
+    sweep = placed(client, sweep)
     finished = _finished_children(client, sweep)
     return [PlannedRun(point, finished.get(point.key)) for point in sweep.points]
 
@@ -73,9 +82,10 @@ def run_sweep(client: MlflowClient, sweep: Sweep, workers: int = 1) -> SweepResu
     """Run every point not yet finished, then end the parent FINISHED (FAILED if every child failed)."""
     if workers < 1:
         raise SettingsError(f"workers must be at least 1, got {workers}")
+    sweep = placed(client, sweep)
+    parent_id = _parent_run(client, sweep)
+    experiment_id = client.get_run(parent_id).info.experiment_id
     planned = plan(client, sweep)
-    experiment_id = tracking.experiment_id(client, sweep.points[0].settings.experiment)
-    parent_id = _parent_run(client, sweep, experiment_id)
     outcomes: dict[str, ChildOutcome] = {}
     for item in planned:
         if item.finished_run_id:
@@ -130,14 +140,16 @@ def _finished_children(client: MlflowClient, sweep: Sweep) -> dict[str, str]:
     return finished
 
 
-def _parent_run(client: MlflowClient, sweep: Sweep, experiment_id: str) -> str:
-    """The run `mlflow run` made for us, else this sweep's last parent run (so re-runs nest under one
-    parent), else a new one."""
+def _parent_run(client: MlflowClient, sweep: Sweep) -> str:
+    """The run `mlflow run` made for us (or its replacement in the sweep's experiment), else this sweep's last
+    parent run (so re-runs nest under one parent), else a new one."""
     tags = {"lab.sweep": sweep.name, "lab.role": PARENT_ROLE}
-    given = os.environ.get("MLFLOW_RUN_ID")
+    experiment = sweep.points[0].settings.experiment
+    given = tracking.given_run(client, experiment, f"sweep-{sweep.name}")
     if given:
-        parent_id = given
+        parent_id, _ = given
     else:
+        experiment_id = tracking.experiment_id(client, experiment)
         previous = client.search_runs(
             [experiment_id], filter_string=f"tags.`lab.sweep` = '{sweep.name}' and tags.`lab.role` = '{PARENT_ROLE}'",
             order_by=["attributes.start_time DESC"], max_results=1,
@@ -208,8 +220,9 @@ def scheduler_commands(client: MlflowClient, sweep: Sweep) -> list[str]:
     """One self-contained shell command per point not yet finished, for a scheduler to run anywhere that
     reaches the same tracking server. Each logs into a child run made now (status SCHEDULED) under the parent;
     running the sweep again afterwards finds them finished and only writes the report."""
-    experiment_id = tracking.experiment_id(client, sweep.points[0].settings.experiment)
-    parent_id = _parent_run(client, sweep, experiment_id)
+    sweep = placed(client, sweep)
+    parent_id = _parent_run(client, sweep)
+    experiment_id = client.get_run(parent_id).info.experiment_id
     commands = []
     for item in plan(client, sweep):
         if item.finished_run_id:
@@ -221,6 +234,7 @@ def scheduler_commands(client: MlflowClient, sweep: Sweep) -> list[str]:
                         + shlex.join(train_command(item.point)[3:]))
     if commands:
         client.update_run(parent_id, status="SCHEDULED")
+        tracking.release_placeholder(parent_id)
     else:
         tracking.finish_run(client, parent_id, tracking.STATUS_FINISHED)
     return commands

@@ -11,18 +11,22 @@ from pipeline.tracking.runs import (
     connect,
     dataset_input,
     experiment_id,
+    experiment_to_use,
     finish_run,
     get_run,
+    given_run,
     last_logged_step,
     live_trainer,
     log_params_once,
+    release_placeholder,
     start_run,
     tracking_uri,
+    unquoted,
 )
 
 __all__ = [
-    "MAX_BATCH", "MetricBuffer", "retry_until_sent", "STATUS_FAILED", "STATUS_FINISHED", "STATUS_KILLED", "beat", "check_reachable",
-    "client_for", "connect",
-    "dataset_input", "experiment_id", "finish_run", "get_run", "last_logged_step", "live_trainer", "log_params_once", "start_run",
-    "tracking_uri",
+    "MAX_BATCH", "MetricBuffer", "retry_until_sent", "STATUS_FAILED", "STATUS_FINISHED", "STATUS_KILLED", "beat",
+    "check_reachable", "client_for", "connect", "dataset_input", "experiment_id", "experiment_to_use", "finish_run",
+    "get_run", "given_run", "last_logged_step", "live_trainer", "log_params_once", "release_placeholder",
+    "start_run", "tracking_uri", "unquoted",
 ]

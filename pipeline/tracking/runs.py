@@ -1,9 +1,14 @@
-"""MLflow runs: where they are stored, starting, finding and ending them, and the corpus as a dataset input."""
+"""MLflow runs: where they are stored, starting, finding and ending them (and taking over the run `mlflow run`
+made for us), and the corpus as a dataset input."""
 
 from __future__ import annotations
 
+import logging
 import os
+import shlex
 import socket
+import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -11,8 +16,21 @@ from pathlib import Path
 import mlflow
 from mlflow.entities import Param, RunStatus
 from mlflow.tracking import MlflowClient
+from mlflow.tracking.default_experiment import DEFAULT_EXPERIMENT_ID
+from mlflow.utils.mlflow_tags import MLFLOW_PROJECT_ENTRY_POINT, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
 
 from pipeline.errors import TrackingError, first_line
+from pipeline.files import PROJECT_DIR
+from pipeline.settings import TrainSettings
+
+log = logging.getLogger(__name__)
+
+OUR_DEFAULT_EXPERIMENT = TrainSettings.experiment
+STATUS_FINISHED = RunStatus.to_string(RunStatus.FINISHED)
+STATUS_FAILED = RunStatus.to_string(RunStatus.FAILED)
+STATUS_KILLED = RunStatus.to_string(RunStatus.KILLED)
+
+_replaced: dict[str, str] = {}  # run id -> the run `mlflow run` made that it replaced, in this process
 
 
 def tracking_uri() -> str:
@@ -59,15 +77,90 @@ def experiment_id(client: MlflowClient, name: str) -> str:
 
 
 def start_run(client: MlflowClient, experiment: str, run_name: str, tags: dict[str, str]) -> str:
-    """A new RUNNING run; under `mlflow run` (or a sweep) the run it already made for us ($MLFLOW_RUN_ID)."""
-    existing = os.environ.get("MLFLOW_RUN_ID")
-    if existing:
-        client.update_run(existing, status="RUNNING", name=run_name or None)
-        for key, value in tags.items():
-            client.set_tag(existing, key, value)
-        return existing
-    run = client.create_run(experiment_id(client, experiment), run_name=run_name, tags=tags)
-    return run.info.run_id
+    """A new RUNNING run; under `mlflow run` (or a sweep, the dashboard, a scheduler) the run made for us."""
+    given = given_run(client, experiment, run_name)
+    if given is None:
+        return client.create_run(experiment_id(client, experiment), run_name=run_name, tags=tags).info.run_id
+    run_id, _ = given
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+    return run_id
+
+
+def experiment_to_use(client: MlflowClient, asked: str) -> str:
+    """Where this process's run belongs. An experiment named on purpose (`-P experiment=X`, a sweep file's
+    `experiment`) wins; else the one `mlflow run --experiment-name` filed $MLFLOW_RUN_ID under; else ours.
+    MLflow's Default experiment only means nobody chose, and our default name cannot tell whether it was typed."""
+    given = os.environ.get("MLFLOW_RUN_ID")
+    if not given or asked != OUR_DEFAULT_EXPERIMENT:
+        return asked
+    filed_under = get_run(client, given).info.experiment_id
+    return asked if filed_under == DEFAULT_EXPERIMENT_ID else client.get_experiment(filed_under).name
+
+
+def given_run(client: MlflowClient, experiment: str, run_name: str = "") -> tuple[str, str] | None:
+    """The run made for this process before it started ($MLFLOW_RUN_ID), set RUNNING, as (run id, experiment
+    name); None when there is none. A run `mlflow run` made in another experiment than experiment_to_use's, or
+    with params it shell-quoted (it logs `''` for an empty value, mlflow#6811), is replaced: see _replace."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return None
+    experiment = experiment_to_use(client, experiment)
+    run = get_run(client, run_id)
+    target_id = experiment_id(client, experiment)
+    if run.info.experiment_id != target_id or _quoted_by_mlflow_run(run):
+        run_id = _replace(client, run, target_id, experiment, run_name)
+    client.update_run(run_id, status="RUNNING", name=run_name or None)
+    return run_id, experiment
+
+
+def unquoted(value: str) -> str:
+    """What a program received for a value `mlflow run` logged: MLflow logs the shlex.quote'd text it puts in
+    the command (`''` for empty, `'a b'`), bash hands the program the text itself."""
+    try:
+        words = shlex.split(value)
+    except ValueError:
+        return value
+    return words[0] if len(words) == 1 and shlex.quote(words[0]) == value else value
+
+
+def _quoted_by_mlflow_run(run) -> bool:
+    made_by_mlflow_run = MLFLOW_PROJECT_ENTRY_POINT in run.data.tags
+    return made_by_mlflow_run and any(unquoted(v) != v for v in run.data.params.values())
+
+
+def _replace(client: MlflowClient, placeholder, target_id: str, experiment: str, run_name: str) -> str:
+    """Runs cannot move between experiments and params cannot change, so the run continues as a new run in the
+    right experiment, with `mlflow run`'s tags and its params as the program received them; each names the other
+    (lab.replaces, lab.replaced_by). The placeholder stays RUNNING until `mlflow run` ends it after the program
+    exits (MLflow always does, and fails the command if the run is deleted by then); it is deleted after that,
+    see release_placeholder."""
+    old_id = placeholder.info.run_id
+    tags = {k: v for k, v in placeholder.data.tags.items() if k != MLFLOW_RUN_NAME}
+    new_id = client.create_run(target_id, run_name=run_name or placeholder.info.run_name,
+                               tags={**tags, "lab.replaces": old_id}).info.run_id
+    params = [Param(k, unquoted(v)) for k, v in placeholder.data.params.items()]
+    for start in range(0, len(params), 100):
+        client.log_batch(new_id, params=params[start : start + 100])
+    client.set_tag(old_id, "lab.replaced_by", new_id)
+    client.set_tag(old_id, MLFLOW_RUN_NOTE, f"Continued as run {new_id} in experiment '{experiment}', with the "
+                                            "params as the program received them.")
+    _replaced[new_id] = old_id
+    log.info("run %s (made by mlflow run) continues as run %s in experiment '%s'", old_id, new_id, experiment)
+    return new_id
+
+
+def release_placeholder(run_id: str) -> None:
+    """Once run_id is ended, have the run it replaced deleted as soon as `mlflow run` has ended that one: by a
+    detached `python -m pipeline.tracking.handover`, since `mlflow run` ends it only after this process exits."""
+    placeholder = _replaced.pop(run_id, None)
+    if placeholder is None:
+        return
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_DIR), os.environ.get("PYTHONPATH")]))}
+    subprocess.Popen([sys.executable, "-m", "pipeline.tracking.handover", placeholder], env=env,
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                     start_new_session=True)  # outlives this process, and Ctrl-C in its terminal
 
 
 HEARTBEAT_TAG = "lab.heartbeat"
@@ -124,6 +217,7 @@ def log_params_once(client: MlflowClient, run_id: str, params: dict[str, str]) -
 
 def finish_run(client: MlflowClient, run_id: str, status: str) -> None:
     client.set_terminated(run_id, status=status)
+    release_placeholder(run_id)
 
 
 def last_logged_step(client: MlflowClient, run_id: str, key: str = "train_loss") -> int:
@@ -149,7 +243,3 @@ def dataset_input(name: str, source: str, digest: str, context: str = "training"
     dataset = MetaDataset(dataset_source, name=name, digest=digest[:36])
     return DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
 
-
-STATUS_FINISHED = RunStatus.to_string(RunStatus.FINISHED)
-STATUS_FAILED = RunStatus.to_string(RunStatus.FAILED)
-STATUS_KILLED = RunStatus.to_string(RunStatus.KILLED)

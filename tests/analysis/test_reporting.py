@@ -179,8 +179,11 @@ def test_cli(lr_sweep, tmp_path):
                           "no MLflow run with id")
     assert_one_line_error(run_module("pipeline.report", cwd=tmp_path), "--parent-run-id or --experiment")
 
-    done = run_module("pipeline.report", "--parent-run-id", parent, cwd=tmp_path)
+    # the empty values `mlflow run -e report` passes for the options not given mean the defaults
+    done = run_module("pipeline.report", "--parent-run-id", parent, "--experiment", "", "--filter", "", "--out", "",
+                      cwd=tmp_path)
     assert done.returncode == 0, done.stderr
+    assert not list(tmp_path.glob("*.png"))
     folder = tmp_path / "reports" / parent
     for name in ("runs.csv", "runs.md", "loss_curves.png", "final_val_loss.png"):
         assert str(Path("reports") / parent / name) in done.stdout

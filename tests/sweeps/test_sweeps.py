@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from pipeline import tracking
 from pipeline.errors import SettingsError
 from pipeline.sweeps.spec import load_sweep, load_sweeps
-from pipeline.sweeps.runner import CHILD_ROLE, plan, run_sweep
+from pipeline.sweeps.runner import CHILD_ROLE, plan, run_sweep, scheduler_commands
 from tests.conftest import TINY_MODEL_FIELDS, assert_one_line_error, run_module
 
 TINY_BASE = {"corpus": "tiny", **TINY_MODEL_FIELDS, "epochs": 100, "max_steps": 6, "warmup_steps": 2,
@@ -152,3 +152,19 @@ def test_a_failing_child_is_failed_and_the_sweep_goes_on(store, tmp_path):
     doomed = run_sweep(client, load_sweep("doomed", path))
     assert doomed.status == "FAILED" and client.get_run(doomed.parent_run_id).info.status == "FAILED"
     assert len(plan(client, load_sweep("doomed", path))) == 2
+
+
+def test_under_mlflow_run_experiment_name_the_parent_and_its_children_share_it(store, monkeypatch):
+    client = tracking.connect()
+    lab = client.create_experiment("lab-s")
+    given = client.create_run(lab, tags={"mlflow.project.entryPoint": "sweep"}).info.run_id  # as `mlflow run
+    monkeypatch.setenv("MLFLOW_RUN_ID", given)                                           # --experiment-name lab-s`
+    commands = scheduler_commands(client, load_sweep("smoke"))
+    assert len(commands) == 2 and all("--experiment lab-s " in c for c in commands)
+    assert client.get_run(given).info.status == "SCHEDULED"  # the run made for the sweep is its parent
+    children = children_of(client, given)
+    assert len(children) == 2 and {c.info.experiment_id for c in children} == {lab}
+    for child in children:  # as the scheduler's commands leave them
+        client.set_terminated(child.info.run_id, "FINISHED")
+    assert all(item.finished_run_id for item in plan(client, load_sweep("smoke")))  # a re-run looks in lab-s too
+    assert client.get_experiment_by_name("pretraining") is None  # nothing went to the sweep file's experiment
