@@ -65,10 +65,16 @@ def store(tmp_path, monkeypatch, corpus_cache, store_template) -> str:
     return uri
 
 
+def python_path() -> str:
+    """PYTHONPATH for a child process: the project first, then what this process was given (packages
+    installed with pip --target, say)."""
+    return os.pathsep.join(filter(None, [str(PROJECT_DIR), os.environ.get("PYTHONPATH")]))
+
+
 def run_module(module: str, *args: str, cwd: Path | None = None, env: dict | None = None,
                timeout: int = 900) -> subprocess.CompletedProcess:
     """`python -m module args` in a real subprocess, with the project importable."""
-    full_env = {**os.environ, "PYTHONPATH": str(PROJECT_DIR), **(env or {})}
+    full_env = {**os.environ, "PYTHONPATH": python_path(), **(env or {})}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or PROJECT_DIR, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
 
