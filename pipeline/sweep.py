@@ -10,6 +10,9 @@ from pipeline.sweeps.spec import EXPERIMENTS_PATH, load_sweep
 @click.option("--name", required=True, help="Sweep name in the experiments file (e.g. lr_sensitivity).")
 @click.option("--file", "path", default=str(EXPERIMENTS_PATH), show_default=True, type=click.Path(),
               help="The experiments file.")
+@click.option("--scale", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
+              help="For an exercise defined at two scales (NAME_cpu, NAME_gpu): which one. auto picks gpu where "
+                   "PyTorch sees a CUDA GPU, else cpu.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1),
               help="Runs trained at once, each in its own process.")
 @click.option("--dry-run", type=bool, is_flag=False, flag_value=True, default=False, show_default=True,
@@ -17,7 +20,7 @@ from pipeline.sweeps.spec import EXPERIMENTS_PATH, load_sweep
 @click.option("--print-commands", type=bool, is_flag=False, flag_value=True, default=False, show_default=True,
               help="Print one shell command per run not yet finished, for a scheduler (Slurm, Kubernetes) to run "
                    "against the same tracking server; run the sweep again afterwards for its report.")
-def main(name, path, workers, dry_run, print_commands):
+def main(name, path, scale, workers, dry_run, print_commands):
     """Run every point of a sweep as a child of one parent MLflow run.
 
     The whole experiments file is checked first. Points that already FINISHED with the same settings are
@@ -26,9 +29,10 @@ def main(name, path, workers, dry_run, print_commands):
 
     \b
     Example:
-      python -m pipeline.sweep --name lr_sensitivity
+      python -m pipeline.sweep --name lr_sensitivity            # lr_sensitivity_cpu on a laptop
+      python -m pipeline.sweep --name scaling --scale gpu --dry-run
     """
-    sweep = load_sweep(name, path)
+    sweep = load_sweep(name, path, scale)
     from pipeline import tracking
     from pipeline.sweeps.runner import describe, plan, run_sweep, scheduler_commands
 
@@ -44,6 +48,8 @@ def main(name, path, workers, dry_run, print_commands):
     result = run_sweep(client, sweep, workers=workers)
     for file in result.report_files:
         click.echo(f"report: {file}")
+    if result.findings:
+        click.echo(f"findings:\n{result.findings.text}")
     click.echo(f"parent run {result.parent_run_id}: {result.status}")
 
 

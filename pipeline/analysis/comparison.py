@@ -1,12 +1,18 @@
 """The comparison report of a set of runs (a sweep's children, or an experiment's runs): PNG plots and a table.
 
 Files written to the report folder:
+  report.md           the findings (what the runs show, from their numbers), the plots, the table of runs and
+                      the last sample of every run side by side
   loss_curves.png     train (solid) and val (dashed) loss of every run against tokens seen, one colour a run
   final_val_loss.png  final val loss against the swept setting (the first of SWEEP_PREFERENCE whose values differ),
                       one line per combination of the other swept settings
   scaling.png         only when model sizes differ: final val loss against non-embedding parameters N on log-log
                       axes, with the fitted power law L(N) = (Nc/N)^alpha (the best run at each size is fitted)
   runs.csv, runs.md   one row a run: name, status, key params, final and best losses, tokens seen, diagnosis
+  samples.csv         the last sample of every run, with its step and novelty
+
+With a parent run, the files are logged under its report/ artifacts, and the findings become its description
+(what the MLflow UI shows on the run's page) and its `lab.finding` tag.
 """
 
 from __future__ import annotations
@@ -22,11 +28,16 @@ from mlflow.tracking import MlflowClient
 from pipeline import tracking
 from pipeline.analysis import plots
 from pipeline.analysis.diagnosis import diagnose
+from pipeline.analysis.findings import Findings, find
+from pipeline.analysis.fits import PowerLaw
 from pipeline.analysis.runs import MODEL_SIZE, RunCurves, load_runs, number, sort_key, swept_params
+from pipeline.tracking.samples import SampleReader
 
 # the params shown in the table, as logged by the trainer
 TABLE_PARAMS = ("config", "corpus", "lr", "context_length", "batch_size", "max_steps", "epochs", "max_tokens",
                 MODEL_SIZE)
+# MLflow keeps tag values up to this many characters
+MAX_TAG_LENGTH = 8000
 TABLE_COLUMNS = ("run_name", "run_id", "status", *TABLE_PARAMS, "final_train_loss", "final_val_loss",
                  "min_val_loss", "tokens_seen", "diagnosis")
 
@@ -37,14 +48,23 @@ class Report:
     files: tuple[Path, ...]  # every file written, in the order written
     table: pd.DataFrame  # the rows of runs.csv
     swept: tuple[str, ...]  # the settings that differ across the runs, the x axis of final_val_loss first
-    alpha: float | None = None  # the fitted scaling exponent, when scaling.png was drawn with a fit
-    nc: float | None = None
+    findings: Findings
+    fit: PowerLaw | None = None  # the scaling law, when scaling.png was drawn with a fit
+
+    @property
+    def alpha(self) -> float | None:
+        return self.fit.alpha if self.fit else None
+
+    @property
+    def nc(self) -> float | None:
+        return self.fit.nc if self.fit else None
 
 
 def build_report(client: MlflowClient, runs: pd.DataFrame | Sequence[str], out_dir: Path,
-                 parent_run_id: str | None = None) -> Report:
-    """Write the plots and tables of runs to out_dir; when parent_run_id is given, also log them as its
-    artifacts under report/. Raises ReportError when there are no runs, TrackingError for an unknown run."""
+                 parent_run_id: str | None = None, metric: str = "val_loss", goal: str = "minimize") -> Report:
+    """Write the findings, plots and tables of runs to out_dir; when parent_run_id is given, also log them as its
+    artifacts under report/ and store the findings on it. `metric` and `goal` pick the best run.
+    Raises ReportError when there are no runs, TrackingError for an unknown run."""
     if parent_run_id:
         tracking.get_run(client, parent_run_id)
     loaded = load_runs(client, runs)
@@ -53,27 +73,53 @@ def build_report(client: MlflowClient, runs: pd.DataFrame | Sequence[str], out_d
     out_dir.mkdir(parents=True, exist_ok=True)
     files = []
 
+    findings = find(loaded, swept, metric, goal)
     table = run_table(loaded, swept)
     table.to_csv(out_dir / "runs.csv", index=False)
     files.append(out_dir / "runs.csv")
     (out_dir / "runs.md").write_text(_markdown(table))
     files.append(out_dir / "runs.md")
+    samples = sample_table(client, loaded, swept)
+    samples.to_csv(out_dir / "samples.csv", index=False)
+    files.append(out_dir / "samples.csv")
 
-    plots.loss_curves(loaded, out_dir / "loss_curves.png")
+    plots.loss_curves(loaded, swept, out_dir / "loss_curves.png")
     files.append(out_dir / "loss_curves.png")
     if any(run.final_val is not None for run in loaded):
         plots.final_val(loaded, swept, out_dir / "final_val_loss.png")
         files.append(out_dir / "final_val_loss.png")
-    nc = alpha = None
+    fit = None
     sizes = {number(run.params.get(MODEL_SIZE)) for run in loaded if run.final_val is not None}
     if len(sizes - {None}) >= 2:
-        nc, alpha = plots.scaling(loaded, out_dir / "scaling.png")
+        fit = plots.scaling(loaded, out_dir / "scaling.png")
         files.append(out_dir / "scaling.png")
+
+    (out_dir / "report.md").write_text(_document(findings, files, table, samples))
+    files.insert(0, out_dir / "report.md")
 
     if parent_run_id:
         for path in files:
             client.log_artifact(parent_run_id, str(path), artifact_path="report")
-    return Report(out_dir, tuple(files), table, tuple(swept), alpha, nc)
+        client.set_tag(parent_run_id, "mlflow.note.content", "## Findings\n\n" + findings.text)
+        client.set_tag(parent_run_id, "lab.finding", findings.text[:MAX_TAG_LENGTH])
+    return Report(out_dir, tuple(files), table, tuple(swept), findings, fit)
+
+
+def sample_table(client: MlflowClient, runs: Sequence[RunCurves], swept: Sequence[str] = ()) -> pd.DataFrame:
+    """The last sample of every run, one row a run, labelled by what differs across the runs."""
+    reader = SampleReader(client)
+    rows = []
+    for run in runs:
+        sample = reader.latest(run.run_id) or {}
+        rows.append({"run": run.label(swept), "step": sample.get("step"), "novelty": run.final_novelty,
+                     "sample": " ".join(str(sample.get("text", "")).split())})
+    return pd.DataFrame(rows, columns=["run", "step", "novelty", "sample"])
+
+
+def _document(findings: Findings, files: Sequence[Path], table: pd.DataFrame, samples: pd.DataFrame) -> str:
+    images = "\n".join(f"![{path.stem}]({path.name})" for path in files if path.suffix == ".png")
+    return (f"# Report\n\n## Findings\n\n{findings.text}\n\n## Plots\n\n{images}\n\n"
+            f"## The last sample of every run\n\n{_markdown(samples)}\n## Runs\n\n{_markdown(table)}")
 
 
 def run_table(runs: Sequence[RunCurves], swept: Sequence[str] = ()) -> pd.DataFrame:

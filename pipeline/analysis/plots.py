@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.analysis.fits import fit_power_law
+from pipeline.analysis.fits import PowerLaw, scaling_fit
 from pipeline.analysis.runs import MODEL_SIZE, MODEL_SIZE_PARAMS, RunCurves, number, sort_key
 from pipeline.errors import ReportError
 
@@ -41,7 +41,7 @@ def _colours(count: int) -> list:
     return [colormaps["viridis"](i / max(1, count - 1)) for i in range(count)]
 
 
-def loss_curves(runs: Sequence[RunCurves], path: Path) -> None:
+def loss_curves(runs: Sequence[RunCurves], swept: Sequence[str], path: Path) -> None:
     from matplotlib.lines import Line2D
     from matplotlib.ticker import EngFormatter
 
@@ -56,16 +56,18 @@ def loss_curves(runs: Sequence[RunCurves], path: Path) -> None:
             x = run.tokens_at(steps) if by_tokens else steps
             ax.plot(x, [v for _, v in curve], linestyle=style, color=colour, linewidth=1.4,
                     marker="o" if style == "--" else None, markersize=3)
-        label = run.name if run.train or run.val else f"{run.name} (no losses logged)"
+        notes = [note for note in (run.trouble, "" if run.train or run.val else "no losses logged") if note]
+        label = run.label(swept) + (f" ({', '.join(notes)})" if notes else "")
         handles.append(Line2D([], [], color=colour, linewidth=2, label=label))
     handles += [Line2D([], [], color="none", label=""),
                 Line2D([], [], color="black", linestyle="-", label="train loss"),
                 Line2D([], [], color="black", linestyle="--", marker="o", markersize=3, label="val loss")]
-    ax.set_xlabel("tokens seen" if by_tokens else "step")
+    ax.set_xlabel("tokens seen" if by_tokens else "optimizer step")
     if by_tokens:
         ax.xaxis.set_major_formatter(EngFormatter())
     ax.set_ylabel("loss (nats per token)")
-    ax.set_title("Train (solid) and val (dashed) loss")
+    varied = f" by {', '.join('N' if key == MODEL_SIZE else key for key in swept)}" if swept else ""
+    ax.set_title(f"Train (solid) and val (dashed) loss{varied}")
     ax.grid(True, alpha=0.3)
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small", frameon=False)
     _save(figure, path)
@@ -92,12 +94,27 @@ def final_val(runs: Sequence[RunCurves], swept: Sequence[str], path: Path) -> No
         else:
             points = [(with_val.index(run), run.final_val) for run in members]
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", color=colour, label=label or None)
+    if numeric:  # runs that spiked or diverged are marked where they ended (diverged ones with no val loss on top)
+        top = ax.get_ylim()[1]
+        for run in runs:
+            x = number(run.value(x_key))
+            if not run.trouble or x is None:
+                continue
+            ended = run.final_val is not None and math.isfinite(run.final_val)
+            y = run.final_val if ended else top
+            if ended:
+                ax.scatter([x], [y], s=120, facecolors="none", edgecolors="tab:red", linewidths=1.5, zorder=4)
+            else:
+                ax.scatter([x], [y], marker="x", s=80, color="tab:red", zorder=4)
+            ax.annotate(run.trouble, (x, y), textcoords="offset points", xytext=(8, -4), color="tab:red",
+                        fontsize="small")
     if numeric and x_key in LOG_AXES:
         ax.set_xscale("log", base=LOG_AXES[x_key])
     if numeric:  # a tick at every value swept, labelled as logged (sizes in k/M)
         from matplotlib.ticker import EngFormatter, NullFormatter
 
-        values = {number(run.value(x_key)): run.value(x_key) for run in with_val}
+        values = {number(run.value(x_key)): run.value(x_key) for run in runs if number(run.value(x_key)) is not None
+                  and (run.final_val is not None or run.trouble)}
         if len(values) <= 12:
             engineering = EngFormatter(sep="")
             ax.set_xticks(sorted(values), [engineering(v) if x_key == MODEL_SIZE else values[v]
@@ -116,26 +133,27 @@ def final_val(runs: Sequence[RunCurves], swept: Sequence[str], path: Path) -> No
     _save(figure, path)
 
 
-def scaling(runs: Sequence[RunCurves], path: Path) -> tuple[float | None, float | None]:
+def scaling(runs: Sequence[RunCurves], path: Path) -> PowerLaw | None:
+    """Best final val loss at each model size on log-log axes, with the fitted power law when there is one."""
+    try:
+        fit = scaling_fit(runs)
+    except ReportError:
+        fit = None
     best: dict[float, float] = {}
     for run in runs:
         size = number(run.params.get(MODEL_SIZE))
-        if size and run.final_val is not None:
+        if size and run.final_val is not None and math.isfinite(run.final_val):
             best[size] = min(best.get(size, math.inf), run.final_val)
     sizes = np.array(sorted(best))
     losses = np.array([best[s] for s in sizes])
-    try:
-        nc, alpha = fit_power_law(sizes, losses)
-    except ReportError:
-        nc = alpha = None
 
     figure, ax = _figure(7.5, 5.5)
     ax.scatter(sizes, losses, color="tab:blue", zorder=3, label="best final val loss at each size")
-    if alpha is not None:
+    if fit is not None:
         grid = np.geomspace(sizes.min() / 1.5, sizes.max() * 1.5, 100)
-        ax.plot(grid, (nc / grid) ** alpha, color="tab:red", linestyle="--",
-                label="least-squares fit on log-log axes")
-        ax.set_title(f"Scaling law: L(N) = (Nc/N)^α with α = {alpha:.3f}, Nc = {nc:.3g}")
+        ax.plot(grid, fit.loss(grid), color="tab:red", linestyle="--", label="least-squares fit on log-log axes")
+        spread = f" ± {fit.alpha_stderr:.3f}" if fit.alpha_stderr is not None else ""
+        ax.set_title(f"Scaling law: L(N) = (Nc/N)^α, α = {fit.alpha:.3f}{spread}, R² = {fit.r_squared:.2f}")
     else:
         ax.set_title("Scaling: no power law could be fitted")
     ax.set_xscale("log")
@@ -146,9 +164,9 @@ def scaling(runs: Sequence[RunCurves], path: Path) -> tuple[float | None, float 
     ticks = np.geomspace(low, high, 5) if high > low else np.array([low])
     ax.set_yticks(ticks, [f"{t:.3g}" for t in ticks])
     ax.yaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("non-embedding parameters N")
-    ax.set_ylabel("final val loss L (nats per token)")
+    ax.set_xlabel("non-embedding parameters N (log scale)")
+    ax.set_ylabel("final val loss L (nats per token, log scale)")
     ax.grid(True, alpha=0.3, which="both")
     ax.legend(loc="best", fontsize="small")
     _save(figure, path)
-    return nc, alpha
+    return fit

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import mlflow
@@ -15,6 +15,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from pipeline import tracking
+from pipeline.analysis.diagnosis import diagnose
 from pipeline.errors import ReportError, TrackingError, first_line
 
 Curve = list[tuple[int, float]]
@@ -41,12 +42,29 @@ class RunCurves:
     train: Curve
     val: Curve
     tokens: Curve
+    novelty: Curve = ()  # the share of new 8-grams in each sample
+    metrics: dict[str, float] = field(default_factory=dict)  # the last value of every metric
 
     def value(self, key: str) -> str | None:
         value = self.params.get(key)
         if value in (None, "") and key in TAG_FALLBACKS:
             value = self.tags.get(TAG_FALLBACKS[key])
         return value if value not in (None, "") else None
+
+    def label(self, swept: Sequence[str]) -> str:
+        """The run named by what differs across the runs it is compared with ("lr=0.001", "N=98.3K"), else its
+        name."""
+        shown = [f"N={count_text(number(self.value(key)) or 0)}" if key == MODEL_SIZE else f"{key}={self.value(key)}"
+                 for key in swept if self.value(key) is not None]
+        return ", ".join(shown) or self.name
+
+    @property
+    def trouble(self) -> str:
+        """'diverged' (failed, or a non-finite loss), 'unstable' (its diagnosis: a loss spike), else ''."""
+        if self.status == "FAILED" or (self.final_train is not None and not math.isfinite(self.final_train)):
+            return "diverged"
+        tag = self.tags.get("diagnosis") or diagnose(self.train, self.val).tag
+        return "unstable" if tag == "unstable" else ""
 
     @property
     def final_train(self) -> float | None:
@@ -55,6 +73,10 @@ class RunCurves:
     @property
     def final_val(self) -> float | None:
         return self.val[-1][1] if self.val else None
+
+    @property
+    def final_novelty(self) -> float | None:
+        return self.novelty[-1][1] if self.novelty else None
 
     @property
     def min_val(self) -> float | None:
@@ -172,6 +194,8 @@ def load_runs(client: MlflowClient, runs: pd.DataFrame | Sequence[str]) -> list[
             train=_history(client, run_id, "train_loss"),
             val=_history(client, run_id, "val_loss"),
             tokens=_history(client, run_id, "tokens_seen"),
+            novelty=_history(client, run_id, "novelty"),
+            metrics={k[len("metrics."):]: float(v) for k, v in row.items() if k.startswith("metrics.") and _present(v)},
         ))
     return loaded
 
@@ -213,6 +237,14 @@ def number(text) -> float | None:
     except (TypeError, ValueError):
         return None
     return value if math.isfinite(value) else None
+
+
+def count_text(value: float) -> str:
+    """A count as people write it: 25K, 1.2M, 3.4G."""
+    for limit, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if value >= limit:
+            return f"{value / limit:.3g}{suffix}"
+    return f"{value:.0f}"
 
 
 def _normal(text):

@@ -1,11 +1,9 @@
-"""What the page shows of each run, read from MLflow: status, latest metrics, loss histories, the newest sample."""
+"""What the page shows of each run, read from MLflow: status, latest metrics, loss histories (samples are read by
+pipeline.tracking.samples)."""
 
 from __future__ import annotations
 
 import json
-import tempfile
-import threading
-from pathlib import Path
 from urllib.parse import quote
 
 from mlflow.tracking import MlflowClient
@@ -13,8 +11,6 @@ from mlflow.tracking import MlflowClient
 SUMMARY_METRICS = ("train_loss", "val_loss", "tokens_per_sec", "tokens_seen")
 CURVES = ("train_loss", "val_loss")
 MAX_CURVE_POINTS = 1000  # per curve sent to the page; longer histories are thinned evenly, the last point kept
-SAMPLES_DIR = "samples"
-SAMPLES_TABLE = "samples.json"
 
 
 def run_url(mlflow_url: str, experiment_id: str, run_id: str) -> str:
@@ -80,46 +76,3 @@ def curve(client: MlflowClient, run_id: str, key: str) -> list[list]:
         if previous is None or metric.timestamp >= previous[0]:
             by_step[metric.step] = (metric.timestamp, metric.value)
     return _thin([[step, value] for step, (_, value) in sorted(by_step.items())])
-
-
-class SampleReader:
-    """The newest generated sample of a run: samples/step_NNNNNN.txt, else the last row of samples.json.
-
-    A step file never changes once written, so its text is cached."""
-
-    def __init__(self, client: MlflowClient):
-        self.client = client
-        self._cache: dict[tuple[str, str], str] = {}
-        self._lock = threading.Lock()
-
-    def _download_text(self, run_id: str, path: str) -> str:
-        with tempfile.TemporaryDirectory() as folder:
-            local = self.client.download_artifacts(run_id, path, folder)
-            return Path(local).read_text(encoding="utf-8", errors="replace")
-
-    def latest(self, run_id: str) -> dict | None:
-        files = [a.path for a in self.client.list_artifacts(run_id, SAMPLES_DIR) if not a.is_dir]
-        steps = [p for p in files if Path(p).name.startswith("step_") and p.endswith(".txt")]
-        if steps:
-            path = max(steps)
-            key = (run_id, path)
-            with self._lock:
-                text = self._cache.get(key)
-            if text is None:
-                text = self._download_text(run_id, path)
-                if text:
-                    with self._lock:
-                        self._cache[key] = text
-            step = Path(path).stem.removeprefix("step_")
-            return {"step": int(step) if step.isdigit() else None, "text": text.rstrip("\n"), "path": path}
-        root = {a.path for a in self.client.list_artifacts(run_id)}
-        if SAMPLES_TABLE not in root:
-            return None
-        try:
-            table = json.loads(self._download_text(run_id, SAMPLES_TABLE))
-            columns, rows = table["columns"], table["data"]
-            row = dict(zip(columns, rows[-1]))
-        except (ValueError, KeyError, IndexError, TypeError):
-            return None
-        return {"step": row.get("step"), "text": f"{row.get('prompt', '')}{row.get('generation', '')}",
-                "path": SAMPLES_TABLE}

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 from pipeline import tracking
-from pipeline.dashboard import runs
 from pipeline.dashboard.processes import ProcessRegistry
+from pipeline.tracking.samples import SampleReader
 
 INTERRUPTED = 130  # the exit code of a trainer or sweep stopped by Ctrl-C (SIGINT)
 
@@ -26,7 +26,7 @@ class Dashboard:
         self.python = python
         self.client = tracking.client_for(tracking_uri)
         self.registry = ProcessRegistry(state_dir)
-        self.samples = runs.SampleReader(self.client)
+        self.samples = SampleReader(self.client)
 
     def check_store(self) -> None:
         """Reach the store once (this also creates a new SQLite file, before any child process could race)."""

@@ -17,6 +17,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 from mlflow.tracking import MlflowClient
@@ -26,6 +27,9 @@ from pipeline.settings import settings_to_args
 from pipeline.files import PROJECT_DIR
 from pipeline.errors import SettingsError
 from pipeline.sweeps.spec import Sweep, SweepPoint
+
+if TYPE_CHECKING:
+    from pipeline.analysis.findings import Findings
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,7 @@ class SweepResult:
     status: str
     children: tuple[ChildOutcome, ...]
     report_files: tuple[Path, ...] = ()
+    findings: Findings | None = None  # what the report found (None when no report was written)
 
     @property
     def failures(self) -> list[ChildOutcome]:
@@ -99,9 +104,12 @@ def run_sweep(client: MlflowClient, sweep: Sweep, workers: int = 1) -> SweepResu
     try:
         for point in todo:
             child_ids[point.key] = _create_child(client, sweep, point, parent_id, experiment_id)
-        with ThreadPoolExecutor(max_workers=workers) as pool:
+        pool = ThreadPoolExecutor(max_workers=workers)
+        try:
             for outcome in pool.map(lambda p: _run_child(client, p, child_ids[p.key]), todo):
                 outcomes[outcome.point.key] = outcome
+        finally:  # stopped (Ctrl-C): the points not yet started never start
+            pool.shutdown(wait=True, cancel_futures=True)
         children = tuple(outcomes[point.key] for point in sweep.points)
         all_failed = all(c.status != "FINISHED" for c in children)
         status = tracking.STATUS_FAILED if all_failed else tracking.STATUS_FINISHED
@@ -110,8 +118,8 @@ def run_sweep(client: MlflowClient, sweep: Sweep, workers: int = 1) -> SweepResu
         client.log_dict(parent_id, {"sweep": sweep.name, "children": [
             {"name": c.point.name, "run_id": c.run_id, "status": c.status, "skipped": c.skipped, "error": c.error}
             for c in children]}, "summary.json")
-        finished_ids = [c.run_id for c in children if c.status == "FINISHED"]
-        report_files = _report(client, parent_id, finished_ids, sweep) if finished_ids else ()
+        # failed runs stay in the report: a rate that diverged is part of the lesson
+        report = _report(client, parent_id, [c.run_id for c in children], sweep) if not all_failed else None
     except BaseException as error:
         interrupted = isinstance(error, KeyboardInterrupt)
         for key, run_id in child_ids.items():
@@ -121,7 +129,9 @@ def run_sweep(client: MlflowClient, sweep: Sweep, workers: int = 1) -> SweepResu
         raise
     tracking.finish_run(client, parent_id, status)
     log.info(summary)
-    return SweepResult(parent_id, status, children, report_files)
+    if report is None:
+        return SweepResult(parent_id, status, children)
+    return SweepResult(parent_id, status, children, report.files, report.findings)
 
 
 def _finished_children(client: MlflowClient, sweep: Sweep) -> dict[str, str]:
@@ -204,16 +214,16 @@ def _summary(sweep: Sweep, children: tuple[ChildOutcome, ...]) -> str:
     return line + ("; failed: " + "; ".join(failures) if failures else "")
 
 
-def _report(client: MlflowClient, parent_id: str, run_ids: list[str], sweep: Sweep) -> tuple[Path, ...]:
+def _report(client: MlflowClient, parent_id: str, run_ids: list[str], sweep: Sweep):
+    """The sweep's comparison report (analysis.comparison.Report), or None when it could not be written."""
     from pipeline.analysis.comparison import build_report
 
     out_dir = Path("reports") / f"{sweep.name}-{parent_id[:8]}"
     try:
-        report = build_report(client, run_ids, out_dir, parent_run_id=parent_id)
+        return build_report(client, run_ids, out_dir, parent_run_id=parent_id, metric=sweep.metric, goal=sweep.goal)
     except Exception as error:  # a report is a view of the runs: never lose the sweep over it
         log.warning("report for sweep %s failed: %s", sweep.name, error)
-        return ()
-    return tuple(report.files)
+        return None
 
 
 def scheduler_commands(client: MlflowClient, sweep: Sweep) -> list[str]:

@@ -21,6 +21,8 @@ METHODS = ("grid", "random", "list")
 SWEEP_KEYS = {"description", "base", "method", "parameters", "runs", "metric", "run_cap", "seed"}
 DISTRIBUTIONS = ("log_uniform_values", "uniform", "int_uniform")
 GOALS = ("minimize", "maximize")
+# The scales an exercise comes in: a sweep NAME_cpu finishes in minutes on a laptop CPU, NAME_gpu is sized for a GPU
+SCALES = ("auto", "cpu", "gpu")
 
 
 @dataclass(frozen=True)
@@ -69,11 +71,29 @@ def load_sweeps(path: Path = EXPERIMENTS_PATH) -> dict[str, Sweep]:
     return {str(name): parse_sweep(str(name), spec) for name, spec in raw["sweeps"].items()}
 
 
-def load_sweep(name: str, path: Path = EXPERIMENTS_PATH) -> Sweep:
+def load_sweep(name: str, path: Path = EXPERIMENTS_PATH, scale: str = "auto") -> Sweep:
+    """The sweep called name; an exercise defined at two scales (`NAME_cpu`, `NAME_gpu`) is found by NAME too, at
+    the scale given (auto: gpu where PyTorch sees a CUDA GPU, else cpu)."""
+    if scale not in SCALES:
+        raise SettingsError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
     sweeps = load_sweeps(path)
-    if name not in sweeps:
-        raise SettingsError(f"unknown sweep '{name}' (known: {', '.join(sweeps)})")
-    return sweeps[name]
+    if name in sweeps:
+        return sweeps[name]
+    scaled = {f"{name}_{each}" for each in SCALES[1:]} & set(sweeps)
+    if scaled:
+        chosen = f"{name}_{device_scale() if scale == 'auto' else scale}"
+        if chosen not in sweeps:
+            raise SettingsError(f"sweep '{name}' has no {chosen.rsplit('_', 1)[1]} scale "
+                                f"(there is {sorted(scaled)[0]})")
+        return sweeps[chosen]
+    raise SettingsError(f"unknown sweep '{name}' (known: {', '.join(sweeps)})")
+
+
+def device_scale() -> str:
+    """The scale of exercise this machine runs in minutes: gpu where PyTorch sees a CUDA GPU, else cpu."""
+    import torch
+
+    return "gpu" if torch.cuda.is_available() else "cpu"
 
 
 def parse_sweep(name: str, spec) -> Sweep:

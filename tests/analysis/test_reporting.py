@@ -61,6 +61,9 @@ def lr_sweep(store):
         children[lr] = log_run(client, experiment_id, f"nano-tiny-lr{lr}",
                                {"lr": lr, "n_params_non_embedding": "100000", "context_length": "256"},
                                final, parent_id=parent, tags=tags, val_rise=0.3 if lr == "1e-2" else 0.0)
+        for step in (200, 400):  # the trainer's samples; the report shows the last one of each run
+            client.log_text(children[lr], f"A language model at lr {lr}, step {step}\n", f"samples/step_{step:06d}.txt")
+        client.log_metric(children[lr], "novelty", 0.25, step=400)
     client.set_terminated(parent, "FINISHED")
     return client, parent, children, finals
 
@@ -78,7 +81,8 @@ def test_report_on_a_sweeps_children(lr_sweep, tmp_path):
     report = build_report(client, runs, tmp_path / "report", parent_run_id=parent)
 
     names = {path.name for path in report.files}
-    assert names == {"runs.csv", "runs.md", "loss_curves.png", "final_val_loss.png"}  # one size: no scaling
+    assert names == {"report.md", "runs.csv", "runs.md", "samples.csv", "loss_curves.png",
+                     "final_val_loss.png"}  # one size: no scaling
     for path in report.files:
         assert path.is_file() and path.parent == tmp_path / "report"
         if path.suffix == ".png":
@@ -98,6 +102,20 @@ def test_report_on_a_sweeps_children(lr_sweep, tmp_path):
     assert by_lr.loc[1e-3, "diagnosis"] == "healthy"  # worked out from its curves
     markdown = (tmp_path / "report" / "runs.md").read_text().splitlines()
     assert len(markdown) == 2 + 3 and "nano-tiny-lr1e-3" in markdown[3]
+
+    samples = pd.read_csv(tmp_path / "report" / "samples.csv")
+    assert samples["run"].tolist() == ["lr=1e-4", "lr=1e-3", "lr=1e-2"]  # named by what differs
+    assert samples["sample"].tolist() == [f"A language model at lr {lr}, step 400" for lr in ("1e-4", "1e-3", "1e-2")]
+    assert samples["step"].tolist() == [400] * 3 and samples["novelty"].tolist() == [0.25] * 3
+
+    document = (tmp_path / "report" / "report.md").read_text()
+    assert document.index("## Findings") < document.index("## Plots") < document.index("## Runs")
+    assert "Best run: nano-tiny-lr1e-3 (lr=1e-3), final val_loss 3.100." in document
+    assert "No rate diverged or became unstable: extend the range upward (try 0.1)" in document
+    assert "A language model at lr 1e-2, step 400" in document
+    tags = client.get_run(parent).data.tags  # the MLflow UI shows the findings on the parent's page
+    assert tags["lab.finding"] == report.findings.text and tags["lab.finding"].startswith("- Best run: ")
+    assert tags["mlflow.note.content"] == "## Findings\n\n" + report.findings.text
 
     logged = {a.path for a in client.list_artifacts(parent, "report")}
     assert logged == {f"report/{name}" for name in names}
@@ -134,12 +152,20 @@ def test_scaling_report_recovers_alpha(store, tmp_path):
 
 def test_power_law_fit_exact_and_noisy():
     n = np.geomspace(1e5, 1e9, 9)
-    nc, alpha = fit_power_law(n, (KAPLAN_NC / n) ** KAPLAN_ALPHA)
-    assert alpha == pytest.approx(KAPLAN_ALPHA, rel=1e-9)
-    assert nc == pytest.approx(KAPLAN_NC, rel=1e-6)
+    exact = fit_power_law(n, (KAPLAN_NC / n) ** KAPLAN_ALPHA)
+    assert exact.alpha == pytest.approx(KAPLAN_ALPHA, rel=1e-9)
+    assert exact.nc == pytest.approx(KAPLAN_NC, rel=1e-6)
+    assert exact.r_squared == pytest.approx(1.0) and exact.alpha_stderr == pytest.approx(0.0, abs=1e-9)
     noisy = (KAPLAN_NC / n) ** KAPLAN_ALPHA * np.exp(np.random.default_rng(0).normal(0, 0.01, len(n)))
-    _, alpha = fit_power_law(n, noisy)
-    assert alpha == pytest.approx(KAPLAN_ALPHA, abs=0.01)
+    fit = fit_power_law(n, noisy)
+    assert fit.alpha == pytest.approx(KAPLAN_ALPHA, abs=0.01)
+    assert 0.9 < fit.r_squared < 1.0 and 0 < fit.alpha_stderr < 0.01
+    assert fit.sizes == 9
+    # the standard error is that of an ordinary least-squares slope: numpy's covariance gives the same
+    _, cov = np.polyfit(np.log(n), np.log(noisy), 1, cov="unscaled")
+    residuals = np.log(noisy) - np.polyval(np.polyfit(np.log(n), np.log(noisy), 1), np.log(n))
+    assert fit.alpha_stderr == pytest.approx(math.sqrt(cov[0, 0] * np.sum(residuals ** 2) / (len(n) - 2)))
+    assert fit_power_law([1e6, 1e7], [3.0, 2.5]).alpha_stderr is None  # a line through two points
     with pytest.raises(ReportError, match="two or more"):
         fit_power_law([1e6, 1e6], [3.0, 3.1])
     with pytest.raises(ReportError, match="positive"):

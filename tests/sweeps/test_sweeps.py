@@ -23,16 +23,42 @@ def write_sweeps(path, sweeps: dict):
     return path
 
 
-def test_shipped_sweeps_cover_the_learning_exercises():
+EXERCISES = ("memorization", "lr_sensitivity", "context_length", "scaling")
+
+
+def test_shipped_sweeps_cover_the_learning_exercises_at_both_scales():
     sweeps = load_sweeps()
-    assert {"memorization", "lr_sensitivity", "context_length", "scaling", "smoke"} <= set(sweeps)
-    assert [p.settings.lr for p in sweeps["lr_sensitivity"].points] == [1e-4, 3e-4, 1e-3, 3e-3]
-    assert [p.settings.context_length for p in sweeps["context_length"].points] == [64, 128, 256]
-    assert [p.settings.config for p in sweeps["scaling"].points] == ["nano", "small", "medium"]
-    assert all(p.settings.max_tokens > 0 for p in sweeps["scaling"].points)  # same tokens for every size
-    corpora = [p.settings.corpus for p in sweeps["memorization"].points]
-    assert corpora == ["verdict", "tinystories"]
-    assert len({p.settings.max_tokens for p in sweeps["memorization"].points}) == 1
+    assert {f"{name}_{scale}" for name in EXERCISES for scale in ("cpu", "gpu")} | {"smoke"} <= set(sweeps)
+    assert [p.settings.lr for p in sweeps["lr_sensitivity_gpu"].points] == [1e-4, 3e-4, 1e-3, 3e-3]
+    assert [p.settings.context_length for p in sweeps["context_length_gpu"].points] == [64, 128, 256]
+    assert [p.settings.config for p in sweeps["scaling_gpu"].points] == ["nano", "small", "medium"]
+    for scale in ("cpu", "gpu"):
+        memorization = sweeps[f"memorization_{scale}"].points
+        assert [p.settings.corpus for p in memorization] == ["verdict", "tinystories"]
+        for name in EXERCISES:  # every run of an exercise sees the same number of tokens
+            points = sweeps[f"{name}_{scale}"].points
+            assert len({p.settings.max_tokens for p in points}) == 1 and points[0].settings.max_tokens > 0, name
+    rates = [p.settings.lr for p in sweeps["lr_sensitivity_cpu"].points]
+    assert len(rates) >= 4 and max(rates) / min(rates) >= 10 ** 1.5  # 1.5 decades at least
+    assert len({p.settings.context_length for p in sweeps["context_length_cpu"].points}) == 3
+    widths = [p.settings.model_config() for p in sweeps["scaling_cpu"].points]
+    non_embedding = [12 * c.n_layer * c.n_embd ** 2 for c in widths]  # attention + MLP weights per block
+    assert len(non_embedding) >= 4 and max(non_embedding) / min(non_embedding) >= 10  # a decade at least
+
+
+def test_an_exercise_is_found_by_its_name_at_the_scale_asked(tmp_path):
+    assert load_sweep("memorization", scale="cpu").name == "memorization_cpu"
+    assert load_sweep("scaling", scale="gpu").name == "scaling_gpu"
+    assert load_sweep("lr_sensitivity").name == "lr_sensitivity_cpu"  # no CUDA GPU on the test machines
+    assert load_sweep("smoke", scale="gpu").name == "smoke"  # a sweep of one scale is itself at any scale
+    path = write_sweeps(tmp_path / "e.yaml", {"only_gpu": {"base": TINY_BASE, "method": "grid",
+                                                            "parameters": {"lr": {"values": [0.01]}}}})
+    with pytest.raises(SettingsError, match="sweep 'only' has no cpu scale"):
+        load_sweep("only", path, scale="cpu")
+    with pytest.raises(SettingsError, match="unknown sweep 'nope'"):
+        load_sweep("nope", path)
+    assert_one_line_error(run_module("pipeline.sweep", "--name", "scaling", "--scale", "tpu", "--dry-run"),
+                          "'tpu' is not one of")
 
 
 def test_grid_is_the_cross_product_and_random_is_seeded_and_in_range(tmp_path):

@@ -1,0 +1,107 @@
+"""The report's findings, written from synthetic runs' numbers: each exercise's lesson when the runs show it, and
+what to change when they do not."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from pipeline.analysis.findings import find
+from pipeline.analysis.runs import MODEL_SIZE, RunCurves
+
+STEPS = list(range(10, 210, 10))
+
+
+def falling(start: float, end: float) -> list[tuple[int, float]]:
+    return [(s, end + (start - end) * math.exp(-5 * s / STEPS[-1])) for s in STEPS]
+
+
+def run(name: str, params: dict, train, val, status: str = "FINISHED", novelty: float | None = None,
+        tags: dict | None = None) -> RunCurves:
+    return RunCurves(run_id=name * 4, name=name, status=status, params={k: str(v) for k, v in params.items()},
+                     tags=tags or {}, train=train, val=val, tokens=[(s, s * 1024) for s, _ in train],
+                     novelty=[(STEPS[-1], novelty)] if novelty is not None else ())
+
+
+def lr_runs(spike_at: float | None, fail_at: float | None) -> list[RunCurves]:
+    finals = {0.001: 4.6, 0.003: 4.1, 0.01: 3.8, 0.03: 4.0, 0.1: 5.0}
+    runs = []
+    for lr, final in finals.items():
+        train = falling(10.8, final - 0.1)
+        if spike_at is not None and lr >= spike_at:  # falls, then jumps far above its lowest point
+            train, final = train[:10] + [(s, 8.5) for s, _ in train[10:]], 8.6
+        status = "FAILED" if fail_at is not None and lr >= fail_at else "FINISHED"
+        val = [(s, v + 0.1) for s, v in train if s % 50 == 0][:-1] + [(STEPS[-1], final)]
+        runs.append(run(f"lr{lr}", {"lr": lr}, train, [] if status == "FAILED" else val, status))
+    return runs
+
+
+def test_a_diverging_rate_names_where_instability_begins():
+    findings = find(lr_runs(spike_at=0.03, fail_at=0.1), ["lr"])
+    assert findings.facts["unstable_from"] == 0.03 and findings.facts["best_lr"] == 0.01
+    text = findings.text
+    assert "Best run: lr0.01 (lr=0.01), final val_loss 3.800." in text
+    assert "0.03 -> val 8.600 (unstable)" in text and "0.1 -> no val loss (failed) (diverged)" in text
+    assert "Instability begins between 0.01 and 0.03" in text
+    assert "The best stable rate is 0.01 (val loss 3.800, 0.300 below the next best)." in text
+    assert "extend the range" not in text
+
+
+def test_no_divergence_says_to_extend_the_range_upward():
+    runs = [r for r in lr_runs(spike_at=None, fail_at=None) if float(r.params["lr"]) <= 0.01]
+    findings = find(runs, ["lr"])
+    assert findings.facts["unstable_from"] is None
+    assert "No rate diverged or became unstable: extend the range upward (try 0.1)" in findings.text
+    assert "The best rate is the largest tried: the optimum may lie higher still." in findings.text
+
+
+def scaling_runs(losses: dict[float, float]) -> list[RunCurves]:
+    return [run(f"n{n:.0f}", {MODEL_SIZE: int(n)}, falling(10.8, loss - 0.1), [(200, loss)])
+            for n, loss in losses.items()]
+
+
+def test_a_good_power_law_is_set_beside_kaplan_and_chinchilla():
+    sizes = [25_000, 100_000, 330_000, 800_000]
+    findings = find(scaling_runs({n: (1e9 / n) ** 0.1 * (1 + 0.002 * (-1) ** i) for i, n in enumerate(sizes)}),
+                    [MODEL_SIZE])
+    assert findings.facts["alpha"] == pytest.approx(0.1, abs=0.01)
+    assert findings.facts["r_squared"] > 0.95 and findings.facts["size_span"] == 32
+    text = findings.text
+    assert "Best run: n800000 (N=800K)" in text
+    assert "fits with α = 0.101 ± 0.001 (R² = 1.00) over 4 sizes from 25K to 800K non-embedding" in text
+    assert "Kaplan et al. found 0.076 and Chinchilla ~0.34; this is nearer Kaplan's." in text
+    assert "every size saw 205K tokens" in text
+
+
+def test_a_bad_power_law_fit_is_not_read_as_one():
+    findings = find(scaling_runs({25_000: 5.0, 100_000: 4.2, 330_000: 5.1, 800_000: 4.4}), [MODEL_SIZE])
+    assert findings.facts["r_squared"] < 0.9
+    assert "R² under 0.9: the points do not lie on a power law; raise max_tokens" in findings.text
+    growing = find(scaling_runs({25_000: 4.0, 100_000: 4.5, 330_000: 5.0}), [MODEL_SIZE])
+    assert growing.facts["alpha"] < 0 and "The loss does not fall with size" in growing.text
+
+
+def test_memorisation_against_generalisation():
+    verdict = run("v", {"corpus": "verdict"}, falling(10.8, 0.08), [(200, 7.1)], novelty=0.02)
+    stories = run("t", {"corpus": "tinystories"}, falling(10.8, 4.3), [(200, 4.45)], novelty=0.81)
+    findings = find([verdict, stories], ["corpus"])
+    assert findings.facts["verdict.gap"] == pytest.approx(7.1 - findings.facts["verdict.train_loss"])
+    # the final train loss is the median of the last three points, as the diagnosis reads it
+    assert findings.facts["verdict.train_loss"] == pytest.approx(verdict.train[-2][1])
+    assert "verdict was memorised: train loss 0.17, val loss 7.10 (gap 6.93), novelty 0.02." in findings.text
+    assert "tinystories generalises: train loss 4.36, val loss 4.45 (gap 0.09), novelty 0.81." in findings.text
+    short = run("v", {"corpus": "verdict"}, falling(10.8, 1.3), [(200, 6.0)], novelty=0.3)
+    assert "verdict is between the two" in find([short, stories], ["corpus"]).text
+
+
+def test_context_length_reads_the_val_losses_in_order():
+    runs = [run(f"c{c}", {"context_length": c}, falling(10.8, loss), [(200, loss)])
+            for c, loss in ((32, 4.6), (64, 4.4), (128, 4.2))]
+    text = find(runs, ["context_length"]).text
+    assert "Val loss by context length: 32 -> 4.600, 64 -> 4.400, 128 -> 4.200." in text
+    assert "The longest context predicts best, 0.400 below the shortest" in text
+    worse = [run(f"c{c}", {"context_length": c}, falling(10.8, loss), [(200, loss)])
+             for c, loss in ((32, 4.2), (128, 4.6))]
+    assert "The longest context did worse by 0.400: at equal tokens it took 4x fewer optimizer steps" in \
+        find(worse, ["context_length"]).text
