@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from pipeline import tracking
 from pipeline.errors import SettingsError
 from pipeline.sweeps.spec import load_sweep, load_sweeps
-from pipeline.sweeps.runner import CHILD_ROLE, plan, run_sweep, scheduler_commands
+from pipeline.sweeps.runner import CHILD_ROLE, describe, plan, run_sweep, scheduler_commands
 from tests.conftest import TINY_MODEL_FIELDS, assert_one_line_error, run_module
 
 TINY_BASE = {"corpus": "tiny", **TINY_MODEL_FIELDS, "epochs": 100, "max_steps": 6, "warmup_steps": 2,
@@ -59,6 +59,16 @@ def test_an_exercise_is_found_by_its_name_at_the_scale_asked(tmp_path):
         load_sweep("nope", path)
     assert_one_line_error(run_module("pipeline.sweep", "--name", "scaling", "--scale", "tpu", "--dry-run"),
                           "'tpu' is not one of")
+
+
+def test_every_exercise_plans_at_both_scales(store):
+    """A dry run of each exercise at each scale: the GPU sweeps stay valid though no test machine trains them."""
+    client = MlflowClient(store)
+    for name in EXERCISES:
+        for scale in ("cpu", "gpu"):
+            sweep = load_sweep(name, scale=scale)
+            lines = describe(plan(client, sweep))
+            assert len(lines) == len(sweep.points) >= 2 and all(line.endswith("(to run)") for line in lines)
 
 
 def test_grid_is_the_cross_product_and_random_is_seeded_and_in_range(tmp_path):
