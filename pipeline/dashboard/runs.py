@@ -128,7 +128,7 @@ class RunDetails:
             return kept
         detail = {"curves": {name: curve(self.client, run.info.run_id, name) for name in CURVES}, "sample": None}
         try:
-            detail["sample"] = self.samples.latest(run.info.run_id)
+            detail["sample"] = self.samples.latest(run.info.run_id, run.info.artifact_uri)
         except Exception as problem:  # an artifact being written right now: next poll
             log.debug("sample of %s: %s", run.info.run_id, problem)
             return detail
