@@ -24,7 +24,8 @@ usage() {
 Options:
   --port N                    port (default 5000)
   --host ADDRESS              address to listen on (default 127.0.0.1; 0.0.0.0 with --expose)
-  --backend-store-uri URI     where runs live (default $MLFLOW_BACKEND_STORE_URI or postgresql://mlflow:mlflow@127.0.0.1:5432/mlflow)
+  --backend-store-uri URI     where runs live (default $MLFLOW_BACKEND_STORE_URI or postgresql://mlflow:mlflow@127.0.0.1:5432/mlflow);
+                              postgresql:// is read with psycopg2, the driver of the server extra
   --artifacts-destination D   a shared folder or s3://bucket/path (default ./mlartifacts)
   --expose                    listen on all interfaces (or --host) with MLflow's basic-auth login (app-name basic-auth;
                               needs `pip install -e '.[server]'`); pair it with --allowed-hosts and
@@ -68,6 +69,11 @@ if $expose; then
   fi
   echo "warning: listening on $host with MLflow's basic-auth login; keep the admin password secret" >&2
 fi
+# SQLAlchemy 2.1 reads a bare postgresql:// with psycopg 3, which the server extra does not install: name psycopg2.
+case "$backend" in
+  postgresql://*) backend="postgresql+psycopg2://${backend#postgresql://}" ;;
+  postgres://*) backend="postgresql+psycopg2://${backend#postgres://}" ;;
+esac
 mlflow_cli=mlflow
 [ -x .venv/bin/mlflow ] && mlflow_cli=.venv/bin/mlflow
 # Guarded so that an empty extra expands to nothing, also under bash 3.2 with set -u

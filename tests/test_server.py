@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -22,34 +23,46 @@ from tests.conftest import (PROJECT_DIR, TINY_MODEL, assert_one_line_error, free
 
 
 def test_training_sweep_and_report_against_a_real_server(server, tmp_path):
+    train_sweep_and_report(server, tmp_path)
+
+
+def train_sweep_and_report(server: str, folder: Path) -> str:
+    """Through the server at URI server: a training run, a two-worker sweep and a report, each read back whole;
+    the sweep's parent run id."""
     env = {"MLFLOW_TRACKING_URI": server}
     trained = run_module("pipeline.train", "--corpus", "tiny", *TINY_MODEL, "--max-steps", "8", "--epochs", "100",
                          "--log-interval", "1", "--eval-interval", "4", "--sample-interval", "8",
-                         "--run-name", "over-http", cwd=tmp_path, env=env)
+                         "--run-name", "over-http", cwd=folder, env=env)
     assert trained.returncode == 0, trained.stderr
     client = MlflowClient(server)
     experiment = client.get_experiment_by_name("pretraining")
     [run] = client.search_runs([experiment.experiment_id], filter_string="attributes.run_name = 'over-http'")
     assert run.info.status == "FINISHED" and run.info.artifact_uri.startswith("mlflow-artifacts:")
-    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 8
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == list(range(1, 9))
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [4, 8]
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"checkpoints", "samples", "samples.json"}
-    assert "diagnosis" in run.data.tags
+    assert run.data.params["max_steps"] == "8" and "diagnosis" in run.data.tags
 
-    swept = run_module("pipeline.sweep", "--name", "smoke", "--workers", "2", cwd=tmp_path, env=env)
+    swept = run_module("pipeline.sweep", "--name", "smoke", "--workers", "2", cwd=folder, env=env)
     assert swept.returncode == 0, swept.stderr
     [parent] = client.search_runs([experiment.experiment_id], filter_string="tags.`lab.role` = 'sweep'")
     assert parent.info.status == "FINISHED"
     children = client.search_runs([experiment.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    assert len(children) == 2 and all(len(client.get_metric_history(c.info.run_id, "train_loss")) == 6
+    assert len(children) == 2 and all(c.info.status == "FINISHED" and
+                                      len(client.get_metric_history(c.info.run_id, "train_loss")) == 6
                                       for c in children)
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} >= {
         "report/loss_curves.png", "report/runs.csv"}
 
-    report = run_module("pipeline.report", "--parent-run-id", parent.info.run_id, "--out", str(tmp_path / "r"),
-                        cwd=tmp_path, env=env)
+    report = run_module("pipeline.report", "--parent-run-id", parent.info.run_id, "--out", str(folder / "r"),
+                        cwd=folder, env=env)
     assert report.returncode == 0, report.stderr
-    assert (tmp_path / "r" / "loss_curves.png").stat().st_size > 5000
+    assert (folder / "r" / "loss_curves.png").stat().st_size > 5000
+    logged = Path(client.download_artifacts(parent.info.run_id, "report/runs.csv", str(folder)))
+    assert logged.read_text() == (folder / "r" / "runs.csv").read_text()
+    assert sorted(pd.read_csv(logged)["run_id"]) == sorted(c.info.run_id for c in children)
+    return parent.info.run_id
 
 
 def test_print_commands_hands_children_to_a_scheduler(server, tmp_path):

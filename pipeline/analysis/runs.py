@@ -32,7 +32,8 @@ TAG_FALLBACKS = {"config": "lab.config", "corpus": "lab.corpus"}
 
 @dataclass(frozen=True)
 class RunCurves:
-    """One run as the report needs it: identity, params, tags and its loss and tokens_seen histories."""
+    """One run as the report needs it: identity, params, tags and its loss histories; tokens is its tokens_seen
+    history only when it did not log tokens_per_step (tokens_at and tokens_seen work from either)."""
 
     run_id: str
     name: str
@@ -193,7 +194,9 @@ def load_runs(client: MlflowClient, runs: pd.DataFrame | Sequence[str]) -> list[
             tags=tags,
             train=_history(client, run_id, "train_loss"),
             val=_history(client, run_id, "val_loss"),
-            tokens=_history(client, run_id, "tokens_seen"),
+            # tokens_seen is step x tokens_per_step: with that param, tokens_at works it out, and a history as
+            # long as train_loss's is not read (half the report's time on a store of long runs)
+            tokens=[] if number(params.get("tokens_per_step")) else _history(client, run_id, "tokens_seen"),
             novelty=_history(client, run_id, "novelty"),
             metrics={k[len("metrics."):]: float(v) for k, v in row.items() if k.startswith("metrics.") and _present(v)},
         ))

@@ -18,7 +18,6 @@ JSON API (every answer is JSON; errors are {"error": "one line"} with a 4xx stat
 
 from __future__ import annotations
 
-import logging
 import re
 import sys
 from dataclasses import fields
@@ -36,8 +35,6 @@ from pipeline.dashboard.supervisor import Dashboard
 from pipeline.errors import LabError
 from pipeline.sweeps.spec import EXPERIMENTS_PATH, load_sweeps
 from pipeline.settings import MODEL_FIELDS, TrainSettings, setting_type
-
-log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 5173
 DEFAULT_MLFLOW_URL = "http://127.0.0.1:5000"
@@ -135,7 +132,7 @@ def create_app(tracking_uri: str | None = None, state_dir: str | Path | None = N
     @app.get("/api/runs")
     def list_runs():
         limit = min(max(request.args.get("limit", 30, type=int) or 30, 1), 200)
-        names = runs.experiment_names(dashboard.client)
+        names = dashboard.experiment_names()
         wanted = request.args.get("experiment", "")
         ids = [wanted] if wanted in names else list(names)
         processes = dashboard.processes()
@@ -163,15 +160,9 @@ def create_app(tracking_uri: str | None = None, state_dir: str | Path | None = N
             run = dashboard.client.get_run(run_id)
         except Exception:
             return _error(f"no run '{run_id}' in {dashboard.tracking_uri}", 404)
-        names = runs.experiment_names(dashboard.client)
-        item = runs.summary(run, names.get(run.info.experiment_id, ""), dashboard.mlflow_url)
-        item["curves"] = {key: runs.curve(dashboard.client, run_id, key) for key in runs.CURVES}
+        item = runs.summary(run, dashboard.experiment_name(run.info.experiment_id), dashboard.mlflow_url)
+        item.update(dashboard.details.of(run))
         item["last_step"] = max((p[0] for p in item["curves"]["train_loss"]), default=None)
-        try:
-            item["sample"] = dashboard.samples.latest(run_id)
-        except Exception as problem:  # an artifact being written right now: next poll
-            log.debug("sample of %s: %s", run_id, problem)
-            item["sample"] = None
         entry = next((e for e in dashboard.processes() if e.get("run_id") == run_id), None)
         item["process"] = dashboard.process_view(entry) if entry else None
         item["stoppable"] = _stoppable(item)

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 from pipeline import tracking
+from pipeline.dashboard import runs
 from pipeline.dashboard.processes import ProcessRegistry
-from pipeline.tracking.samples import SampleReader
 
 INTERRUPTED = 130  # the exit code of a trainer or sweep stopped by Ctrl-C (SIGINT)
 
@@ -26,11 +26,23 @@ class Dashboard:
         self.python = python
         self.client = tracking.client_for(tracking_uri)
         self.registry = ProcessRegistry(state_dir)
-        self.samples = SampleReader(self.client)
+        self.details = runs.RunDetails(self.client)
+        self._experiment_names: dict[str, str] = {}
 
     def check_store(self) -> None:
         """Reach the store once (this also creates a new SQLite file, before any child process could race)."""
         tracking.check_reachable(self.client)
+
+    def experiment_names(self) -> dict[str, str]:
+        """Every experiment's name by id, read afresh (and kept for experiment_name)."""
+        self._experiment_names = runs.experiment_names(self.client)
+        return self._experiment_names
+
+    def experiment_name(self, experiment_id: str) -> str:
+        """An experiment's name as the last run list read it; read afresh when the experiment is newer."""
+        if experiment_id not in self._experiment_names:
+            self.experiment_names()
+        return self._experiment_names.get(experiment_id, "")
 
     def on_process_ended(self, entry: dict) -> None:
         """A trainer that ended without ending its run (killed hard, or failed before it started the run): end

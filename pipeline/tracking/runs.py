@@ -22,6 +22,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PROJECT_ENTRY_POINT, MLFLOW_RUN_NAME
 from pipeline.errors import TrackingError, first_line
 from pipeline.files import PROJECT_DIR
 from pipeline.settings import TrainSettings
+from pipeline.tracking.statistics import keep_statistics
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +49,13 @@ def connect() -> MlflowClient:
 
 
 def client_for(uri: str) -> MlflowClient:
-    """A client on uri that, over HTTP, fails within seconds instead of MLflow's minutes of retries."""
+    """A client on uri that, over HTTP, fails within seconds instead of MLflow's minutes of retries, and on a
+    SQLite store reads one run's metrics through the run's index however big the store grows."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if uri.startswith("http"):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    keep_statistics(uri)  # before the client opens its connections: they keep the statistics they first read
     return MlflowClient(uri)
 
 
