@@ -110,7 +110,7 @@ def sample_table(client: MlflowClient, runs: Sequence[RunCurves], swept: Sequenc
     reader = SampleReader(client)
     rows = []
     for run in runs:
-        sample = reader.latest(run.run_id) or {}
+        sample = reader.latest(run.run_id, run.artifact_uri or None) or {}
         rows.append({"run": run.label(swept), "step": sample.get("step"), "novelty": run.final_novelty,
                      "sample": " ".join(str(sample.get("text", "")).split())})
     return pd.DataFrame(rows, columns=["run", "step", "novelty", "sample"])

@@ -117,13 +117,15 @@ def _memorisation(runs: Sequence[RunCurves]) -> tuple[list[str], dict]:
 
 
 def _learning_rate(runs: Sequence[RunCurves]) -> tuple[list[str], dict]:
-    rated = sorted((rate, run) for run in runs if (rate := number(run.value("lr"))) is not None)
+    rated = sorted(((rate, run) for run in runs if (rate := number(run.value("lr"))) is not None),
+                   key=lambda pair: pair[0])
     verdicts = [(rate, run, run.trouble) for rate, run in rated]
     lines = ["By learning rate: " + "; ".join(
         f"{rate:g} -> {_loss_text(run)}" + (f" ({trouble})" if trouble else "") for rate, run, trouble in verdicts)
         + "."]
     unstable = [rate for rate, _, trouble in verdicts if trouble]
     stable = [(run.final_val, rate) for rate, run, trouble in verdicts if not trouble and run.final_val is not None]
+    stable.sort(key=lambda pair: pair[0])
     facts = {"rates": [rate for rate, _ in rated], "unstable_from": unstable[0] if unstable else None}
     if unstable:
         below = [rate for rate, _, trouble in verdicts if rate < unstable[0]]
@@ -134,7 +136,6 @@ def _learning_rate(runs: Sequence[RunCurves]) -> tuple[list[str], dict]:
         lines.append(f"No rate diverged or became unstable: extend the range upward (try {rated[-1][0] * 10:g}) "
                      "to find where training breaks.")
     if stable:
-        stable.sort()
         best_val, best_rate = stable[0]
         facts["best_lr"] = best_rate
         margin = stable[1][0] - best_val if len(stable) > 1 else None

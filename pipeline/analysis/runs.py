@@ -45,6 +45,7 @@ class RunCurves:
     tokens: Curve
     novelty: Curve = ()  # the share of new 8-grams in each sample
     metrics: dict[str, float] = field(default_factory=dict)  # the last value of every metric
+    artifact_uri: str = ""  # where the run's artifacts are (samples are read from there)
 
     def value(self, key: str) -> str | None:
         value = self.params.get(key)
@@ -198,6 +199,7 @@ def load_runs(client: MlflowClient, runs: pd.DataFrame | Sequence[str]) -> list[
             # long as train_loss's is not read (half the report's time on a store of long runs)
             tokens=[] if number(params.get("tokens_per_step")) else _history(client, run_id, "tokens_seen"),
             novelty=_history(client, run_id, "novelty"),
+            artifact_uri=str(row.get("artifact_uri") or ""),
             metrics={k[len("metrics."):]: float(v) for k, v in row.items() if k.startswith("metrics.") and _present(v)},
         ))
     return loaded

@@ -50,7 +50,8 @@ def test_a_diverging_rate_names_where_instability_begins():
 
 def test_no_divergence_says_to_extend_the_range_upward():
     runs = [r for r in lr_runs(spike_at=None, fail_at=None) if float(r.params["lr"]) <= 0.01]
-    findings = find(runs, ["lr"])
+    runs.append(run("lr0.001-seed2", {"lr": 0.001, "seed": 2}, runs[0].train, runs[0].val))  # a rate run twice
+    findings = find(runs, ["lr", "seed"])
     assert findings.facts["unstable_from"] is None
     assert "No rate diverged or became unstable: extend the range upward (try 0.1)" in findings.text
     assert "The best rate is the largest tried: the optimum may lie higher still." in findings.text
