@@ -11,7 +11,6 @@ Files written to the report folder:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -96,14 +95,7 @@ def run_table(runs: Sequence[RunCurves], swept: Sequence[str] = ()) -> pd.DataFr
 
 
 def _markdown(table: pd.DataFrame) -> str:
-    def cell(value) -> str:
-        if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
-            return ""
-        if isinstance(value, float):
-            return f"{value:.4f}"
-        return str(value).replace("|", "\\|")
-
-    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    for _, row in table.iterrows():
-        lines.append("| " + " | ".join(cell(row[column]) for column in table.columns) + " |")
-    return "\n".join(lines) + "\n"
+    """The table for a README or a pull request: floats to 4 places, blanks where a value is missing."""
+    cells = table.astype(object).fillna("")
+    cells = cells.map(lambda value: value.replace("|", "\\|") if isinstance(value, str) else value)
+    return cells.to_markdown(index=False, floatfmt=".4f") + "\n"

@@ -141,7 +141,7 @@ def _bayes(name: str, checked: schema.BayesSweep, base: TrainSettings, spec: dic
             raise SettingsError(f"{context}: '{setting}' is {setting_type(setting).__name__}: use {needs}")
         parameters[setting] = parameter
     for corner in ("min", "max"):  # every draw lies between these two: both must make valid settings
-        values = {k: p[0 if corner == "min" else -1] if isinstance(p, list) else getattr(p, corner)
+        values = {k: (min if corner == "min" else max)(p, key=_order) if isinstance(p, list) else getattr(p, corner)
                   for k, p in parameters.items()}
         at = f"{where}, parameters at their {corner}"
         _validated(settings_from_mapping(values, base=base, where=at), at)
@@ -181,6 +181,13 @@ def _random(where: str, parameters: dict, run_cap: int, seed: int) -> list[dict]
             for draw in draws:
                 draw[setting] = values[int(rng.integers(len(values)))]
     return draws
+
+
+def _order(value) -> tuple:
+    """Numbers by size, then anything else by its text: where a list of values has its ends."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, value, "")
+    return (1, 0, str(value))
 
 
 def _validated(settings: TrainSettings, where: str) -> TrainSettings:
