@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from urllib.parse import urlparse
 
+from pipeline.errors import first_line
 from pipeline.sweeps import schema
+
+log = logging.getLogger(__name__)
 
 TRIAL_ENV = "LAB_TRIAL"  # JSON: storage, study, trial (number), early_terminate (the spec's, as a mapping)
 STORAGE_ENV = "LAB_STUDY_STORAGE"  # an Optuna storage URL to use instead of the file beside the MLflow store
@@ -132,5 +136,10 @@ class TrialHandle:
 
     def should_stop(self, evaluation: int, val_loss: float) -> bool:
         """Report the val loss of the evaluation-th evaluation; True when the pruner says this trial is behind."""
-        self.trial.report(val_loss, evaluation)
-        return self.prunes and self.trial.should_prune()
+        try:
+            self.trial.report(val_loss, evaluation)
+            return self.prunes and self.trial.should_prune()
+        except Exception as error:  # the study is away or the trial was ended by its sweep: train on, unpruned
+            log.warning("trial %d: no pruning at evaluation %d (%s)", self.trial.number, evaluation,
+                        first_line(error))
+            return False
