@@ -95,7 +95,11 @@ def run_table(runs: Sequence[RunCurves], swept: Sequence[str] = ()) -> pd.DataFr
 
 
 def _markdown(table: pd.DataFrame) -> str:
-    """The table for a README or a pull request: floats to 4 places, blanks where a value is missing."""
-    cells = table.astype(object).fillna("")
-    cells = cells.map(lambda value: value.replace("|", "\\|") if isinstance(value, str) else value)
-    return cells.to_markdown(index=False, floatfmt=".4f") + "\n"
+    """The table for a README or a pull request: losses to 4 places, params as logged, blanks where missing."""
+    def cell(value):
+        if isinstance(value, float):
+            return f"{value:.4f}"
+        return value.replace("|", "\\|") if isinstance(value, str) else value
+
+    # tabulate only lays the cells out: a param such as lr 3e-4 stays as logged, not re-read as a number
+    return table.astype(object).fillna("").map(cell).to_markdown(index=False, disable_numparse=True) + "\n"
