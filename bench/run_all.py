@@ -26,6 +26,7 @@ SUITE = [
     ("memory", ["memory.py"], "training RSS flat in corpus size (10%) and run length (5%)"),
     ("compile", ["compile.py"], "torch.compile works and matches eager (speed reported)"),
     ("tokenize_throughput", ["tokenize_throughput.py", "--size-mb", "50"], "tokenize at least 0.9x bare tiktoken"),
+    ("lr_search", ["lr_search.py"], "bayes lr_search: best lr within 2x of a grid's, fewer tokens than the grid"),
 ]
 
 
