@@ -17,8 +17,9 @@ Usage: ./run-dashboard.sh [OPTIONS] [-- MLFLOW_UI_OPTIONS...]
 
 Start the MLflow UI (http://127.0.0.1:5000) and the launcher page (http://127.0.0.1:5173) on the tracking
 store the trainer uses: $MLFLOW_TRACKING_URI, else sqlite:///$PWD/mlflow.db (run it from the project folder).
-Ctrl-C stops both. Training runs and sweeps started from the page run in processes of their own: they keep
-going after Ctrl-C and show up again the next time the dashboard starts (stop them with their Stop button).
+Ctrl-C stops both; so does anything that ends this script, kill -9 included. Training runs and sweeps started
+from the page run in processes of their own: they keep going after Ctrl-C and show up again the next time the
+dashboard starts (stop them with their Stop button).
 
 Options:
   --host HOST            Address both servers listen on (default 127.0.0.1: this machine only).
@@ -98,121 +99,14 @@ if [ "$START_MLFLOW" = 1 ] && [ "$PORT" = "$MLFLOW_PORT" ]; then
   die "--port and --mlflow-port must differ, both are $PORT"
 fi
 
-# Check every port before starting anything: a busy one is one line and exit code 2.
-port_problem() {  # prints why HOST:PORT cannot be listened on, nothing when it can
-  "$PY" - "$1" "$2" <<'PYCODE'
-import errno, socket, sys
-host, port = sys.argv[1], int(sys.argv[2])
-try:
-    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-except socket.gaierror as error:
-    print(f"cannot use host '{host}': {error.strerror}")
-    sys.exit()
-with socket.socket(family, kind, proto) as probe:
-    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        probe.bind(address)
-    except OSError as error:
-        print("in use" if error.errno == errno.EADDRINUSE else f"cannot listen there: {error.strerror}")
-PYCODE
-}
-check_port() {  # label option port
-  local problem
-  problem="$(port_problem "$HOST" "$3")"
-  if [ "$problem" = "in use" ]; then
-    die "port $3 ($1) is already in use on $HOST; choose another with $2"
-  elif [ -n "$problem" ]; then
-    die "port $3 ($1) on $HOST: $problem"
-  fi
-}
-if [ "$START_MLFLOW" = 1 ]; then check_port "MLflow UI" --mlflow-port "$MLFLOW_PORT"; fi
-check_port "launcher" --port "$PORT"
+ARTIFACTS=()
+# New experiments made in the UI keep their artifacts on disk beside the store, as the trainer's do, so the
+# trainer (which writes straight to the store) can log into them.
+case "$STORE" in sqlite:*) ARTIFACTS=(--artifacts-root "$PWD/mlruns") ;; esac
+[ "$START_MLFLOW" = 1 ] || MLFLOW_PORT=0
 
-# A new SQLite store is created here, once: two servers creating it at the same time crash in its migrations.
-case "$STORE" in
-  sqlite:///*)
-    DB_FILE="${STORE#sqlite:///}"
-    DB_FILE="${DB_FILE%%\?*}"
-    if [ ! -e "$DB_FILE" ]; then
-      "$PY" -c 'import sys; from mlflow.tracking import MlflowClient; MlflowClient(sys.argv[1]).search_experiments(max_results=1)' \
-        "$STORE" >/dev/null 2>&1 || die "cannot create the MLflow store $STORE"
-    fi ;;
-esac
-
-case "$HOST" in
-  127.0.0.1|localhost|::1) LINK_HOST="$HOST" ;;
-  0.0.0.0|::) LINK_HOST=127.0.0.1; echo "WARNING: listening on all addresses ($HOST): see --help before going on." >&2 ;;
-  *) LINK_HOST="$HOST"; echo "WARNING: listening on $HOST: see --help before going on." >&2 ;;
-esac
-[ "$LINK_HOST" = "::1" ] && LINK_HOST="[::1]"
-if [ "$START_MLFLOW" = 1 ]; then MLFLOW_URL="http://$LINK_HOST:$MLFLOW_PORT"; else MLFLOW_URL="$STORE"; fi
-
-# Each server in a process group of its own (job control), so that stopping it stops all its workers.
-set -m
-GROUPS_STARTED=()
-SLEEPER=""
-stopping=0
-cleanup() {
-  [ "$stopping" = 1 ] && return
-  stopping=1
-  trap - INT TERM HUP
-  [ -n "$SLEEPER" ] && kill "$SLEEPER" 2>/dev/null
-  local pid alive i
-  for pid in "${GROUPS_STARTED[@]+"${GROUPS_STARTED[@]}"}"; do kill -TERM -- "-$pid" 2>/dev/null; done
-  for i in $(seq 1 50); do  # up to 10 s for a clean exit, then SIGKILL
-    alive=0
-    for pid in "${GROUPS_STARTED[@]+"${GROUPS_STARTED[@]}"}"; do kill -0 -- "-$pid" 2>/dev/null && alive=1; done
-    [ "$alive" = 0 ] && break
-    sleep 0.2
-  done
-  for pid in "${GROUPS_STARTED[@]+"${GROUPS_STARTED[@]}"}"; do kill -KILL -- "-$pid" 2>/dev/null; done
-  wait 2>/dev/null
-}
-on_signal() {
-  echo "stopping the MLflow UI and the launcher (training runs started from the page keep going)" >&2
-  cleanup
-  exit 130
-}
-trap on_signal INT TERM HUP
-trap cleanup EXIT
-
-ALLOWED=()
-[ -n "$ALLOWED_HOSTS" ] && ALLOWED=(--allowed-hosts "$ALLOWED_HOSTS")
-if [ "$START_MLFLOW" = 1 ]; then
-  ARTIFACTS=()
-  # New experiments made in the UI keep their artifacts on disk beside the store, as the trainer's do, so the
-  # trainer (which writes straight to the store) can log into them.
-  case "$STORE" in sqlite:*) ARTIFACTS=(--default-artifact-root "$PWD/mlruns") ;; esac
-  "$PY" -m mlflow ui --backend-store-uri "$STORE" --host "$HOST" --port "$MLFLOW_PORT" \
-    --workers "$MLFLOW_WORKERS" "${ARTIFACTS[@]+"${ARTIFACTS[@]}"}" "${ALLOWED[@]+"${ALLOWED[@]}"}" \
-    "${MLFLOW_EXTRA[@]+"${MLFLOW_EXTRA[@]}"}" &
-  GROUPS_STARTED+=($!)
-fi
-"$PY" -m pipeline.dashboard --host "$HOST" --port "$PORT" --mlflow-url "$MLFLOW_URL" "${ALLOWED[@]+"${ALLOWED[@]}"}" &
-GROUPS_STARTED+=($!)
-set +m  # job control only for starting the servers: no job notices on stderr, the sleeps below stay ours
-
-if [ "$START_MLFLOW" = 1 ]; then
-  echo "MLflow UI: $MLFLOW_URL/   launcher: http://$LINK_HOST:$PORT/   store: $STORE"
-  echo "Ctrl-C stops both."
-else
-  echo "launcher: http://$LINK_HOST:$PORT/   store: the MLflow server at $STORE (its UI is there; not started here)"
-  echo "Ctrl-C stops the launcher."
-fi
-
-# Wait; if either server ends on its own, stop the other and pass its exit code on.
-while :; do
-  for pid in "${GROUPS_STARTED[@]}"; do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      wait "$pid"
-      code=$?
-      echo "error: a server stopped (exit code $code); stopping the other" >&2
-      cleanup
-      exit $(( code == 0 ? 1 : code ))
-    fi
-  done
-  sleep 1 &
-  SLEEPER=$!
-  wait "$SLEEPER" 2>/dev/null
-  SLEEPER=""
-done
+# The rest is pipeline/dashboard/servers.py, in this very process (so its PID is the one to signal): it checks
+# both ports, then keeps each server under a keeper that ends it when this process ends, even by SIGKILL.
+exec "$PY" -m pipeline.dashboard.servers --host "$HOST" --port "$PORT" --mlflow-port "$MLFLOW_PORT" \
+  --mlflow-workers "$MLFLOW_WORKERS" --allowed-hosts "$ALLOWED_HOSTS" --store "$STORE" \
+  "${ARTIFACTS[@]+"${ARTIFACTS[@]}"}" -- "${MLFLOW_EXTRA[@]+"${MLFLOW_EXTRA[@]}"}"

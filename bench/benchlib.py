@@ -166,7 +166,9 @@ def spread(values) -> str:
 
 
 def cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    from pipeline.data.encoding import usable_cpus
+
+    return usable_cpus()
 
 
 def load_average() -> str:

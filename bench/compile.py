@@ -40,6 +40,8 @@ def settings_for(device: str):
 def measure(device: str, steps: int, warmup: int, train_split) -> dict:
     import torch
 
+    from pipeline.errors import first_line
+
     settings = settings_for(device)
     eager = benchlib.BareLoop(settings, train_split)
     compiled = benchlib.BareLoop(settings, train_split, step_model=torch.compile)
@@ -55,7 +57,7 @@ def measure(device: str, steps: int, warmup: int, train_split) -> dict:
     try:
         compiled_first, _, _ = step(compiled)
     except Exception as error:  # torch._dynamo / inductor errors of many kinds
-        return {"error": f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300] if str(error).strip() else ''}"}
+        return {"error": f"{type(error).__name__}: {first_line(error, limit=300)}"}
     for _ in range(warmup):
         step(eager)
         step(compiled)

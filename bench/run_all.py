@@ -29,6 +29,7 @@ SUITE = [
     ("tokenize_throughput", ["tokenize_throughput.py", "--size-mb", "50"], "tokenize at least 0.9x bare tiktoken"),
     ("store_scale", ["store_scale.py"], "1,000 runs: run list and curves under 1 s and 2x a bare search, a "
                                         "100-run report under 30 s, dashboard RSS flat over 10 min of polling"),
+    ("lr_search", ["lr_search.py"], "bayes lr_search: best lr within 2x of a grid's, fewer tokens than the grid"),
 ]
 
 

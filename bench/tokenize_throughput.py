@@ -121,7 +121,7 @@ def main() -> int:
         path = build_corpus(Path(tmp), args.size_mb)
         megabytes = path.stat().st_size / 1e6
         print(f"corpus: {megabytes:.1f} MB ({path.stat().st_size:,} bytes), "
-              f"{len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} CPUs")
+              f"{benchlib.cpus()} CPUs")
         bare = run_child("bare", path, Path(tmp) / "unused")
         project = run_child("tokenize", path, Path(tmp) / "cache")
 

@@ -43,9 +43,11 @@ class TrainingError(LabError):
     """Training cannot go on: a non-finite loss, or out of memory."""
 
 
-def first_line(error: BaseException, limit: int = 200) -> str:
-    """The first line of an error's message (its type's name when it has none): what a one-line report shows."""
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:limit]
+def first_line(error: BaseException | str, limit: int = 200) -> str:
+    """The first line of an error's message (its type's name, or "failed", when it has none): what a one-line
+    report shows."""
+    empty = "failed" if isinstance(error, str) else type(error).__name__
+    return (str(error).strip().splitlines() or [empty])[0][:limit]
 
 
 def run_cli(command: click.Command, args: list[str] | None = None) -> None:
@@ -68,7 +70,6 @@ def run_cli(command: click.Command, args: list[str] | None = None) -> None:
 
 
 def _fail(message: str, code: int) -> None:
-    line = message.strip().splitlines()[0] if message.strip() else "failed"
-    click.echo(f"error: {line}", err=True)
+    click.echo(f"error: {first_line(message, limit=100_000)}", err=True)
     sys.exit(code)
 

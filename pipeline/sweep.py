@@ -42,7 +42,9 @@ def main(name, path, scale, workers, dry_run, print_commands):
             click.echo(command)
         return
     if dry_run:
-        for line in describe(plan(client, sweep)):
+        from pipeline.sweeps.search import describe_trials
+
+        for line in describe_trials(client, sweep) if sweep.search else describe(plan(client, sweep)):
             click.echo(line)
         return
     result = run_sweep(client, sweep, workers=workers)

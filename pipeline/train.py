@@ -31,7 +31,8 @@ def main(**options):
     if not result.main_process:
         return
     val = f", val_loss {result.val_loss:.4f}" if result.val_loss is not None else ""
-    click.echo(f"run {result.run_id} finished: {result.steps} steps, train_loss {result.train_loss:.4f}{val}")
+    pruned = f" (pruned at step {result.pruned_at}: behind the sweep's earlier trials)" if result.pruned_at is not None else ""
+    click.echo(f"run {result.run_id} finished: {result.steps} steps, train_loss {result.train_loss:.4f}{val}{pruned}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ With a parent run, the files are logged under its report/ artifacts, and the fin
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -142,14 +141,11 @@ def run_table(runs: Sequence[RunCurves], swept: Sequence[str] = ()) -> pd.DataFr
 
 
 def _markdown(table: pd.DataFrame) -> str:
-    def cell(value) -> str:
-        if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
-            return ""
+    """The table for a README or a pull request: losses to 4 places, params as logged, blanks where missing."""
+    def cell(value):
         if isinstance(value, float):
             return f"{value:.4f}"
-        return str(value).replace("|", "\\|")
+        return value.replace("|", "\\|") if isinstance(value, str) else value
 
-    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    for _, row in table.iterrows():
-        lines.append("| " + " | ".join(cell(row[column]) for column in table.columns) + " |")
-    return "\n".join(lines) + "\n"
+    # tabulate only lays the cells out: a param such as lr 3e-4 stays as logged, not re-read as a number
+    return table.astype(object).fillna("").map(cell).to_markdown(index=False, disable_numparse=True) + "\n"

@@ -64,8 +64,9 @@ def find(runs: Sequence[RunCurves], swept: Sequence[str], metric: str = "val_los
 
 
 def best_run(runs: Sequence[RunCurves], metric: str = "val_loss", goal: str = "minimize") -> RunCurves | None:
-    """The finished run with the best final value of metric (val_loss and train_loss are read from the curves)."""
-    scored = [(value, run) for run in runs if run.status == "FINISHED"
+    """The finished, unpruned run with the best final value of metric (val_loss and train_loss are read from the
+    curves)."""
+    scored = [(value, run) for run in runs if run.status == "FINISHED" and not run.pruned
               and (value := _final_metric(run, metric)) is not None and math.isfinite(value)]
     if not scored:
         return None

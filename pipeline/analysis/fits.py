@@ -55,10 +55,12 @@ def fit_power_law(n: Sequence[float], loss: Sequence[float]) -> PowerLaw:
 
 
 def scaling_fit(runs: Sequence[RunCurves]) -> PowerLaw:
-    """The power law through the best final val loss at each model size; runs that did not finish are left out."""
+    """The power law through the best final val loss at each model size; runs that did not finish, and trials a
+    bayes sweep pruned, are left out."""
     best: dict[float, float] = {}
     for run in runs:
         size = number(run.value(MODEL_SIZE))
-        if size and run.status == "FINISHED" and run.final_val is not None and math.isfinite(run.final_val):
+        if (size and run.status == "FINISHED" and not run.pruned and run.final_val is not None
+                and math.isfinite(run.final_val)):
             best[size] = min(best.get(size, math.inf), run.final_val)
     return fit_power_law(sorted(best), [best[size] for size in sorted(best)])

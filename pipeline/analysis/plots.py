@@ -12,8 +12,10 @@ import numpy as np
 from pipeline.analysis.fits import PowerLaw, scaling_fit
 from pipeline.analysis.runs import MODEL_SIZE, MODEL_SIZE_PARAMS, RunCurves, number, sort_key
 from pipeline.errors import ReportError
+from pipeline.tracking import PRUNED_TAG
 
 DPI = 120
+PRUNED_GREY = "0.6"  # curves of trials a bayes sweep stopped early
 # x axes drawn on a log scale, with their base
 LOG_AXES = {"lr": 10, "min_lr": 10, MODEL_SIZE: 10, "max_tokens": 10, "context_length": 2, "batch_size": 2,
             "grad_accum": 2}
@@ -48,17 +50,22 @@ def loss_curves(runs: Sequence[RunCurves], swept: Sequence[str], path: Path) -> 
     by_tokens = all(run.tokens_at([1]) is not None for run in runs if run.train or run.val)
     figure, ax = _figure()
     handles = []
-    for run, colour in zip(runs, _colours(len(runs))):
+    kept = [run for run in runs if not run.pruned]
+    colours = dict(zip((run.run_id for run in kept), _colours(len(kept))))
+    for run in sorted(runs, key=lambda run: not run.pruned):  # pruned trials first, under the others, in grey
+        colour = colours.get(run.run_id, PRUNED_GREY)
         for curve, style in ((run.train, "-"), (run.val, "--")):
             if not curve:
                 continue
             steps = [s for s, _ in curve]
             x = run.tokens_at(steps) if by_tokens else steps
-            ax.plot(x, [v for _, v in curve], linestyle=style, color=colour, linewidth=1.4,
-                    marker="o" if style == "--" else None, markersize=3)
-        notes = [note for note in (run.trouble, "" if run.train or run.val else "no losses logged") if note]
+            ax.plot(x, [v for _, v in curve], linestyle=style, color=colour, linewidth=1.0 if run.pruned else 1.4,
+                    marker="o" if style == "--" else None, markersize=3, alpha=0.6 if run.pruned else 1.0)
+    for run in runs:
+        notes = [note for note in (run.trouble, "" if run.train or run.val else "no losses logged",
+                                   f"pruned at step {run.tags[PRUNED_TAG]}" if run.pruned else "") if note]
         label = run.label(swept) + (f" ({', '.join(notes)})" if notes else "")
-        handles.append(Line2D([], [], color=colour, linewidth=2, label=label))
+        handles.append(Line2D([], [], color=colours.get(run.run_id, PRUNED_GREY), linewidth=2, label=label))
     handles += [Line2D([], [], color="none", label=""),
                 Line2D([], [], color="black", linestyle="-", label="train loss"),
                 Line2D([], [], color="black", linestyle="--", marker="o", markersize=3, label="val loss")]
@@ -74,7 +81,7 @@ def loss_curves(runs: Sequence[RunCurves], swept: Sequence[str], path: Path) -> 
 
 
 def final_val(runs: Sequence[RunCurves], swept: Sequence[str], path: Path) -> None:
-    with_val = [run for run in runs if run.final_val is not None]
+    with_val = [run for run in runs if run.final_val is not None and not run.pruned]
     x_key = swept[0] if swept else None
     with_val = [run for run in with_val if x_key is None or run.value(x_key) is not None]
     numeric = x_key is not None and all(number(run.value(x_key)) is not None for run in with_val)
@@ -142,7 +149,7 @@ def scaling(runs: Sequence[RunCurves], path: Path) -> PowerLaw | None:
     best: dict[float, float] = {}
     for run in runs:
         size = number(run.params.get(MODEL_SIZE))
-        if size and run.final_val is not None and math.isfinite(run.final_val):
+        if size and run.final_val is not None and math.isfinite(run.final_val) and not run.pruned:
             best[size] = min(best.get(size, math.inf), run.final_val)
     sizes = np.array(sorted(best))
     losses = np.array([best[s] for s in sizes])

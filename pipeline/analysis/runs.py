@@ -69,6 +69,11 @@ class RunCurves:
         return "unstable" if tag == "unstable" else ""
 
     @property
+    def pruned(self) -> bool:
+        """A trial of a bayes sweep stopped early: drawn, but left out of fits and comparisons of final losses."""
+        return tracking.PRUNED_TAG in self.tags
+
+    @property
     def final_train(self) -> float | None:
         return self.train[-1][1] if self.train else None
 

@@ -2,37 +2,13 @@
 
 from __future__ import annotations
 
-import errno
 import logging
-import socket
 
 import click
 
-from pipeline.errors import LabError, run_cli
+from pipeline.dashboard.servers import LOOPBACK, check_port
+from pipeline.errors import run_cli
 from pipeline.sweeps.spec import EXPERIMENTS_PATH
-
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
-class PortInUse(LabError):
-    """The port is taken."""
-
-
-def check_port(host: str, port: int, option: str = "--port") -> None:
-    """Refuse, in one line, a port another program already listens on."""
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                              flags=socket.AI_PASSIVE)[0]
-    except socket.gaierror as error:
-        raise LabError(f"cannot use host '{host}': {error.strerror}") from None
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(address)
-        except OSError as error:
-            if error.errno == errno.EADDRINUSE:
-                raise PortInUse(f"port {port} is already in use on {host}; choose another with {option}") from None
-            raise LabError(f"cannot listen on {host}:{port}: {error.strerror}") from None
 
 
 @click.command()

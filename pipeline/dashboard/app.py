@@ -91,7 +91,7 @@ def create_app(tracking_uri: str | None = None, state_dir: str | Path | None = N
         except LabError as problem:
             corpora, error = [], error or str(problem)
         try:
-            sweeps = [{"name": s.name, "description": s.description, "points": len(s.points)}
+            sweeps = [{"name": s.name, "description": s.description, "points": s.size}
                       for s in load_sweeps(dashboard.experiments_path).values()]
             sweeps_problem = ""
         except LabError as problem:

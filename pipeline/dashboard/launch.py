@@ -164,6 +164,6 @@ def start_sweep(dashboard, name, workers) -> dict:
     command = sweep_command(sweep.name, workers, dashboard.experiments_path, dashboard.python)
     entry = dashboard.registry.spawn(entry_id, "sweep", command, child_env(dashboard.tracking_uri),
                                      dashboard.workdir, sweep=sweep.name, workers=workers,
-                                     points=len(sweep.points), experiment=sweep.points[0].settings.experiment,
+                                     points=sweep.size, experiment=sweep.experiment,
                                      name=f"sweep {sweep.name}")
     return {"id": entry_id, "sweep": sweep.name, "workers": workers, "pid": entry["pid"]}

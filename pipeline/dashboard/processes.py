@@ -1,14 +1,15 @@
 """The processes the dashboard started: a small JSON registry in a folder the dashboard owns.
 
-Each entry records what was started (a training run or a sweep), its PID, when the kernel started that PID (so a
-PID reused by another program is never signalled), its log file and, once it ended, how. The registry outlives
-the dashboard: the processes run in sessions of their own, so they keep going when the page or the dashboard is
-closed, and a dashboard started later finds them here again.
+Each entry records what was started (a training run or a sweep), its PID, when the OS started that PID (psutil's
+create time, so a PID reused by another program is never signalled), its log file and, once it ended, how. The
+registry outlives the dashboard: the processes run in sessions of their own, so they keep going when the page or
+the dashboard is closed, and a dashboard started later finds them here again.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -16,6 +17,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Callable
+
+import psutil
 
 from pipeline.files import atomic_path
 
@@ -33,23 +36,15 @@ class ProcessEnded(RuntimeError):
     """The process already ended: there is nothing to signal."""
 
 
-def _proc_start_ticks(pid: int) -> int | None:
-    """When the kernel started pid (clock ticks since boot), None where /proc is missing or pid is gone."""
+def _started(pid: int) -> float | None:
+    """When pid started (seconds since the epoch, as the OS records it); None once it is gone or a zombie."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        process = psutil.Process(pid)
+        if process.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+            return None
+        return process.create_time()
+    except psutil.Error:
         return None
-    except OSError:
-        return None
-    # the command name (field 2) may hold spaces and parentheses: split after its last ')'
-    rest = stat[stat.rfind(")") + 2:].split()
-    if rest[0] in ("Z", "X"):  # a zombie or dead process is not running
-        return None
-    return int(rest[19])
-
-
-def _has_proc() -> bool:
-    return Path("/proc/self/stat").exists()
 
 
 class ProcessRegistry:
@@ -93,7 +88,7 @@ class ProcessRegistry:
                 process = subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                            stderr=subprocess.STDOUT, start_new_session=True)
             self._children[process.pid] = process
-            entry = {"id": entry_id, "kind": kind, "pid": process.pid, "start_ticks": _proc_start_ticks(process.pid),
+            entry = {"id": entry_id, "kind": kind, "pid": process.pid, "create_time": _started(process.pid),
                      "log": log_name, "command": command, "started_at": time.time(), "stop_requested_at": None,
                      "ended_at": None, "exit_code": None, **info}
             entries = [e for e in self._load() if not (e["id"] == entry_id and e.get("ended_at") is not None)]
@@ -109,16 +104,9 @@ class ProcessRegistry:
         if child is not None:
             code = child.poll()  # also reaps it: an ended child is never left a zombie
             return code is None, code
-        if _has_proc():
-            ticks = _proc_start_ticks(pid)
-            return ticks is not None and (entry.get("start_ticks") in (None, ticks)), None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False, None
-        except PermissionError:  # someone else's process now holds that PID
-            return False, None
-        return True, None
+        started = _started(pid)
+        known = entry.get("create_time")
+        return started is not None and (known is None or math.isclose(started, known, abs_tol=0.01)), None
 
     def refresh(self, on_ended: Callable[[dict], None] | None = None) -> list[dict]:
         """All entries, newest first, with those whose process ended marked so (on_ended called once each)."""

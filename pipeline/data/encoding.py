@@ -192,7 +192,7 @@ def _encode(enc, pieces: list[str]) -> np.ndarray:
     which is far faster than the regex), then tiktoken encodes the separator itself as the EOT token."""
     texts = [piece.replace("\n" + DOCUMENT_SEPARATOR, DOCUMENT_SEPARATOR)
              .replace(DOCUMENT_SEPARATOR + "\n", DOCUMENT_SEPARATOR) for piece in pieces]
-    with ThreadPoolExecutor(min(len(texts), _threads()) or 1) as pool:
+    with ThreadPoolExecutor(min(len(texts), usable_cpus()) or 1) as pool:
         arrays = list(pool.map(lambda text: _encode_text(enc, text), texts))
     return np.concatenate(arrays).astype(np.uint16) if arrays else np.empty(0, dtype=np.uint16)
 
@@ -204,7 +204,7 @@ def _encode_text(enc, text: str) -> np.ndarray:
     return np.array(enc.encode(text, allowed_special=allowed), dtype=np.uint32)
 
 
-def _threads() -> int:
+def usable_cpus() -> int:
     """The cores this process may run on (os.cpu_count() counts the machine's, even where fewer are allowed)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shlex
 import subprocess
@@ -49,6 +50,7 @@ class ChildOutcome:
     status: str  # FINISHED, FAILED or KILLED
     skipped: bool
     error: str = ""
+    pruned: bool = False  # a trial of a bayes sweep stopped early (FINISHED, tagged lab.pruned)
 
 
 @dataclass(frozen=True)
@@ -67,9 +69,9 @@ class SweepResult:
 def placed(client: MlflowClient, sweep: Sweep) -> Sweep:
     """The sweep with every point in the one experiment its parent goes to (see tracking.experiment_to_use: the
     sweep file's, or `mlflow run --experiment-name`'s), so that the parent and its children are never apart."""
-    experiment = tracking.experiment_to_use(client, sweep.points[0].settings.experiment)
+    experiment = tracking.experiment_to_use(client, sweep.experiment)
     points = tuple(replace(p, settings=replace(p.settings, experiment=experiment)) for p in sweep.points)
-    return replace(sweep, points=points)
+    return replace(sweep, points=points, base=replace(sweep.base, experiment=experiment))
 
 
 def plan(client: MlflowClient, sweep: Sweep) -> list[PlannedRun]:
@@ -84,40 +86,32 @@ def train_command(point: SweepPoint) -> list[str]:
 
 
 def run_sweep(client: MlflowClient, sweep: Sweep, workers: int = 1) -> SweepResult:
-    """Run every point not yet finished, then end the parent FINISHED (FAILED if every child failed)."""
+    """Run every point not yet finished (for bayes: trials up to run_cap), then end the parent FINISHED (FAILED
+    if every child failed)."""
     if workers < 1:
         raise SettingsError(f"workers must be at least 1, got {workers}")
     sweep = placed(client, sweep)
     parent_id = _parent_run(client, sweep)
     experiment_id = client.get_run(parent_id).info.experiment_id
-    planned = plan(client, sweep)
+    child_ids: dict[str, str] = {}  # made up front, to end those never started if the sweep stops
     outcomes: dict[str, ChildOutcome] = {}
-    for item in planned:
-        if item.finished_run_id:
-            log.info("skip %s: finished as run %s", item.point.name, item.finished_run_id)
-            outcomes[item.point.key] = ChildOutcome(item.point, item.finished_run_id, "FINISHED", skipped=True)
-    todo = [item.point for item in planned if not item.finished_run_id]
-    if todo:
-        log.info("sweep %s: %d run(s) to do, %d already finished, %d worker(s)", sweep.name, len(todo),
-                 len(planned) - len(todo), workers)
-    child_ids: dict[str, str] = {}
     try:
-        for point in todo:
-            child_ids[point.key] = _create_child(client, sweep, point, parent_id, experiment_id)
-        pool = ThreadPoolExecutor(max_workers=workers)
-        try:
-            for outcome in pool.map(lambda p: _run_child(client, p, child_ids[p.key]), todo):
-                outcomes[outcome.point.key] = outcome
-        finally:  # stopped (Ctrl-C): the points not yet started never start
-            pool.shutdown(wait=True, cancel_futures=True)
-        children = tuple(outcomes[point.key] for point in sweep.points)
+        if sweep.search:
+            from pipeline.sweeps.search import run_trials
+
+            children = tuple(run_trials(client, sweep, parent_id, experiment_id, workers))
+        else:
+            children = _run_points(client, sweep, parent_id, experiment_id, workers, child_ids, outcomes)
         all_failed = all(c.status != "FINISHED" for c in children)
         status = tracking.STATUS_FAILED if all_failed else tracking.STATUS_FINISHED
-        summary = _summary(sweep, children)
+        best = best_run(client, sweep, children)
+        if best:
+            client.set_tag(parent_id, "lab.best_run", best.run_id)
+        summary = _summary(sweep, children, best)
         client.set_tag(parent_id, "lab.summary", summary[:5000])
         client.log_dict(parent_id, {"sweep": sweep.name, "children": [
-            {"name": c.point.name, "run_id": c.run_id, "status": c.status, "skipped": c.skipped, "error": c.error}
-            for c in children]}, "summary.json")
+            {"name": c.point.name, "run_id": c.run_id, "status": c.status, "skipped": c.skipped, "error": c.error,
+             "pruned": c.pruned} for c in children]}, "summary.json")
         # failed runs stay in the report: a rate that diverged is part of the lesson
         report = _report(client, parent_id, [c.run_id for c in children], sweep) if not all_failed else None
     except BaseException as error:
@@ -134,8 +128,42 @@ def run_sweep(client: MlflowClient, sweep: Sweep, workers: int = 1) -> SweepResu
     return SweepResult(parent_id, status, children, report.files, report.findings)
 
 
+def _run_points(client: MlflowClient, sweep: Sweep, parent_id: str, experiment_id: str, workers: int,
+                child_ids: dict[str, str], outcomes: dict[str, ChildOutcome]) -> tuple[ChildOutcome, ...]:
+    """grid, random and list: every point not yet FINISHED, in workers parallel processes."""
+    planned = plan(client, sweep)
+    for item in planned:
+        if item.finished_run_id:
+            log.info("skip %s: finished as run %s", item.point.name, item.finished_run_id)
+            outcomes[item.point.key] = ChildOutcome(item.point, item.finished_run_id, "FINISHED", skipped=True)
+    todo = [item.point for item in planned if not item.finished_run_id]
+    if todo:
+        log.info("sweep %s: %d run(s) to do, %d already finished, %d worker(s)", sweep.name, len(todo),
+                 len(planned) - len(todo), workers)
+    for point in todo:
+        child_ids[point.key] = create_child(client, sweep, point, parent_id, experiment_id)
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        for outcome in pool.map(lambda p: run_child(client, p, child_ids[p.key]), todo):
+            outcomes[outcome.point.key] = outcome
+    finally:  # stopped (Ctrl-C): the points not yet started never start
+        pool.shutdown(wait=True, cancel_futures=True)
+    return tuple(outcomes[point.key] for point in sweep.points)
+
+
+def best_run(client: MlflowClient, sweep: Sweep, children) -> ChildOutcome | None:
+    """The FINISHED child, not pruned, with the best last value of the sweep's metric for its goal."""
+    scored = []
+    for child in children:
+        if child.status == "FINISHED" and not child.pruned:
+            value = client.get_run(child.run_id).data.metrics.get(sweep.metric)
+            if value is not None and math.isfinite(value):
+                scored.append((value if sweep.goal == "minimize" else -value, child))
+    return min(scored, key=lambda pair: pair[0])[1] if scored else None
+
+
 def _finished_children(client: MlflowClient, sweep: Sweep) -> dict[str, str]:
-    experiment = client.get_experiment_by_name(sweep.points[0].settings.experiment)
+    experiment = client.get_experiment_by_name(sweep.experiment)
     if experiment is None:
         return {}
     runs = client.search_runs(
@@ -154,7 +182,7 @@ def _parent_run(client: MlflowClient, sweep: Sweep) -> str:
     """The run `mlflow run` made for us (or its replacement in the sweep's experiment), else this sweep's last
     parent run (so re-runs nest under one parent), else a new one."""
     tags = {"lab.sweep": sweep.name, "lab.role": PARENT_ROLE}
-    experiment = sweep.points[0].settings.experiment
+    experiment = sweep.experiment
     given = tracking.given_run(client, experiment, f"sweep-{sweep.name}")
     if given:
         parent_id, _ = given
@@ -175,20 +203,23 @@ def _parent_run(client: MlflowClient, sweep: Sweep) -> str:
     return parent_id
 
 
-def _create_child(client: MlflowClient, sweep: Sweep, point: SweepPoint, parent_id: str, experiment_id: str) -> str:
+def create_child(client: MlflowClient, sweep: Sweep, point: SweepPoint, parent_id: str, experiment_id: str,
+                 tags: dict[str, str] | None = None) -> str:
     run = client.create_run(experiment_id, run_name=point.name, tags={
         "mlflow.parentRunId": parent_id,
         "lab.sweep": sweep.name,
         "lab.role": CHILD_ROLE,
         "lab.child_key": point.key,
+        **(tags or {}),
     })
     return run.info.run_id
 
 
-def _run_child(client: MlflowClient, point: SweepPoint, run_id: str) -> ChildOutcome:
+def run_child(client: MlflowClient, point: SweepPoint, run_id: str, env: dict[str, str] | None = None) -> ChildOutcome:
     """One `pipeline.train` process logging into the child run made for it; its output is prefixed and shown."""
     env = {**os.environ, "MLFLOW_RUN_ID": run_id, "MLFLOW_TRACKING_URI": tracking.tracking_uri(),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_DIR), os.environ.get("PYTHONPATH")]))}
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_DIR), os.environ.get("PYTHONPATH")])),
+           **(env or {})}
     log.info("start %s (run %s)", point.name, run_id)
     with tempfile.TemporaryFile(mode="w+") as errors:
         process = subprocess.Popen(train_command(point), env=env, stdout=subprocess.PIPE, stderr=errors, text=True)
@@ -197,19 +228,25 @@ def _run_child(client: MlflowClient, point: SweepPoint, run_id: str) -> ChildOut
         process.wait()
         errors.seek(0)
         error_lines = [line.strip() for line in errors if line.strip()]
-    status = client.get_run(run_id).info.status
+    run = client.get_run(run_id)
+    status = run.info.status
     if status == "RUNNING":  # the process died before it could end its run
         status = tracking.STATUS_FAILED
         tracking.finish_run(client, run_id, status)
     error = "" if status == "FINISHED" else (error_lines[-1] if error_lines else f"exit code {process.returncode}")
-    log.info("%s %s%s", point.name, status, f": {error}" if error else "")
-    return ChildOutcome(point, run_id, status, skipped=False, error=error)
+    pruned = status == "FINISHED" and tracking.PRUNED_TAG in run.data.tags
+    log.info("%s %s%s%s", point.name, status, " (pruned)" if pruned else "", f": {error}" if error else "")
+    return ChildOutcome(point, run_id, status, skipped=False, error=error, pruned=pruned)
 
 
-def _summary(sweep: Sweep, children: tuple[ChildOutcome, ...]) -> str:
+def _summary(sweep: Sweep, children: tuple[ChildOutcome, ...], best: ChildOutcome | None) -> str:
     finished = sum(c.status == "FINISHED" for c in children)
     skipped = sum(c.skipped for c in children)
-    line = f"sweep {sweep.name}: {finished}/{len(children)} runs finished ({skipped} from earlier)"
+    pruned = sum(c.pruned for c in children)
+    line = (f"sweep {sweep.name}: {finished}/{len(children)} runs finished ({skipped} from earlier"
+            + (f", {pruned} pruned" if pruned else "") + ")")
+    if best:
+        line += f"; best by {sweep.metric} ({sweep.goal}): {best.point.name}"
     failures = [f"{c.point.name} {c.status}: {c.error}" for c in children if c.status != "FINISHED"]
     return line + ("; failed: " + "; ".join(failures) if failures else "")
 
@@ -230,6 +267,9 @@ def scheduler_commands(client: MlflowClient, sweep: Sweep) -> list[str]:
     """One self-contained shell command per point not yet finished, for a scheduler to run anywhere that
     reaches the same tracking server. Each logs into a child run made now (status SCHEDULED) under the parent;
     running the sweep again afterwards finds them finished and only writes the report."""
+    if sweep.search:
+        raise SettingsError(f"sweep '{sweep.name}' is a bayes search: each trial is drawn from the results before "
+                            "it, so it cannot be printed as commands; run it with --workers N")
     sweep = placed(client, sweep)
     parent_id = _parent_run(client, sweep)
     experiment_id = client.get_run(parent_id).info.experiment_id
@@ -237,7 +277,7 @@ def scheduler_commands(client: MlflowClient, sweep: Sweep) -> list[str]:
     for item in plan(client, sweep):
         if item.finished_run_id:
             continue
-        run_id = _create_child(client, sweep, item.point, parent_id, experiment_id)
+        run_id = create_child(client, sweep, item.point, parent_id, experiment_id)
         client.update_run(run_id, status="SCHEDULED")
         env = f"MLFLOW_TRACKING_URI={shlex.quote(tracking.tracking_uri())} MLFLOW_RUN_ID={run_id}"
         commands.append(f"cd {shlex.quote(str(PROJECT_DIR))} && {env} python -m pipeline.train "

@@ -14,13 +14,10 @@ import yaml
 
 from pipeline.files import project_file
 from pipeline.errors import SettingsError, first_line
-from pipeline.settings import TrainSettings, coerce, settings_from_mapping, short_number
+from pipeline.settings import TrainSettings, coerce, setting_type, settings_from_mapping, short_number
+from pipeline.sweeps import schema
 
 EXPERIMENTS_PATH = project_file("experiments.yaml")
-METHODS = ("grid", "random", "list")
-SWEEP_KEYS = {"description", "base", "method", "parameters", "runs", "metric", "run_cap", "seed"}
-DISTRIBUTIONS = ("log_uniform_values", "uniform", "int_uniform")
-GOALS = ("minimize", "maximize")
 # The scales an exercise comes in: a sweep NAME_cpu finishes in minutes on a laptop CPU, NAME_gpu is sized for a GPU
 SCALES = ("auto", "cpu", "gpu")
 
@@ -41,18 +38,41 @@ class SweepPoint:
 
 
 @dataclass(frozen=True)
+class Search:
+    """What method bayes searches: each setting's values (a list) or distribution, and how many trials."""
+
+    parameters: dict[str, list | schema.Distribution]
+    run_cap: int
+    seed: int
+    early_terminate: schema.Hyperband | schema.Median | None
+
+
+@dataclass(frozen=True)
 class Sweep:
     name: str
     description: str
     method: str
     metric: str
-    goal: str
-    points: tuple[SweepPoint, ...]
+    goal: str  # minimize or maximize
+    points: tuple[SweepPoint, ...]  # none for bayes: its trials are drawn as the search goes
     spec: dict
+    base: TrainSettings
+    search: Search | None = None  # method bayes only
 
     @property
     def swept(self) -> list[str]:
+        if self.search:
+            return sorted(self.search.parameters)
         return sorted({key for point in self.points for key in point.overrides})
+
+    @property
+    def experiment(self) -> str:
+        return self.points[0].settings.experiment if self.points else self.base.experiment
+
+    @property
+    def size(self) -> int:
+        """How many runs the sweep makes at most."""
+        return self.search.run_cap if self.search else len(self.points)
 
 
 def load_sweeps(path: Path = EXPERIMENTS_PATH) -> dict[str, Sweep]:
@@ -98,93 +118,76 @@ def device_scale() -> str:
 
 def parse_sweep(name: str, spec) -> Sweep:
     where = f"sweep '{name}'"
-    if not isinstance(spec, dict):
-        raise SettingsError(f"{where}: must be a mapping of {', '.join(sorted(SWEEP_KEYS))}")
-    unknown = set(spec) - SWEEP_KEYS
-    if unknown:
-        raise SettingsError(f"{where}: unknown key '{sorted(unknown)[0]}' (known: {', '.join(sorted(SWEEP_KEYS))})")
-    method = spec.get("method", "grid")
-    if method not in METHODS:
-        raise SettingsError(f"{where}: method must be one of {', '.join(METHODS)}, got {method!r}")
-    base_values = spec.get("base", {}) or {}
-    if not isinstance(base_values, dict):
-        raise SettingsError(f"{where}: 'base' must be a mapping of train settings")
-    base = settings_from_mapping(base_values, where=f"{where}, base")
-    metric_spec = spec.get("metric", {}) or {}
-    if not isinstance(metric_spec, dict) or set(metric_spec) - {"name", "goal"}:
-        raise SettingsError(f"{where}: 'metric' must be a mapping with 'name' and 'goal'")
-    metric, goal = metric_spec.get("name", "val_loss"), metric_spec.get("goal", "minimize")
-    if goal not in GOALS:
-        raise SettingsError(f"{where}, metric: goal must be minimize or maximize, got {goal!r}")
-
-    if method == "list":
-        if "parameters" in spec:
-            raise SettingsError(f"{where}: method list takes 'runs', not 'parameters'")
-        runs = spec.get("runs")
-        if not isinstance(runs, list) or not runs or not all(isinstance(r, dict) for r in runs):
-            raise SettingsError(f"{where}: 'runs' must be a non-empty list of mappings of train settings")
-        choices = runs
+    checked = schema.validate(name, spec)
+    base = settings_from_mapping(checked.base, where=f"{where}, base")
+    if isinstance(checked, schema.ListSweep):
+        choices = checked.runs
     else:
-        if "runs" in spec:
-            raise SettingsError(f"{where}: method {method} takes 'parameters', not 'runs'")
-        parameters = spec.get("parameters")
-        if not isinstance(parameters, dict) or not parameters:
-            raise SettingsError(f"{where}: 'parameters' must map at least one setting to its values")
-        if method == "grid":
-            choices = _grid(where, parameters)
+        for setting in checked.parameters:
+            _known(where, setting)
+        if isinstance(checked, schema.GridSweep):
+            choices = _grid(where, checked.parameters)
+        elif isinstance(checked, schema.BayesSweep):
+            return _bayes(name, checked, base, spec)
         else:
-            choices = _random(where, parameters, spec.get("run_cap"), spec.get("seed", 0))
-    if method != "random" and ("run_cap" in spec or "seed" in spec):
-        raise SettingsError(f"{where}: run_cap and seed belong to method random")
+            choices = _random(where, checked.parameters, checked.run_cap, checked.seed)
 
     points = []
     for index, overrides in enumerate(choices):
-        settings = settings_from_mapping(overrides, base=base, where=f"{where}, run {index + 1}")
-        settings.validate()
+        settings = _validated(settings_from_mapping(overrides, base=base, where=f"{where}, run {index + 1}"),
+                              f"{where}, run {index + 1}")
         label = "-".join(f"{k}={_label(v)}" for k, v in overrides.items() if k != "run_name")
         run_name = settings.run_name or f"{name}-{index + 1:02d}" + (f"-{label}" if label else "")
         points.append(SweepPoint(run_name, overrides, settings))
     keys = [p.key for p in points]
     if len(set(keys)) != len(keys):
         raise SettingsError(f"{where}: two runs have the same settings")
-    return Sweep(name, str(spec.get("description", "")), method, metric, goal, tuple(points), spec)
+    return Sweep(name, checked.description, checked.method, checked.metric.name, checked.metric.goal,
+                 tuple(points), spec, base)
 
 
-def _values(where: str, setting: str, spec) -> list:
-    if not isinstance(spec, dict) or not ({"values", "value"} & set(spec)) or set(spec) - {"values", "value"}:
-        raise SettingsError(f"{where}, parameter '{setting}': give values: [...] or value: x")
-    values = spec["values"] if "values" in spec else [spec["value"]]
-    if not isinstance(values, list) or not values:
-        raise SettingsError(f"{where}, parameter '{setting}': values must be a non-empty list")
-    return [coerce(setting, v, f"{where}, parameter '{setting}'") for v in values]
+def _bayes(name: str, checked: schema.BayesSweep, base: TrainSettings, spec: dict) -> Sweep:
+    """A search: no points up front, Optuna draws each trial's settings from the parameters as it goes."""
+    where = f"sweep '{name}'"
+    parameters = {}
+    for setting, parameter in checked.parameters.items():
+        context = f"{where}, parameter '{setting}'"
+        if isinstance(parameter, schema.Values):
+            parameters[setting] = [coerce(setting, v, context) for v in parameter.choices()]
+            continue
+        whole = setting_type(setting) is int
+        if whole != (parameter.distribution == "int_uniform"):
+            needs = "int_uniform" if whole else "log_uniform_values or uniform"
+            raise SettingsError(f"{context}: '{setting}' is {setting_type(setting).__name__}: use {needs}")
+        parameters[setting] = parameter
+    for corner in ("min", "max"):  # every draw lies between these two: both must make valid settings
+        values = {k: (min if corner == "min" else max)(p, key=_order) if isinstance(p, list) else getattr(p, corner)
+                  for k, p in parameters.items()}
+        at = f"{where}, parameters at their {corner}"
+        _validated(settings_from_mapping(values, base=base, where=at), at)
+    if checked.early_terminate is not None:
+        if checked.metric.name != "val_loss":
+            raise SettingsError(f"{where}: early_terminate stops trials on val_loss: metric must be val_loss")
+        if not base.eval_interval:
+            raise SettingsError(f"{where}: early_terminate needs evaluations: give base an eval_interval")
+    search = Search(parameters, checked.run_cap, checked.seed, checked.early_terminate)
+    return Sweep(name, checked.description, "bayes", checked.metric.name, checked.metric.goal, (), spec, base,
+                 search)
 
 
-def _grid(where: str, parameters: dict) -> list[dict]:
+def _grid(where: str, parameters: dict[str, schema.Values]) -> list[dict]:
     names = list(parameters)
-    value_lists = [_values(where, _known(where, n), parameters[n]) for n in names]
+    value_lists = [[coerce(n, v, f"{where}, parameter '{n}'") for v in parameters[n].choices()] for n in names]
     return [dict(zip(names, combo)) for combo in itertools.product(*value_lists)]
 
 
-def _random(where: str, parameters: dict, run_cap, seed) -> list[dict]:
-    if not isinstance(run_cap, int) or isinstance(run_cap, bool) or run_cap < 1:
-        raise SettingsError(f"{where}: method random needs run_cap, a whole number of runs of at least 1")
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise SettingsError(f"{where}: seed must be a whole number")
+def _random(where: str, parameters: dict, run_cap: int, seed: int) -> list[dict]:
     rng = np.random.default_rng(seed)
     draws: list[dict] = [{} for _ in range(run_cap)]
     for setting, spec in parameters.items():
-        _known(where, setting)
         context = f"{where}, parameter '{setting}'"
-        if isinstance(spec, dict) and "distribution" in spec:
-            if set(spec) != {"distribution", "min", "max"}:
-                raise SettingsError(f"{context}: a distribution takes exactly distribution, min and max")
-            kind, low, high = spec["distribution"], spec["min"], spec["max"]
-            if kind not in DISTRIBUTIONS:
-                raise SettingsError(f"{context}: distribution must be one of {', '.join(DISTRIBUTIONS)}")
-            if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (low, high)) or low >= high:
-                raise SettingsError(f"{context}: min and max must be numbers with min < max")
-            if kind == "log_uniform_values" and low <= 0:
-                raise SettingsError(f"{context}: log_uniform_values needs min > 0")
+        if isinstance(spec, schema.Distribution):
+            kind, low, high = spec.distribution, spec.min, spec.max
             for draw in draws:
                 if kind == "log_uniform_values":
                     value = float(f"{math.exp(rng.uniform(math.log(low), math.log(high))):.3g}")
@@ -194,10 +197,24 @@ def _random(where: str, parameters: dict, run_cap, seed) -> list[dict]:
                     value = int(rng.integers(int(low), int(high) + 1))
                 draw[setting] = coerce(setting, value, context)
         else:
-            values = _values(where, setting, spec)
+            values = [coerce(setting, v, context) for v in spec.choices()]
             for draw in draws:
                 draw[setting] = values[int(rng.integers(len(values)))]
     return draws
+
+
+def _order(value) -> tuple:
+    """Numbers by size, then anything else by its text: where a list of values has its ends."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, value, "")
+    return (1, 0, str(value))
+
+
+def _validated(settings: TrainSettings, where: str) -> TrainSettings:
+    try:
+        return settings.validate()
+    except SettingsError as error:
+        raise SettingsError(f"{where}: {error}") from None
 
 
 def _known(where: str, setting: str) -> str:

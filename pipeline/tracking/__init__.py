@@ -2,6 +2,7 @@
 
 from pipeline.tracking.metrics import MAX_BATCH, MetricBuffer, retry_until_sent
 from pipeline.tracking.runs import (
+    PRUNED_TAG,
     STATUS_FAILED,
     STATUS_FINISHED,
     STATUS_KILLED,
@@ -25,8 +26,8 @@ from pipeline.tracking.runs import (
 )
 
 __all__ = [
-    "MAX_BATCH", "MetricBuffer", "retry_until_sent", "STATUS_FAILED", "STATUS_FINISHED", "STATUS_KILLED", "beat",
-    "check_reachable", "client_for", "connect", "dataset_input", "experiment_id", "experiment_to_use", "finish_run",
-    "get_run", "given_run", "last_logged_step", "live_trainer", "log_params_once", "release_placeholder",
-    "start_run", "tracking_uri", "unquoted",
+    "MAX_BATCH", "MetricBuffer", "retry_until_sent", "PRUNED_TAG", "STATUS_FAILED", "STATUS_FINISHED",
+    "STATUS_KILLED", "beat", "check_reachable", "client_for", "connect", "dataset_input", "experiment_id",
+    "experiment_to_use", "finish_run", "get_run", "given_run", "last_logged_step", "live_trainer", "log_params_once",
+    "release_placeholder", "start_run", "tracking_uri", "unquoted",
 ]

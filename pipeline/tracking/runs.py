@@ -30,6 +30,7 @@ OUR_DEFAULT_EXPERIMENT = TrainSettings.experiment
 STATUS_FINISHED = RunStatus.to_string(RunStatus.FINISHED)
 STATUS_FAILED = RunStatus.to_string(RunStatus.FAILED)
 STATUS_KILLED = RunStatus.to_string(RunStatus.KILLED)
+PRUNED_TAG = "lab.pruned"  # on a bayes sweep's trial stopped early: the step it stopped at (the run is FINISHED)
 
 _replaced: dict[str, str] = {}  # run id -> the run `mlflow run` made that it replaced, in this process
 

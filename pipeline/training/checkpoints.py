@@ -115,7 +115,7 @@ def load_from_run(run_id: str, client=None) -> dict:
                 log.warning("%s; trying the one before", error)
                 problems.append(str(error))
             except Exception as error:  # a file missing from the store
-                problems.append(f"{file_name(step)}: {error}".splitlines()[0])
+                problems.append(f"{file_name(step)}: {first_line(error)}")
     raise CheckpointError(f"run {run_id} has no usable checkpoint ({problems[0]})")
 
 

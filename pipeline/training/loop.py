@@ -14,6 +14,7 @@ import torch
 
 from pipeline.errors import CheckpointError, TrainingError, first_line
 from pipeline.settings import TrainSettings
+from pipeline.sweeps.study import TrialHandle
 from pipeline.tracking import beat, retry_until_sent
 from pipeline.tracking.runs import HEARTBEAT_SECONDS
 from pipeline.training import checkpoints
@@ -45,10 +46,12 @@ class StepLoop:
         self.oom_adjusted = False
         self.estimated = False  # the run's duration is estimated once, at the first log step
         self.last_beat = time.monotonic()
+        # a trial of a bayes sweep reports its val loss and stops when the sweep's pruner says it is behind
+        self.trial = TrialHandle.from_env() if self.main else None
 
     def run(self, start_step: int) -> TrainResult:
         previous_handlers = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-        train_loss, val_loss, step = float("nan"), None, start_step
+        train_loss, val_loss, step, pruned_at = float("nan"), None, start_step, None
         total_steps, tokens_per_step = self.plan.total_steps, self.plan.tokens_per_step
         try:
             # tokens/sec over the steps since the last log; evaluation, samples and checkpoints at a log step
@@ -88,10 +91,20 @@ class StepLoop:
                              f"{tokens_per_sec:,.0f}")
                     if not self.estimated:
                         self._estimate(step, tokens_per_sec)
-                if self.main and (is_last or (s.eval_interval and step % s.eval_interval == 0)):
+                evaluating = is_last or (s.eval_interval and step % s.eval_interval == 0)
+                behind = False
+                if self.main and evaluating:
                     val_loss = self._evaluate()
                     self.metrics.log(step, val_loss=val_loss, val_perplexity=math.exp(min(val_loss, 50.0)))
                     log.info("step %d  val_loss %.4f", step, val_loss)
+                    behind = self.trial is not None and not is_last and self.trial.should_stop(
+                        step // s.eval_interval, val_loss)
+                if evaluating and self.world.any(behind):
+                    log.info("pruned at step %d: its val loss is behind the earlier trials' there", step)
+                    pruned_at = step
+                    if self.main:
+                        retry_until_sent(self.metrics.flush, "the run's metrics")
+                    break
                 if self.main and (is_last or (s.sample_interval and step % s.sample_interval == 0)):
                     self._sample(step)
                 stopping = self.world.any(self.stop_requested)
@@ -121,7 +134,7 @@ class StepLoop:
             if self.main:
                 self.metrics.flush()
         return TrainResult(self.main, self.tracked.run_id, step, step * tokens_per_step, train_loss, val_loss,
-                           "FINISHED")
+                           "FINISHED", pruned_at)
 
     def train_step(self, step: int, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step over the step's windows; returns the mean loss and the gradient norm (on device)."""

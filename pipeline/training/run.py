@@ -96,6 +96,8 @@ def _train(settings: TrainSettings, world: World) -> TrainResult:
         if resume_state is not None and model.scaler is not None and resume_state.get("scaler"):
             model.scaler.load_state_dict(resume_state["scaler"])
         result = StepLoop(settings, world, device, model, data, plan, tracked).run(start_step)
+        if world.is_main and result.pruned_at is not None:
+            client.set_tag(tracked.run_id, tracking.PRUNED_TAG, str(result.pruned_at))
         status = tracking.STATUS_FINISHED
         return result
     except TrainingInterrupted:

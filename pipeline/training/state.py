@@ -25,6 +25,7 @@ class TrainResult:
     train_loss: float
     val_loss: float | None
     status: str
+    pruned_at: int | None = None  # the step where a trial of a bayes sweep was stopped as behind the others
 
 
 class TrainingInterrupted(Exception):

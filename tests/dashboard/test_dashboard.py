@@ -13,12 +13,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.training import checkpoints
 from pipeline.dashboard.app import create_app
-from tests.conftest import PROJECT_DIR, TINY_MODEL_FIELDS, run_module
+from tests.conftest import PROJECT_DIR, TINY_MODEL_FIELDS, free_port, run_module
 
 # A run that finishes in a few seconds, with a point every step and a sample every 5 steps.
 TINY_RUN = {"corpus": "tiny", **TINY_MODEL_FIELDS, "epochs": 1000, "max_steps": 20, "lr": 1e-2, "warmup_steps": 2,
@@ -51,12 +52,6 @@ def detail(client, run_id: str) -> dict:
     response = client.get(f"/api/runs/{run_id}")
     assert response.status_code == 200, response.json
     return response.json
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- (a) the JSON API, real store, real processes -------------------------------------------------------------
@@ -346,28 +341,41 @@ SCRIPT = PROJECT_DIR / "run-dashboard.sh"
 def _session_processes(sid: int) -> list[str]:
     """Command lines of the processes still in session sid (everything the script started is in it)."""
     left = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for process in psutil.process_iter():
         try:
-            text = stat.read_text()
-            fields = text[text.rfind(")") + 2:].split()
-            if int(fields[3]) == sid and fields[0] != "Z":
-                left.append((stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode())
-        except (OSError, ValueError, IndexError):
+            if os.getsid(process.pid) == sid and process.status() != psutil.STATUS_ZOMBIE:
+                left.append(" ".join(process.cmdline()))
+        except (psutil.Error, OSError):
             continue
     return left
 
 
-@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc to see that no process is left")
-def test_run_dashboard_serves_both_pages_and_ctrl_c_stops_both(store, tmp_path):
-    port, mlflow_port = free_port(), free_port()
+def _start_dashboard(port: int, mlflow_port: int, folder: Path) -> subprocess.Popen:
+    """run-dashboard.sh in a session of its own, once both pages answer."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     process = subprocess.Popen(["bash", str(SCRIPT), "--port", str(port), "--mlflow-port", str(mlflow_port)],
-                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                start_new_session=True)
+    for url in (f"http://127.0.0.1:{port}/", f"http://127.0.0.1:{mlflow_port}/"):
+        wait_for(lambda url=url: process.poll() is not None or _status(url) == 200, timeout=600, what=url)
+        assert process.poll() is None, process.stdout.read()
+    return process
+
+
+def test_run_dashboard_servers_die_with_it_even_on_sigkill_and_ctrl_c_stops_both(store, tmp_path):
+    port, mlflow_port = free_port(), free_port()
+    killed = _start_dashboard(port, mlflow_port, tmp_path)
     try:
-        for url in (f"http://127.0.0.1:{port}/", f"http://127.0.0.1:{mlflow_port}/"):
-            wait_for(lambda url=url: process.poll() is not None or _status(url) == 200, timeout=600, what=url)
-            assert process.poll() is None, process.stdout.read()
+        killed.kill()  # SIGKILL to the script itself: no trap, no clean-up of its own runs
+        killed.wait(timeout=60)
+        wait_for(lambda: not _session_processes(killed.pid), timeout=300, what="the servers to end")
+        assert _status(f"http://127.0.0.1:{port}/") is None and _status(f"http://127.0.0.1:{mlflow_port}/") is None
+    finally:
+        if _session_processes(killed.pid):
+            os.killpg(killed.pid, signal.SIGKILL)
+
+    process = _start_dashboard(port, mlflow_port, tmp_path)  # both ports are free again: a fresh start works
+    try:
         assert _status(f"http://127.0.0.1:{port}/api/runs") == 200
         process.send_signal(signal.SIGINT)  # Ctrl-C
         out, _ = process.communicate(timeout=300)
@@ -376,7 +384,7 @@ def test_run_dashboard_serves_both_pages_and_ctrl_c_stops_both(store, tmp_path):
             os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode == 130, out
     assert f"launcher: http://127.0.0.1:{port}/" in out and f"MLflow UI: http://127.0.0.1:{mlflow_port}/" in out
-    assert f"store: {store}" in out
+    assert f"store: {store}" in out and "stopping the MLflow UI and the launcher" in out
     assert _session_processes(process.pid) == []
     assert _status(f"http://127.0.0.1:{port}/") is None and _status(f"http://127.0.0.1:{mlflow_port}/") is None
 

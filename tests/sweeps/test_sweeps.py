@@ -90,7 +90,7 @@ def test_grid_is_the_cross_product_and_random_is_seeded_and_in_range(tmp_path):
 
 BAD_SWEEPS = [
     ({"s": {"base": TINY_BASE, "parameters": {"lr": {"values": [0.1]}}, "methd": "grid"}}, "sweep 's': unknown key 'methd'"),
-    ({"s": {"base": TINY_BASE, "method": "bayes", "parameters": {"lr": {"values": [0.1]}}}}, "method must be one of"),
+    ({"s": {"base": TINY_BASE, "method": "hyperopt", "parameters": {"lr": {"values": [0.1]}}}}, "method must be one of"),
     ({"s": {"base": TINY_BASE, "parameters": {"learning_rate": {"values": [0.1]}}}}, "unknown parameter 'learning_rate'"),
     ({"s": {"base": TINY_BASE, "parameters": {"lr": {"values": []}}}}, "values must be a non-empty list"),
     ({"s": {"base": TINY_BASE, "parameters": {}}}, "'parameters' must map at least one setting"),
