@@ -74,6 +74,9 @@ case "$backend" in
   postgresql://*) backend="postgresql+psycopg2://${backend#postgresql://}" ;;
   postgres://*) backend="postgresql+psycopg2://${backend#postgres://}" ;;
 esac
+# MLflow's server-side job runner (GenAI scorers, trace archival) starts seven more Python processes that the lab
+# never uses; MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true in the environment turns it back on.
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}"
 mlflow_cli=mlflow
 [ -x .venv/bin/mlflow ] && mlflow_cli=.venv/bin/mlflow
 # Guarded so that an empty extra expands to nothing, also under bash 3.2 with set -u
