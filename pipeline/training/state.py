@@ -25,6 +25,8 @@ class TrainResult:
     train_loss: float
     val_loss: float | None
     status: str
+    model_id: str | None = None  # the LoggedModel of the final weights
+    ui_url: str = ""  # the run's page in the MLflow UI
 
 
 class TrainingInterrupted(Exception):
@@ -57,6 +59,7 @@ class Data:
     sampler: WindowSampler
     val: ValWindows
     prompt: str
+    val_tokens_per_byte: float = 1.0  # of the val text: turns val_loss (nats per token) into bits per byte
     ngrams: NgramIndex | None = None  # the train split's 8-grams, on rank 0: how much of a sample is copied
 
 
@@ -87,3 +90,4 @@ class Tracked:
     run_id: str
     metrics: MetricBuffer | None
     skip_through: int  # a resumed run's last logged step: its samples are not logged twice
+    ui_url: str = ""  # the run's page in the MLflow UI (rank 0)
