@@ -10,6 +10,9 @@ from urllib.parse import quote
 
 from mlflow.tracking import MlflowClient
 
+from pipeline.tracking import run_ui_url, ui_url
+from pipeline.tracking.models import model_of
+
 SUMMARY_METRICS = ("train_loss", "val_loss", "tokens_per_sec", "tokens_seen")
 CURVES = ("train_loss", "val_loss")
 MAX_CURVE_POINTS = 1000  # per curve sent to the page; longer histories are thinned evenly, the last point kept
@@ -18,14 +21,14 @@ SAMPLES_TABLE = "samples.json"
 
 
 def run_url(mlflow_url: str, experiment_id: str, run_id: str) -> str:
-    return f"{mlflow_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return run_ui_url(experiment_id, run_id, base=mlflow_url)
 
 
 def compare_url(mlflow_url: str, run_ids: list[str], experiment_ids: list[str]) -> str:
     """MLflow's compare view: #/compare-runs?runs=[...]&experiments=[...] (JSON lists, as its UI writes them)."""
     runs = quote(json.dumps(list(dict.fromkeys(run_ids)), separators=(",", ":")))
     experiments = quote(json.dumps(sorted(set(experiment_ids)), separators=(",", ":")))
-    return f"{mlflow_url.rstrip('/')}/#/compare-runs?runs={runs}&experiments={experiments}"
+    return ui_url(f"compare-runs?runs={runs}&experiments={experiments}", base=mlflow_url)
 
 
 def experiment_names(client: MlflowClient) -> dict[str, str]:
@@ -61,7 +64,9 @@ def summary(run, experiment_name: str, mlflow_url: str) -> dict:
         "role": tags.get("lab.role", ""),
         "parent_run_id": tags.get("mlflow.parentRunId", ""),
         "links": {"run": run_url(mlflow_url, info.experiment_id, info.run_id)},
+        "model_id": model_of(run) or "",
     }
+
 
 
 def _thin(points: list[list]) -> list[list]:
