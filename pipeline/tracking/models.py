@@ -61,17 +61,16 @@ def log_generator(client, run_id: str, step: int, weights: dict, model_config: d
     return model.model_id
 
 
-def run_model_id(client, run_id: str) -> str | None:
-    """The id of the newest model the run logged, or None."""
-    outputs = client.get_run(run_id).outputs
-    models = outputs.model_outputs if outputs else []
+def model_of(run) -> str | None:
+    """The id of the newest model a run logged (its final weights), or None."""
+    models = run.outputs.model_outputs if run.outputs else []
     return max(models, key=lambda m: m.step).model_id if models else None
 
 
 def register(client, run_id: str, name: str) -> int:
     """Register the run's model in the Model Registry under name (a new version); returns the version."""
     check_model_name(name)
-    model_id = run_model_id(client, run_id)
+    model_id = model_of(client.get_run(run_id))
     if model_id is None:
         raise TrackingError(f"run {run_id} has no logged model: only runs that finished log one")
     try:
