@@ -28,8 +28,8 @@ return Math.max(0, ...[...card.querySelectorAll('.scatterlayer path.js-line')].m
 """
 
 
-def test_a_finished_runs_page_shows_its_curves_samples_dataset_system_metrics_and_model(store, tmp_path, monkeypatch,
-                                                                                        browser):  # noqa: F811
+def test_a_finished_runs_page_shows_its_curves_samples_dataset_system_metrics_and_model(
+        store, tmp_path, monkeypatch, browser):  # noqa: F811
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait

@@ -272,7 +272,6 @@ class StepLoop:
         except Exception as error:
             log.warning("checkpoint of step %d not stored (%s); the next one will be", step, first_line(error))
 
-
     def _log_model(self, step: int, **metrics: float | None) -> str | None:
         """The final weights as the run's LoggedModel (its Models tab); a store that refuses it costs the model,
         not the run: the final checkpoint is already stored."""

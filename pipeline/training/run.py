@@ -81,7 +81,8 @@ def _train(settings: TrainSettings, world: World) -> TrainResult:
 
     tracked = open_run(settings, corpus, world, client, resume_state)
     status, error = tracking.STATUS_FAILED, None
-    system_metrics = tracking.start_system_metrics(tracked.run_id, resume_state is not None) if world.is_main else None
+    system_metrics = (tracking.start_system_metrics(tracked.run_id, resume_state is not None)
+                      if world.is_main else None)
     try:
         if world.is_main and resume_state is None:
             _log_run_inputs(client, tracked.run_id, settings, model, corpus, data, plan, device, world,

@@ -10,7 +10,8 @@ from tests.dashboard.test_dashboard import browser, server  # noqa: F401 (a real
 from tests.tracking.test_models import TINY
 
 
-def test_a_finished_runs_model_is_registered_from_the_api_and_the_button(store, tmp_path, server, browser):  # noqa: F811
+def test_a_finished_runs_model_is_registered_from_the_api_and_the_button(
+        store, tmp_path, server, browser):  # noqa: F811
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
