@@ -66,6 +66,8 @@ class TrainSettings:
     experiment: str = _setting("pretraining", "MLflow experiment name.")
     run_name: str = _setting("", "MLflow run name (empty = CONFIG-CORPUS-lrLR).")
     resume: str = _setting("", "MLflow run id to continue from its last checkpoint, with its own settings.")
+    register: str = _setting("", "Register the finished run's model in the MLflow Model Registry under this "
+                                 "name (a new version each time; empty = do not register).")
     # model overrides: None keeps the value of the chosen config
     n_layer: int | None = _setting(None, "Override the config's number of transformer blocks.", model=True)
     n_head: int | None = _setting(None, "Override the config's attention heads per block.", model=True)
@@ -75,7 +77,7 @@ class TrainSettings:
 
     def __post_init__(self):
         # a blank name, run id or prompt means "not given", as an empty one does
-        for name in ("run_name", "resume", "prompt"):
+        for name in ("run_name", "resume", "prompt", "register"):
             if isinstance(getattr(self, name), str) and not getattr(self, name).strip():
                 setattr(self, name, "")
 
@@ -127,6 +129,8 @@ class TrainSettings:
         for name in ("experiment", "corpus", "config"):
             if not getattr(self, name).strip():
                 raise SettingsError(f"{name} must not be empty")
+        if self.register:
+            check_model_name(self.register)
         self.model_config()
         return self
 
@@ -147,6 +151,12 @@ def _check_model(config: "GPTConfig") -> None:
         raise SettingsError(f"n_embd ({config.n_embd}) must be a multiple of n_head ({config.n_head})")
     if not 0 <= config.dropout < 1:
         raise SettingsError(f"dropout must be in [0, 1), got {config.dropout}")
+
+
+def check_model_name(name: str) -> None:
+    """The Model Registry's rule for a registered model's name, checked before any training."""
+    if not name.strip() or any(c in name for c in "/:"):
+        raise SettingsError(f"a registered model's name must be non-empty, without '/' or ':', got '{name}'")
 
 
 def short_number(value: float) -> str:

@@ -12,6 +12,7 @@ JSON API (every answer is JSON; errors are {"error": "one line"} with a 4xx stat
   POST /api/runs                        {setting: value, ...} any TrainSettings field -> 201 {run_id, name, pid}
   POST /api/runs/RUN_ID/stop            SIGINT to the run's trainer (it checkpoints and ends KILLED) -> 202
   POST /api/runs/RUN_ID/resume          continue a stopped run from its last checkpoint -> 201
+  POST /api/runs/RUN_ID/register        {"name": NAME}: the run's model into the Model Registry -> 201 {name, version}
   POST /api/sweeps                      {"name": NAME, "workers": N} -> 201 {id, sweep, workers, pid}
   POST /api/sweeps/ID/stop              SIGINT to the sweep's process group (Ctrl-C) -> 202
 """
@@ -195,6 +196,26 @@ def create_app(tracking_uri: str | None = None, state_dir: str | Path | None = N
         except LabError as problem:
             return _error(str(problem), 400)
         return jsonify(started), 201
+
+    @app.post("/api/runs/<run_id>/register")
+    def register_run_model(run_id):
+        from pipeline.tracking.models import register
+
+        if not RUN_ID.match(run_id):
+            return _error("not a run id", 404)
+        payload = request.get_json(silent=True)
+        name = payload.get("name") if isinstance(payload, dict) else None
+        if not isinstance(name, str):
+            return _error('expected a JSON object: {"name": MODEL_NAME}', 400)
+        try:
+            tracking.get_run(dashboard.client, run_id)
+        except LabError as problem:
+            return _error(str(problem), 404)
+        try:
+            version = register(dashboard.client, run_id, name.strip())
+        except LabError as problem:
+            return _error(str(problem), 400)
+        return jsonify(name=name.strip(), version=version), 201
 
     @app.post("/api/sweeps")
     def start_sweep_api():

@@ -12,6 +12,8 @@ from urllib.parse import quote
 
 from mlflow.tracking import MlflowClient
 
+from pipeline.tracking import run_ui_url, ui_url
+from pipeline.tracking.models import model_of
 from pipeline.tracking.samples import SampleReader
 
 log = logging.getLogger(__name__)
@@ -24,14 +26,14 @@ KEPT_FINISHED = 100  # finished runs whose curves and sample stay in memory: ~15
 
 
 def run_url(mlflow_url: str, experiment_id: str, run_id: str) -> str:
-    return f"{mlflow_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return run_ui_url(experiment_id, run_id, base=mlflow_url)
 
 
 def compare_url(mlflow_url: str, run_ids: list[str], experiment_ids: list[str]) -> str:
     """MLflow's compare view: #/compare-runs?runs=[...]&experiments=[...] (JSON lists, as its UI writes them)."""
     runs = quote(json.dumps(list(dict.fromkeys(run_ids)), separators=(",", ":")))
     experiments = quote(json.dumps(sorted(set(experiment_ids)), separators=(",", ":")))
-    return f"{mlflow_url.rstrip('/')}/#/compare-runs?runs={runs}&experiments={experiments}"
+    return ui_url(f"compare-runs?runs={runs}&experiments={experiments}", base=mlflow_url)
 
 
 def experiment_names(client: MlflowClient) -> dict[str, str]:
@@ -67,7 +69,9 @@ def summary(run, experiment_name: str, mlflow_url: str) -> dict:
         "role": tags.get("lab.role", ""),
         "parent_run_id": tags.get("mlflow.parentRunId", ""),
         "links": {"run": run_url(mlflow_url, info.experiment_id, info.run_id)},
+        "model_id": model_of(run) or "",
     }
+
 
 
 def _thin(points: list[list]) -> list[list]:

@@ -47,6 +47,16 @@ def encoding():
         ) from None
 
 
+def tokens_per_byte(split: list[np.ndarray], chunk: int = 1 << 20) -> float:
+    """Tokens per byte of UTF-8 text in a split's shards: how val_loss (nats per token) becomes bits per byte.
+    Decoded a chunk at a time (a token's bytes do not depend on its neighbours), so memory stays small."""
+    enc = encoding()
+    tokens = sum(len(shard) for shard in split)
+    text_bytes = sum(len(enc.decode_bytes(shard[start : start + chunk].tolist()))
+                     for shard in split for start in range(0, len(shard), chunk))
+    return tokens / max(text_bytes, 1)
+
+
 @dataclass(frozen=True)
 class TokenizeResult:
     shards: Shards

@@ -1,6 +1,6 @@
 """Everything the lab keeps in MLflow: runs (runs.py) and their metrics (metrics.py)."""
 
-from pipeline.tracking.metrics import MAX_BATCH, MetricBuffer, retry_until_sent
+from pipeline.tracking.metrics import MAX_BATCH, MetricBuffer, retry_until_sent, start_system_metrics
 from pipeline.tracking.runs import (
     PRUNED_TAG,
     STATUS_FAILED,
@@ -20,8 +20,10 @@ from pipeline.tracking.runs import (
     live_trainer,
     log_params_once,
     release_placeholder,
+    run_ui_url,
     start_run,
     tracking_uri,
+    ui_url,
     unquoted,
 )
 
@@ -29,5 +31,5 @@ __all__ = [
     "MAX_BATCH", "MetricBuffer", "retry_until_sent", "PRUNED_TAG", "STATUS_FAILED", "STATUS_FINISHED",
     "STATUS_KILLED", "beat", "check_reachable", "client_for", "connect", "dataset_input", "experiment_id",
     "experiment_to_use", "finish_run", "get_run", "given_run", "last_logged_step", "live_trainer", "log_params_once",
-    "release_placeholder", "start_run", "tracking_uri", "unquoted",
+    "release_placeholder", "run_ui_url", "start_run", "start_system_metrics", "tracking_uri", "ui_url", "unquoted",
 ]

@@ -86,3 +86,22 @@ def retry_until_sent(action, what: str, timeout: float | None = None) -> None:
             raise TrackingError(f"could not send {what} to the tracking store at {tracking_uri()} for "
                                 f"{timeout:.0f} s ({error_text})")
         time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
+
+
+SYSTEM_METRICS_SECONDS = 10.0  # MLflow's own default; $MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it
+
+
+def start_system_metrics(run_id: str, resumed: bool):
+    """MLflow's system metrics (CPU, memory, disk, network; GPU utilisation and memory through nvidia-ml-py)
+    sampled every 10 s by a thread of its own, into the run's System metrics tab; stop it with .finish()."""
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # its start and stop are not news
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=SYSTEM_METRICS_SECONDS, resume_logging=resumed,
+                                       tracking_uri=tracking_uri())
+    except Exception as error:  # psutil missing, a store that is away: the run goes on without them
+        log.warning("no system metrics for this run (%s)", first_line(error))
+        return None
+    monitor.start()
+    return monitor

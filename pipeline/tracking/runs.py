@@ -70,14 +70,41 @@ def check_reachable(client: MlflowClient) -> None:
                             f"{first_line(error)}") from None
 
 
+# MLflow 3's UI opens on its GenAI views (traces, judges) unless told that the page is about model training: by
+# the URL's workflowType (what MLflow 3.17 reads) and by the experiment's kind tag (what other versions read).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+UI_VIEW = "workflowType=machine_learning"
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store
+
+
 def experiment_id(client: MlflowClient, name: str) -> str:
+    """The experiment's id, created (tagged as model training) when missing; an untagged one gets the tag."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
+        if not any(key in experiment.tags for key in EXPERIMENT_KIND):  # a kind the user chose stays
+            for key, value in EXPERIMENT_KIND.items():
+                client.set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(name, tags=EXPERIMENT_KIND)
     except mlflow.exceptions.MlflowException:  # another process created it first
         return client.get_experiment_by_name(name).experiment_id
+
+
+def ui_base() -> str:
+    """The MLflow UI of the tracking store: the server itself, else `mlflow ui` on this machine."""
+    uri = tracking_uri()
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
+
+
+def ui_url(path: str, base: str | None = None) -> str:
+    """A link into the MLflow UI (path as in `#/experiments/1/runs/ID`) that opens its model-training view."""
+    joiner = "&" if "?" in path else "?"
+    return f"{(base or ui_base()).rstrip('/')}/#/{path.lstrip('#/')}{joiner}{UI_VIEW}"
+
+
+def run_ui_url(experiment: str, run_id: str, base: str | None = None) -> str:
+    return ui_url(f"experiments/{experiment}/runs/{run_id}", base)
 
 
 def start_run(client: MlflowClient, experiment: str, run_name: str, tags: dict[str, str]) -> str:

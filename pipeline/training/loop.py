@@ -51,7 +51,8 @@ class StepLoop:
 
     def run(self, start_step: int) -> TrainResult:
         previous_handlers = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-        train_loss, val_loss, step, pruned_at = float("nan"), None, start_step, None
+        train_loss, val_loss, val_bpb, step = float("nan"), None, None, start_step
+        pruned_at = model_id = None
         total_steps, tokens_per_step = self.plan.total_steps, self.plan.tokens_per_step
         try:
             # tokens/sec over the steps since the last log; evaluation, samples and checkpoints at a log step
@@ -95,8 +96,10 @@ class StepLoop:
                 behind = False
                 if self.main and evaluating:
                     val_loss = self._evaluate()
-                    self.metrics.log(step, val_loss=val_loss, val_perplexity=math.exp(min(val_loss, 50.0)))
-                    log.info("step %d  val_loss %.4f", step, val_loss)
+                    val_bpb = val_loss * self.data.val_tokens_per_byte / math.log(2)
+                    self.metrics.log(step, val_loss=val_loss, val_perplexity=math.exp(min(val_loss, 50.0)),
+                                     val_bpb=val_bpb)
+                    log.info("step %d  val_loss %.4f  val_bpb %.4f", step, val_loss, val_bpb)
                     behind = self.trial is not None and not is_last and self.trial.should_stop(
                         step // s.eval_interval, val_loss)
                 if evaluating and self.world.any(behind):
@@ -111,6 +114,9 @@ class StepLoop:
                 if self.main and (stopping or is_last):
                     self._checkpoint(step, must_arrive=True)
                     retry_until_sent(self.metrics.flush, "the run's metrics")
+                    if is_last:
+                        model_id = self._log_model(step, train_loss=train_loss, val_loss=val_loss,
+                                                   val_bpb=val_bpb)
                 elif self.main and s.checkpoint_interval and step % s.checkpoint_interval == 0:
                     self._checkpoint(step)
                 if stopping and not is_last:
@@ -134,7 +140,7 @@ class StepLoop:
             if self.main:
                 self.metrics.flush()
         return TrainResult(self.main, self.tracked.run_id, step, step * tokens_per_step, train_loss, val_loss,
-                           "FINISHED", pruned_at)
+                           "FINISHED", pruned_at=pruned_at, model_id=model_id)
 
     def train_step(self, step: int, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step over the step's windows; returns the mean loss and the gradient norm (on device)."""
@@ -279,6 +285,21 @@ class StepLoop:
             raise
         except Exception as error:
             log.warning("checkpoint of step %d not stored (%s); the next one will be", step, first_line(error))
+
+    def _log_model(self, step: int, **metrics: float | None) -> str | None:
+        """The final weights as the run's LoggedModel (its Models tab); a store that refuses it costs the model,
+        not the run: the final checkpoint is already stored."""
+        from pipeline.tracking.models import log_generator
+
+        sampling = {"max_new_tokens": self.s.sample_tokens, "temperature": self.s.temperature,
+                    "top_k": self.s.top_k, "seed": self.s.seed}
+        try:
+            return log_generator(self.tracked.client, self.tracked.run_id, step, self.m.model.state_dict(),
+                                 asdict(self.m.model.config), sampling,
+                                 {k: v for k, v in metrics.items() if v is not None})
+        except Exception as error:
+            log.warning("the model of step %d was not logged (%s); its checkpoint was", step, first_line(error))
+            return None
 
 
 def duration(seconds: float) -> str:

@@ -20,7 +20,7 @@ from pipeline.analysis.diagnosis import diagnose_run, tag_run
 from pipeline.analysis.novelty import NgramIndex
 from pipeline.data.batches import ValWindows, WindowSampler
 from pipeline.data.corpora import fetch
-from pipeline.data.encoding import encoding, tokenize
+from pipeline.data.encoding import encoding, tokenize, tokens_per_byte
 from pipeline.data.shards import Shards
 from pipeline.errors import LabError, SettingsError, first_line
 from pipeline.files import PROJECT_DIR
@@ -81,6 +81,8 @@ def _train(settings: TrainSettings, world: World) -> TrainResult:
 
     tracked = open_run(settings, corpus, world, client, resume_state)
     status, error = tracking.STATUS_FAILED, None
+    system_metrics = (tracking.start_system_metrics(tracked.run_id, resume_state is not None)
+                      if world.is_main else None)
     try:
         if world.is_main and resume_state is None:
             _log_run_inputs(client, tracked.run_id, settings, model, corpus, data, plan, device, world,
@@ -92,14 +94,17 @@ def _train(settings: TrainSettings, world: World) -> TrainResult:
                      plan.total_steps, plan.tokens_per_step, device,
                      f" x {world.world_size} processes" if world.active else "")
             log.info("plan: %s", plan.describe())
+            log.info("MLflow UI: %s", tracked.ui_url)
             data = replace(data, ngrams=NgramIndex.load_or_build(corpus.shards))
         if resume_state is not None and model.scaler is not None and resume_state.get("scaler"):
             model.scaler.load_state_dict(resume_state["scaler"])
         result = StepLoop(settings, world, device, model, data, plan, tracked).run(start_step)
         if world.is_main and result.pruned_at is not None:
             client.set_tag(tracked.run_id, tracking.PRUNED_TAG, str(result.pruned_at))
+        if world.is_main and settings.register and result.model_id:
+            _register(client, tracked.run_id, settings.register)
         status = tracking.STATUS_FINISHED
-        return result
+        return replace(result, ui_url=tracked.ui_url)
     except TrainingInterrupted:
         status = tracking.STATUS_KILLED
         raise
@@ -108,7 +113,19 @@ def _train(settings: TrainSettings, world: World) -> TrainResult:
         raise
     finally:
         if world.is_main:
+            if system_metrics:
+                system_metrics.finish()  # before the run ends: its last samples go into a RUNNING run
             close_run(client, tracked.run_id, status, error)
+
+
+def _register(client, run_id: str, name: str) -> None:
+    """--register NAME: the run's model as a new version of NAME; a registry that refuses costs a warning."""
+    from pipeline.tracking.models import register
+
+    try:
+        log.info("registered the model as '%s' version %d", name, register(client, run_id, name))
+    except Exception as error:
+        log.warning("the model was not registered as '%s' (%s)", name, first_line(error))
 
 
 def _refuse_settings_beside_resume(settings: TrainSettings) -> None:
@@ -173,7 +190,8 @@ def prepare_data(settings: TrainSettings, corpus: Corpus, context_length: int, w
     if sampler.length < context_length and world.is_main:
         log.warning("the train split has %d tokens, fewer than the context (%d) + 1: windows shrink to %d",
                     corpus.shards.train_tokens, context_length, sampler.length)
-    return Data(sampler, val, prompt)
+    val_tokens_per_byte = tokens_per_byte(corpus.shards.split("val")) if world.is_main else 1.0
+    return Data(sampler, val, prompt, val_tokens_per_byte)
 
 
 def build_model(settings: TrainSettings, model_config, device: torch.device, world: World,
@@ -212,7 +230,8 @@ def open_run(settings: TrainSettings, corpus: Corpus, world: World, client, resu
             tracking.beat(client, run_id)
     run_id = world.share(run_id)
     metrics = tracking.MetricBuffer(client, run_id, skip_through=skip_through) if world.is_main else None
-    return Tracked(client, run_id, metrics, skip_through)
+    url = tracking.run_ui_url(client.get_run(run_id).info.experiment_id, run_id) if world.is_main else ""
+    return Tracked(client, run_id, metrics, skip_through, url)
 
 
 def close_run(client, run_id: str, status: str, error: BaseException | None) -> None:
@@ -257,6 +276,7 @@ def _log_run_inputs(client, run_id: str, settings: TrainSettings, model: Model, 
         "shards_sha256": shards.tokens_sha256,
         "train_tokens": str(shards.train_tokens),
         "val_tokens": str(shards.val_tokens),
+        "val_tokens_per_byte": f"{data.val_tokens_per_byte:.6g}",
         # how the shards were made (they are reused whatever made them): what a val loss is measured on
         "tokenizer": shards.tokenizer,
         "val_fraction": "the corpus's own val split" if shards.val_fraction is None else str(shards.val_fraction),

@@ -26,6 +26,8 @@ class TrainResult:
     val_loss: float | None
     status: str
     pruned_at: int | None = None  # the step where a trial of a bayes sweep was stopped as behind the others
+    model_id: str | None = None  # the LoggedModel of the final weights
+    ui_url: str = ""  # the run's page in the MLflow UI
 
 
 class TrainingInterrupted(Exception):
@@ -58,6 +60,7 @@ class Data:
     sampler: WindowSampler
     val: ValWindows
     prompt: str
+    val_tokens_per_byte: float = 1.0  # of the val text: turns val_loss (nats per token) into bits per byte
     ngrams: NgramIndex | None = None  # the train split's 8-grams, on rank 0: how much of a sample is copied
 
 
@@ -88,3 +91,4 @@ class Tracked:
     run_id: str
     metrics: MetricBuffer | None
     skip_through: int  # a resumed run's last logged step: its samples are not logged twice
+    ui_url: str = ""  # the run's page in the MLflow UI (rank 0)

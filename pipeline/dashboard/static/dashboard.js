@@ -22,13 +22,15 @@
       return base;
     }
   }
-  const runUrl = (run) => `${mlflowBase()}/#/experiments/${run.experiment_id}/runs/${run.run_id}`;
+  // MLflow 3's UI shows its GenAI views unless the URL asks for model training
+  const VIEW = "workflowType=machine_learning";
+  const runUrl = (run) => `${mlflowBase()}/#/experiments/${run.experiment_id}/runs/${run.run_id}?${VIEW}`;
   function compareUrl(runs) {
     const ids = encodeURIComponent(JSON.stringify(runs.map((r) => r.run_id)));
     const exps = encodeURIComponent(JSON.stringify([...new Set(runs.map((r) => r.experiment_id))].sort()));
-    return `${mlflowBase()}/#/compare-runs?runs=${ids}&experiments=${exps}`;
+    return `${mlflowBase()}/#/compare-runs?runs=${ids}&experiments=${exps}&${VIEW}`;
   }
-  $("#mlflow-link").href = mlflowBase() + "/";
+  $("#mlflow-link").href = `${mlflowBase()}/#/experiments?${VIEW}`;
 
   // ---- forms ------------------------------------------------------------------------------------------------
 
@@ -185,6 +187,8 @@
       <footer>
         <button type="button" class="stop">Stop</button>
         <button type="button" class="resume" title="continue from its last checkpoint">Resume</button>
+        <span class="register-box"><input class="register-name" placeholder="model name" aria-label="model name">
+          <button type="button" class="register" title="register the run's model in the MLflow Model Registry">Register</button></span>
         <a class="run-link" target="_blank" rel="noopener">MLflow run ↗</a>
         <a class="compare-link" target="_blank" rel="noopener">Compare ↗</a>
         <span class="action-result"></span>
@@ -233,6 +237,12 @@
     const resume = $(".resume", el);
     resume.hidden = !(run.status === "KILLED" && !(run.process && run.process.running) && run.role !== "sweep");
     resume.onclick = () => act(el, `/api/runs/${run.run_id}/resume`, "resuming");
+    $(".register-box", el).hidden = !run.model_id;
+    $(".register", el).onclick = () => {
+      const name = $(".register-name", el).value.trim();
+      act(el, `/api/runs/${run.run_id}/register`, (data) => `registered as ${data.name} version ${data.version}`,
+        {name});
+    };
     const problem = run.error || (run.process && run.process.error) || "";
     $(".run-error", el).textContent = problem ? `error: ${problem}` : "";
     const live = run.status === "RUNNING" && run.process && run.process.running ? run.process.last_line : "";
@@ -254,11 +264,12 @@
     }
   }
 
-  async function act(el, url, message) {
+  async function act(el, url, message, body) {
     const out = $(".action-result", el);
     for (const b of el.querySelectorAll("footer button")) b.disabled = true;
-    const result = await postJson(url, {});
-    out.textContent = result.ok ? message : result.data.error || `HTTP ${result.status}`;
+    const result = await postJson(url, body || {});
+    const done = typeof message === "function" ? message(result.data) : message;
+    out.textContent = result.ok ? done : result.data.error || `HTTP ${result.status}`;
     out.classList.toggle("bad", !result.ok);
     for (const b of el.querySelectorAll("footer button")) b.disabled = false;
     poll(true);
