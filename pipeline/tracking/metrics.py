@@ -35,6 +35,7 @@ class MetricBuffer:
         self.flush_seconds = flush_seconds
         self.skip_through = skip_through
         self.pending: list[Metric] = []
+        self.latest: dict[str, Metric] = {}  # each key's newest point, as logged (the model links to them)
         self.last_flush = time.monotonic()
         self.unreachable_since: float | None = None
 
@@ -42,7 +43,9 @@ class MetricBuffer:
         if step <= self.skip_through:
             return
         timestamp = int(time.time() * 1000)
-        self.pending.extend(Metric(key, float(value), timestamp, step) for key, value in values.items())
+        points = [Metric(key, float(value), timestamp, step) for key, value in values.items()]
+        self.pending.extend(points)
+        self.latest.update((point.key, point) for point in points)
 
     def maybe_flush(self) -> None:
         """Flush if flush_seconds have passed; call it between steps, so a step's points go out together."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -31,10 +30,13 @@ SIGNATURE = ModelSignature(
 PIP_REQUIREMENTS = [f"mlflow=={mlflow.__version__}", "torch", "tiktoken", "pandas"]
 
 
+LINKED_METRICS = ("train_loss", "val_loss", "val_bpb")  # a model's metrics: those of its step
+
+
 def log_generator(client, run_id: str, step: int, weights: dict, model_config: dict, sampling: dict,
-                  metrics: dict[str, float]) -> str:
-    """Log the weights as a LoggedModel of the run at step, with the run's params and the given metrics (its
-    val_loss, ...) linked to it, so that search_logged_models can rank models; returns the model id."""
+                  metrics: list[Metric]) -> str:
+    """Log the weights as a LoggedModel of the run at step, with the run's params and the given metric points
+    (as the run logged them) linked to it, so that search_logged_models can rank models; returns its id."""
     from pipeline.training import checkpoints
 
     run = client.get_run(run_id)
@@ -55,9 +57,9 @@ def log_generator(client, run_id: str, step: int, weights: dict, model_config: d
                 model_config={"device": "auto"},  # load_model(uri, model_config={"device": "cpu"}) picks another
             )
     client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step)])
-    now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(key, float(value), now, step, model_id=model.model_id, run_id=run_id)
-                                      for key, value in metrics.items()])
+    # the same points again, now naming the model: the store keeps one copy in the run's history (as Model.log)
+    client.log_batch(run_id, metrics=[Metric(m.key, m.value, m.timestamp, m.step, model_id=model.model_id,
+                                             run_id=run_id) for m in metrics])
     return model.model_id
 
 

@@ -51,7 +51,7 @@ class StepLoop:
 
     def run(self, start_step: int) -> TrainResult:
         previous_handlers = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-        train_loss, val_loss, val_bpb, step = float("nan"), None, None, start_step
+        train_loss, val_loss, step = float("nan"), None, start_step
         pruned_at = model_id = None
         total_steps, tokens_per_step = self.plan.total_steps, self.plan.tokens_per_step
         try:
@@ -115,8 +115,7 @@ class StepLoop:
                     self._checkpoint(step, must_arrive=True)
                     retry_until_sent(self.metrics.flush, "the run's metrics")
                     if is_last:
-                        model_id = self._log_model(step, train_loss=train_loss, val_loss=val_loss,
-                                                   val_bpb=val_bpb)
+                        model_id = self._log_model(step)
                 elif self.main and s.checkpoint_interval and step % s.checkpoint_interval == 0:
                     self._checkpoint(step)
                 if stopping and not is_last:
@@ -286,17 +285,18 @@ class StepLoop:
         except Exception as error:
             log.warning("checkpoint of step %d not stored (%s); the next one will be", step, first_line(error))
 
-    def _log_model(self, step: int, **metrics: float | None) -> str | None:
-        """The final weights as the run's LoggedModel (its Models tab); a store that refuses it costs the model,
-        not the run: the final checkpoint is already stored."""
-        from pipeline.tracking.models import log_generator
+    def _log_model(self, step: int) -> str | None:
+        """The final weights as the run's LoggedModel (its Models tab), with this step's losses; a store that
+        refuses it costs the model, not the run: the final checkpoint is already stored."""
+        from pipeline.tracking.models import LINKED_METRICS, log_generator
 
         sampling = {"max_new_tokens": self.s.sample_tokens, "temperature": self.s.temperature,
                     "top_k": self.s.top_k, "seed": self.s.seed}
+        latest = self.metrics.latest
+        linked = [latest[key] for key in LINKED_METRICS if key in latest and latest[key].step == step]
         try:
             return log_generator(self.tracked.client, self.tracked.run_id, step, self.m.model.state_dict(),
-                                 asdict(self.m.model.config), sampling,
-                                 {k: v for k, v in metrics.items() if v is not None})
+                                 asdict(self.m.model.config), sampling, linked)
         except Exception as error:
             log.warning("the model of step %d was not logged (%s); its checkpoint was", step, first_line(error))
             return None
