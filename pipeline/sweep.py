@@ -1,5 +1,7 @@
 """`python -m pipeline.sweep`: run a named sweep from experiments.yaml, then its comparison report."""
 
+import signal
+
 import click
 
 from pipeline.errors import run_cli
@@ -47,6 +49,9 @@ def main(name, path, scale, workers, dry_run, print_commands):
         for line in describe_trials(client, sweep) if sweep.search else describe(plan(client, sweep)):
             click.echo(line)
         return
+    # A shell that starts a job in the background has it ignore SIGINT; the dashboard stops a sweep with SIGINT,
+    # so take it back: Ctrl-C (or Stop) ends the running children and starts no more.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     result = run_sweep(client, sweep, workers=workers)
     for file in result.report_files:
         click.echo(f"report: {file}")

@@ -204,3 +204,38 @@ def test_under_mlflow_run_experiment_name_the_parent_and_its_children_share_it(s
         client.set_terminated(child.info.run_id, "FINISHED")
     assert all(item.finished_run_id for item in plan(client, load_sweep("smoke")))  # a re-run looks in lab-s too
     assert client.get_experiment_by_name("pretraining") is None  # nothing went to the sweep file's experiment
+
+
+def test_ctrl_c_ends_a_sweep_even_when_started_ignoring_it(store, tmp_path):
+    """A shell's background job ignores SIGINT; the sweep takes it back, so a stop ends the running child and
+    starts no more."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import python_path
+
+    path = write_sweeps(tmp_path / "e.yaml", {"long": {"base": {**TINY_BASE, "max_steps": 100000, "epochs": 1000,
+                                                                "eval_interval": 0, "sample_interval": 0},
+                                                       "method": "grid", "parameters": {"lr": {"values": [0.01, 0.003]}}}})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.sweep", "--name", "long", "--file", str(path)], cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": python_path()}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        for line in process.stdout:  # the first child is training once it logs a step
+            if "] step " in line:
+                break
+        os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C in a terminal, and the dashboard's Stop, do
+        output = process.communicate(timeout=600)[0]
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, output
+    client = MlflowClient(store)
+    children = {r.data.tags["mlflow.runName"]: r for r in client.search_runs(
+        [client.get_experiment_by_name("pretraining").experiment_id], f"tags.`lab.role` = '{CHILD_ROLE}'")}
+    assert {name: run.info.status for name, run in children.items()} == {
+        "long-01-lr=1e-2": "KILLED", "long-02-lr=3e-3": "KILLED"}
+    assert "train_loss" in children["long-01-lr=1e-2"].data.metrics
+    assert not children["long-02-lr=3e-3"].data.metrics  # never started
