@@ -4,7 +4,8 @@
 
 (a) tracked: pipeline.training.run.train() with log_interval 1 (train_loss, lr, grad_norm, tokens_per_sec,
     tokens_seen, mfu, peak_rss_mb every step, buffered into MLflow's SQLite store in a temporary folder, and a log line
-    per step through logging as the CLI does, sent to /dev/null), eval/sample/checkpoint intervals 0;
+    per step through logging as the CLI does, sent to /dev/null; MLflow's system-metrics thread sampling every
+    10 s as in every run), eval/sample/checkpoint intervals 0;
 (b) bare: the same model (same seed), make_optimizer, lr_at and WindowSampler batches, with nothing around the
     step (bench/benchlib.py's BareLoop).
 
