@@ -8,13 +8,28 @@ from pipeline.data.shard_cache import DEFAULT_SHARD_TOKENS, DEFAULT_VAL_FRACTION
 from pipeline.errors import run_cli
 
 
+class OptionalNumber(click.ParamType):
+    """A number, or empty for "not given": how `mlflow run` passes a parameter left at its default ""."""
+
+    def __init__(self, kind: type):
+        self.kind, self.name = kind, kind.__name__
+
+    def convert(self, value, param, ctx):
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        try:
+            return self.kind(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a {self.name}", param, ctx)
+
+
 @click.command()
 @click.option("--corpus", default="verdict", show_default=True,
               help="Corpus name from corpus/registry.yaml, or a path to a text file or folder.")
-@click.option("--val-fraction", type=float, default=None,
+@click.option("--val-fraction", type=OptionalNumber(float), default=None,
               help="Share of the text held out for validation, where the source has no validation split. "
                    f"[default: what the existing shards used, else {DEFAULT_VAL_FRACTION}]")
-@click.option("--shard-tokens", type=int, default=None,
+@click.option("--shard-tokens", type=OptionalNumber(int), default=None,
               help="Tokens per .bin shard file. "
                    f"[default: what the existing shards used, else {DEFAULT_SHARD_TOKENS}]")
 def main(corpus, val_fraction, shard_tokens):
