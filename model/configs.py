@@ -1,13 +1,33 @@
-"""The named model sizes, and loading a size from a YAML file."""
+"""The shape of a GPT, the named sizes, and loading a size from a YAML file (no torch here: options are checked
+without loading it)."""
 
 from __future__ import annotations
 
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import yaml
 
-from model.gpt import GPTConfig
+GPT2_VOCAB_SIZE = 50257  # tiktoken's "gpt2" encoding, <|endoftext|> included
+
+
+def padded_vocab_size(vocab_size: int, multiple: int = 64) -> int:
+    """Round the vocabulary up so the output matmul lands on fast, aligned shapes (50257 -> 50304)."""
+    return ((vocab_size + multiple - 1) // multiple) * multiple
+
+
+@dataclass
+class GPTConfig:
+    """The shape of a GPT."""
+
+    n_layer: int = 6
+    n_head: int = 5
+    n_embd: int = 160
+    context_length: int = 256
+    vocab_size: int = padded_vocab_size(GPT2_VOCAB_SIZE)
+    dropout: float = 0.0
+    bias: bool = True
+
 
 NAMED_CONFIGS: dict[str, GPTConfig] = {
     # ~10M parameters, 8M of them the token embedding: trains in minutes on a laptop CPU

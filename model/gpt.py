@@ -3,36 +3,18 @@
 Token and position embeddings feed a stack of pre-LayerNorm transformer blocks; each block is causal
 self-attention followed by a GELU MLP, both added back onto the residual stream. A final LayerNorm and a
 linear head (sharing its weight with the token embedding) turn each position into logits over the vocabulary.
+GPTConfig, in model/configs.py beside the named sizes, gives the shape.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-GPT2_VOCAB_SIZE = 50257  # tiktoken's "gpt2" encoding, <|endoftext|> included
-
-
-def padded_vocab_size(vocab_size: int, multiple: int = 64) -> int:
-    """Round the vocabulary up so the output matmul lands on fast, aligned shapes (50257 -> 50304)."""
-    return ((vocab_size + multiple - 1) // multiple) * multiple
-
-
-@dataclass
-class GPTConfig:
-    """The shape of a GPT. The named sizes live in model/configs.py."""
-
-    n_layer: int = 6
-    n_head: int = 5
-    n_embd: int = 160
-    context_length: int = 256
-    vocab_size: int = padded_vocab_size(GPT2_VOCAB_SIZE)
-    dropout: float = 0.0
-    bias: bool = True
+from model.configs import GPT2_VOCAB_SIZE, GPTConfig
 
 
 class CausalSelfAttention(nn.Module):

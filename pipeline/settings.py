@@ -132,6 +132,9 @@ class TrainSettings:
         if self.register:
             check_model_name(self.register)
         self.model_config()
+        from pipeline.data.corpora import resolve
+
+        resolve(self.corpus)  # an unknown name or a missing path is refused before anything is loaded
         return self
 
     def as_params(self) -> dict[str, str]:
@@ -140,7 +143,7 @@ class TrainSettings:
 
 
 def _check_model(config: "GPTConfig") -> None:
-    from model.gpt import GPT2_VOCAB_SIZE
+    from model.configs import GPT2_VOCAB_SIZE
 
     for name in ("n_layer", "n_head", "n_embd", "context_length"):
         if getattr(config, name) < 1:

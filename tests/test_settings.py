@@ -98,3 +98,25 @@ def test_blank_names_mean_not_given():
     for name in ("corpus", "config", "experiment"):
         with pytest.raises(SettingsError, match=f"{name} must not be empty"):
             TrainSettings(**{name: " "}).validate()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["pipeline.train", "--help"], None),
+    (["pipeline.sweep", "--help"], None),
+    (["pipeline.report", "--help"], None),
+    (["pipeline.train", "--corpus", "no-such-corpus"], "unknown corpus 'no-such-corpus'"),
+    (["pipeline.train", "--corpus", "/no/such/file.txt"], "corpus path not found"),
+    (["pipeline.train", "--config", "huge"], "unknown config 'huge'"),
+    (["pipeline.train", "--n-embd", "33", "--n-head", "2"], "must be a multiple of n_head"),
+    (["pipeline.sweep", "--name", "no-such-sweep"], "unknown sweep 'no-such-sweep'"),
+])
+def test_options_are_parsed_and_checked_without_loading_torch_or_mlflow(args, message):
+    # what a learner waits for on a typo: python's start, click and our checks, not seconds of imports
+    result = run_module(*args, env={"PYTHONPROFILEIMPORTTIME": "1"})
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert imported and not {"torch", "mlflow"} & imported
+    if message is None:
+        assert result.returncode == 0 and "Usage:" in result.stdout
+    else:
+        errors = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
+        assert result.returncode == 2 and len(errors) == 1 and message in errors[0], errors

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from pipeline.errors import CorpusError, first_line
 from pipeline.files import atomic_path, cache_root, project_file, sha256_of
+from pipeline.memo import file_sha256
 
 REGISTRY_PATH = project_file("corpus/registry.yaml")
 DOCUMENT_SEPARATOR = "<|endoftext|>"
@@ -121,7 +122,7 @@ def fetch(spec: str, cache: Path | None = None, registry: dict[str, CorpusEntry]
         wanted["val"] = folder / "val.txt"
     corpus = CorpusText(entry.name, (wanted["train"],), (wanted["val"],) if "val" in wanted else None,
                         entry.prompt, entry.source)
-    if all(p.exists() for p in wanted.values()) and _checksum_ok(entry, wanted["train"]):
+    if all(p.exists() for p in wanted.values()) and _checksum_ok(entry, wanted["train"], file_sha256):
         return FetchResult(corpus, "already present")
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -136,8 +137,8 @@ def fetch(spec: str, cache: Path | None = None, registry: dict[str, CorpusEntry]
     return FetchResult(corpus, "downloaded")
 
 
-def _checksum_ok(entry: CorpusEntry, path: Path) -> bool:
-    return entry.sha256 is None or sha256_of(path) == entry.sha256
+def _checksum_ok(entry: CorpusEntry, path: Path, digest=sha256_of) -> bool:
+    return entry.sha256 is None or digest(path) == entry.sha256
 
 
 def _local_corpus(path: Path) -> CorpusText:

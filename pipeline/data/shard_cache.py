@@ -21,7 +21,8 @@ from filelock import FileLock, Timeout
 from pipeline.data.corpora import CorpusText
 from pipeline.data.shards import Shards, load_shards, read_manifest
 from pipeline.errors import CorpusError, ShardError
-from pipeline.files import atomic_path, sha256_of
+from pipeline.files import atomic_path
+from pipeline.memo import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def source_list(corpus: CorpusText) -> list[list[str]]:
     """[split, name, sha256] of each source file in order, named relative to the folder they share."""
     files = [("train", p.resolve()) for p in corpus.train] + [("val", p.resolve()) for p in corpus.val or ()]
     root = Path(os.path.commonpath([p.parent for _, p in files]))
-    return [[split, p.relative_to(root).as_posix(), sha256_of(p)] for split, p in files]
+    return [[split, p.relative_to(root).as_posix(), file_sha256(p)] for split, p in files]
 
 
 def reusable(folder: Path, wanted: dict) -> Shards | None:

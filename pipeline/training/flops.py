@@ -11,11 +11,14 @@ the embedding lookups themselves are gathers, not matmuls, and count nothing.
 
 from __future__ import annotations
 
+import os
+import platform
 import time
 
 import torch
 
 from model.gpt import GPTConfig
+from pipeline.memo import remembered
 
 # bf16 dense tensor-core peaks (FLOP/s), no sparsity, from the vendors' datasheets and whitepapers. Matched in
 # order, first hit wins, on the words of torch.cuda.get_device_name() ("NVIDIA A100-SXM4-80GB" -> nvidia a100 sxm4
@@ -47,9 +50,6 @@ _FP16_PEAKS: list[tuple[str, float, str]] = [
     ("t4", 65e12, "T4"),
 ]
 
-_probe_cache: dict[tuple[str, int], float] = {}
-
-
 def n_matmul_params(config: GPTConfig) -> int:
     """The N of 6N: weights multiplied per token, i.e. non-embedding parameters plus the (tied) output head."""
     c, bias = config.n_embd, config.bias
@@ -80,7 +80,8 @@ def peak_flops(device: torch.device) -> tuple[float, str]:
     """(FLOP/s, where the number comes from) for the precision the trainer uses on device.
 
     CUDA: the datasheet bf16 dense peak of a known GPU (fp16 for those without bf16), else a matmul probe on the
-    GPU. CPU and MPS: a short fp32 matmul probe (the trainer runs fp32 there), measured once per process."""
+    GPU. CPU and MPS: a short fp32 matmul probe (the trainer runs fp32 there). A probe is measured once per
+    machine and kept in the corpus cache's peak-flops.json (delete it to measure again)."""
     device = torch.device(device)
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
@@ -88,10 +89,18 @@ def peak_flops(device: torch.device) -> tuple[float, str]:
         if found is not None:
             return found
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return matmul_probe(device, dtype, size=4096), f"cuda matmul probe ({name}: not in the table)"
+        return _kept_probe(device, dtype, 4096, name), f"cuda matmul probe ({name}: not in the table)"
     if device.type == "mps":
-        return matmul_probe(device, torch.float32), "mps matmul probe"
-    return matmul_probe(torch.device("cpu"), torch.float32), "cpu matmul probe"
+        return _kept_probe(device, torch.float32, 1024, platform.machine()), "mps matmul probe"
+    return _kept_probe(torch.device("cpu"), torch.float32, 1024, platform.processor() or platform.machine()), \
+        "cpu matmul probe"
+
+
+def _kept_probe(device: torch.device, dtype: torch.dtype, size: int, hardware: str) -> float:
+    """matmul_probe's result as measured on this machine before, with the same hardware, torch and threads."""
+    fingerprint = [platform.node(), hardware, os.cpu_count(), torch.__version__, torch.get_num_threads()]
+    return remembered("peak-flops.json", f"{device.type}:{dtype}:{size}", fingerprint,
+                      lambda: matmul_probe(device, dtype, size))
 
 
 def lookup_gpu(name: str) -> tuple[float, str] | None:
@@ -108,11 +117,8 @@ def lookup_gpu(name: str) -> tuple[float, str] | None:
 
 def matmul_probe(device: torch.device, dtype: torch.dtype = torch.float32, size: int = 1024,
                  repeats: int = 4) -> float:
-    """Measured FLOP/s of size x size matmuls on device: the best of `repeats` (after one warm-up), cached per
-    device, dtype and thread count for the life of the process. About 0.1-0.3 s on a 2-core CPU."""
-    key = (f"{device}:{dtype}:{size}", torch.get_num_threads())
-    if key in _probe_cache:
-        return _probe_cache[key]
+    """Measured FLOP/s of size x size matmuls on device: the best of `repeats` (after one warm-up). About
+    0.1-0.3 s on a 2-core CPU."""
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     best = float("inf")
@@ -123,8 +129,7 @@ def matmul_probe(device: torch.device, dtype: torch.dtype = torch.float32, size:
         _sync(device)
         if attempt:  # the first is a warm-up
             best = min(best, time.perf_counter() - start)
-    _probe_cache[key] = 2.0 * size**3 / best
-    return _probe_cache[key]
+    return 2.0 * size**3 / best
 
 
 def _sync(device: torch.device) -> None:

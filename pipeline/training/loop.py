@@ -12,7 +12,7 @@ from dataclasses import asdict, replace
 
 import torch
 
-from pipeline.errors import CheckpointError, TrainingError, first_line
+from pipeline.errors import CheckpointError, ShardError, TrainingError, first_line
 from pipeline.settings import TrainSettings
 from pipeline.sweeps.study import TrialHandle
 from pipeline.tracking import beat, retry_until_sent
@@ -241,7 +241,11 @@ class StepLoop:
             completion = complete(self.m.model, prompt, self.s.sample_tokens, self.s.temperature, self.s.top_k,
                                   seed=self.s.seed + step, device=self.device)
         generation = completion.text
-        novelty = self.data.ngrams.novelty(completion.tokens)
+        try:
+            novelty = self.data.ngrams.novelty(completion.tokens)
+        except ShardError as error:  # a read-only shard folder without its index: samples go on, unscored
+            log.warning("sample at step %d has no novelty (%s)", step, first_line(error))
+            novelty = None
         if novelty is not None:
             self.metrics.log(step, novelty=novelty)
         log.info("sample at step %d (novelty %s): %r", step, "n/a" if novelty is None else f"{novelty:.2f}",

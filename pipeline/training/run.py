@@ -17,7 +17,6 @@ from torch.nn.parallel import DistributedDataParallel
 from model import GPT
 from pipeline import tracking
 from pipeline.analysis.diagnosis import diagnose_run, tag_run
-from pipeline.analysis.novelty import NgramIndex
 from pipeline.data.batches import ValWindows, WindowSampler
 from pipeline.data.corpora import fetch
 from pipeline.data.encoding import encoding, tokenize, tokens_per_byte
@@ -95,7 +94,6 @@ def _train(settings: TrainSettings, world: World) -> TrainResult:
                      f" x {world.world_size} processes" if world.active else "")
             log.info("plan: %s", plan.describe())
             log.info("MLflow UI: %s", tracked.ui_url)
-            data = replace(data, ngrams=NgramIndex.load_or_build(corpus.shards))
         if resume_state is not None and model.scaler is not None and resume_state.get("scaler"):
             model.scaler.load_state_dict(resume_state["scaler"])
         result = StepLoop(settings, world, device, model, data, plan, tracked).run(start_step)
@@ -191,7 +189,7 @@ def prepare_data(settings: TrainSettings, corpus: Corpus, context_length: int, w
         log.warning("the train split has %d tokens, fewer than the context (%d) + 1: windows shrink to %d",
                     corpus.shards.train_tokens, context_length, sampler.length)
     val_tokens_per_byte = tokens_per_byte(corpus.shards.split("val")) if world.is_main else 1.0
-    return Data(sampler, val, prompt, val_tokens_per_byte)
+    return Data(sampler, val, prompt, val_tokens_per_byte, corpus.shards)
 
 
 def build_model(settings: TrainSettings, model_config, device: torch.device, world: World,

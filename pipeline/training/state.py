@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
 from model import GPT
 from pipeline.analysis.novelty import NgramIndex
 from pipeline.data.batches import ValWindows, WindowSampler
+from pipeline.data.shards import Shards
 from pipeline.settings import TrainSettings
 from pipeline.tracking import MetricBuffer
 from pipeline.training.device import mixed_precision
@@ -61,7 +63,13 @@ class Data:
     val: ValWindows
     prompt: str
     val_tokens_per_byte: float = 1.0  # of the val text: turns val_loss (nats per token) into bits per byte
-    ngrams: NgramIndex | None = None  # the train split's 8-grams, on rank 0: how much of a sample is copied
+    shards: Shards | None = None
+
+    @cached_property
+    def ngrams(self) -> NgramIndex:
+        """The train split's 8-grams (how much of a sample is copied), loaded or built when the first sample
+        needs them: a run that samples nothing never pays for them."""
+        return NgramIndex.load_or_build(self.shards)
 
 
 @dataclass(frozen=True)
