@@ -23,7 +23,7 @@ SUITE = [
     ("tracking_overhead", ["tracking_overhead.py"], "train() logging every step at most 3% slower than a bare loop"),
     ("data_throughput", ["data_throughput.py"], "WindowSampler at least 20x faster than nano's training steps"),
     ("eval_share", ["eval_share.py"], "eval + sample at most 10% of a nano run's wall time"),
-    ("startup", ["startup.py"], "command to nano's first step under 10 s"),
+    ("startup", ["startup.py"], "a one-step tiny run at most 1.3x `import torch, mlflow`; --help and bad input 0.5 s"),
     ("memory", ["memory.py"], "training RSS flat in corpus size (10%) and run length (5%)"),
     ("compile", ["compile.py"], "torch.compile works and matches eager (speed reported)"),
     ("tokenize_throughput", ["tokenize_throughput.py", "--size-mb", "50"], "tokenize at least 0.9x bare tiktoken"),
