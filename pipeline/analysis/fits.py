@@ -14,16 +14,17 @@ from pipeline.errors import ReportError
 
 @dataclass(frozen=True)
 class PowerLaw:
-    """L(N) = (nc / N) ** alpha, fitted on log-log axes."""
+    """L(N) = (nc / N) ** alpha, fitted on log-log axes as log L = log_l1 - alpha log N."""
 
-    nc: float
+    nc: float  # 0 or inf when alpha is near zero or negative: loss() uses log_l1, which stays finite
     alpha: float
     alpha_stderr: float | None  # standard error of alpha; None with only two sizes (a line through two points)
     r_squared: float  # of the fit on log-log axes: 1 is a perfect power law
     sizes: int  # distinct model sizes fitted
+    log_l1: float = 0.0  # log of the fitted loss at N = 1
 
     def loss(self, n):
-        return (self.nc / np.asarray(n, dtype=float)) ** self.alpha
+        return np.exp(self.log_l1 - self.alpha * np.log(np.asarray(n, dtype=float)))
 
 
 def fit_power_law(n: Sequence[float], loss: Sequence[float]) -> PowerLaw:
@@ -43,7 +44,7 @@ def fit_power_law(n: Sequence[float], loss: Sequence[float]) -> PowerLaw:
     alpha = -float(slope)
     if abs(alpha) < 1e-9:  # zero but for rounding
         raise ReportError("the loss does not change with model size: no power law to fit")
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", under="ignore"):
         nc = float(np.exp(intercept / alpha))
     residuals = y - (slope * x + intercept)
     spread = float(np.sum((y - y.mean()) ** 2))
@@ -51,7 +52,7 @@ def fit_power_law(n: Sequence[float], loss: Sequence[float]) -> PowerLaw:
     stderr = None
     if len(x) > 2:  # the slope's standard error: residual variance over the spread of log N
         stderr = math.sqrt(float(np.sum(residuals ** 2)) / (len(x) - 2) / float(np.sum((x - x.mean()) ** 2)))
-    return PowerLaw(nc, alpha, stderr, r_squared, sizes)
+    return PowerLaw(nc, alpha, stderr, r_squared, sizes, float(intercept))
 
 
 def scaling_fit(runs: Sequence[RunCurves]) -> PowerLaw:
