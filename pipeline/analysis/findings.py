@@ -166,16 +166,24 @@ def _context_length(runs: Sequence[RunCurves]) -> tuple[list[str], dict]:
         return ["Fewer than two contexts logged a val loss: nothing to compare."], facts
     listing = ", ".join(f"{length} -> {loss:.3f}" for length, loss in points)
     (short, short_loss), (long, long_loss) = points[0], points[-1]
+    steps = {int(length): run.train[-1][0] for run in runs
+             if run.train and (length := number(run.value("context_length"))) is not None}
+    fewer = steps.get(short, 0) / max(steps.get(long, 0), 1)
+    same_steps = abs(fewer - 1) < 0.05
+    how = "at equal tokens and steps" if same_steps else f"at equal tokens, in {fewer:.0f}x fewer optimizer steps"
     if long_loss < short_loss - CLEAR_MARGIN:
-        verdict = (f"The longest context predicts best, {short_loss - long_loss:.3f} below the shortest: seeing "
-                   "more of the story before each token helps, even at equal tokens (and fewer steps).")
-    elif long_loss > short_loss + CLEAR_MARGIN:
+        verdict = (f"The longest context predicts best, {short_loss - long_loss:.3f} below the shortest "
+                   f"({how}): seeing more of the story before each token helps.")
+    elif long_loss > short_loss + CLEAR_MARGIN and not same_steps:
         verdict = (f"The longest context did worse by {long_loss - short_loss:.3f}: at equal tokens it took "
-                   f"{long // short}x fewer optimizer steps, and this budget was too small to make up for them; "
+                   f"{fewer:.0f}x fewer optimizer steps, and this budget was too small to make up for them; "
                    "raise max_tokens to see the longer context pay off.")
+    elif long_loss > short_loss + CLEAR_MARGIN:
+        verdict = (f"The longest context did worse by {long_loss - short_loss:.3f} {how}: at this budget the model "
+                   "has not learned to use the extra context yet; raise max_tokens.")
     else:
-        verdict = ("The contexts end within a few hundredths of each other: at this budget the model has not "
-                   "learned to use the longer context yet; raise max_tokens.")
+        verdict = (f"The contexts end within a few hundredths of each other ({how}): at this budget the model has "
+                   "not learned to use the longer context yet; raise max_tokens.")
     return [f"Val loss by context length: {listing}. {verdict} Compare the samples side by side below."], facts
 
 

@@ -102,7 +102,13 @@ def test_context_length_reads_the_val_losses_in_order():
     text = find(runs, ["context_length"]).text
     assert "Val loss by context length: 32 -> 4.600, 64 -> 4.400, 128 -> 4.200." in text
     assert "The longest context predicts best, 0.400 below the shortest" in text
-    worse = [run(f"c{c}", {"context_length": c}, falling(10.8, loss), [(200, loss)])
-             for c, loss in ((32, 4.2), (128, 4.6))]
+    assert "(at equal tokens and steps)" in text
+    # equal tokens in fewer, longer windows: the finding names the steps the longer context lost
+    fewer_steps = [run("c32", {"context_length": 32}, falling(10.8, 4.2), [(200, 4.2)]),
+                   run("c128", {"context_length": 128}, [(s // 4, v) for s, v in falling(10.8, 4.6)], [(50, 4.6)])]
     assert "The longest context did worse by 0.400: at equal tokens it took 4x fewer optimizer steps" in \
-        find(worse, ["context_length"]).text
+        find(fewer_steps, ["context_length"]).text
+    same_steps = [run(f"c{c}", {"context_length": c}, falling(10.8, loss), [(200, loss)])
+                  for c, loss in ((32, 4.2), (128, 4.6))]
+    assert "did worse by 0.400 at equal tokens and steps: at this budget the model has not learned to use" in \
+        find(same_steps, ["context_length"]).text
