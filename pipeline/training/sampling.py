@@ -22,6 +22,12 @@ class Completion:
 def complete(model: GPT, prompt: str, max_new_tokens: int, temperature: float, top_k: int, seed: int,
              device: torch.device) -> Completion:
     """The model's continuation of prompt; the same seed gives the same text."""
+    return completions(model, prompt, 1, max_new_tokens, temperature, top_k, seed, device)[0]
+
+
+def completions(model: GPT, prompt: str, count: int, max_new_tokens: int, temperature: float, top_k: int,
+                seed: int, device: torch.device) -> list[Completion]:
+    """count continuations of prompt, drawn together as one batch; the same seed and count give the same texts."""
     enc = encoding()
     prompt_ids = enc.encode_ordinary(prompt) or [enc.eot_token]
     if len(prompt_ids) > model.config.context_length:
@@ -31,11 +37,11 @@ def complete(model: GPT, prompt: str, max_new_tokens: int, temperature: float, t
     generator = torch.Generator(device=device).manual_seed(seed)
     was_training = model.training
     model.eval()
-    out = model.generate(torch.tensor([prompt_ids], device=device), max_new_tokens,
+    out = model.generate(torch.tensor([prompt_ids] * count, device=device), max_new_tokens,
                          temperature=temperature, top_k=top_k or None, generator=generator)
     model.train(was_training)
-    tokens = out[0, len(prompt_ids):].tolist()
-    return Completion(enc.decode(tokens), tokens)
+    rows = out[:, len(prompt_ids):].tolist()
+    return [Completion(enc.decode(tokens), tokens) for tokens in rows]
 
 
 def model_from_run(run_id: str, device: torch.device) -> GPT:

@@ -8,13 +8,18 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import mlflow
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from pipeline.analysis.novelty import NgramIndex
+from pipeline.data.shards import load_shards
 from pipeline.training import checkpoints
+from pipeline.training.loop import SAMPLES_PER_NOVELTY
+from pipeline.training.sampling import completions, model_from_run
 from pipeline.errors import CheckpointError
 from pipeline.settings import TrainSettings
 from pipeline.training.run import default_run_name, train
@@ -73,6 +78,16 @@ def test_loss_falls_on_tiny_and_the_run_records_everything(store):
 
     checkpoint = checkpoints.load_from_run(result.run_id)
     assert checkpoint["step"] == 40 and checkpoint["settings"]["lr"] == 1e-2
+
+    # the last sample's novelty is the mean over the four continuations drawn with that step's seed
+    model = model_from_run(result.run_id, torch.device("cpu"))
+    drawn = completions(model, "A language model", SAMPLES_PER_NOVELTY, 8, TINY.temperature, TINY.top_k,
+                        TINY.seed + 40, torch.device("cpu"))
+    assert rows[-1]["generation"] == drawn[0].text
+    index = NgramIndex.load_or_build(load_shards(Path(os.environ["CORPUS_CACHE"]) / "shards" / "tiny"))
+    expected = sum(index.novelty(c.tokens) for c in drawn) / SAMPLES_PER_NOVELTY
+    novelty = {m.step: m.value for m in client.get_metric_history(result.run_id, "novelty")}
+    assert novelty[40] == pytest.approx(expected)
 
 
 def test_schedule_warms_up_then_decays_to_exactly_min_lr_at_the_last_step():
