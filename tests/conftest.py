@@ -79,6 +79,36 @@ def run_module(module: str, *args: str, cwd: Path | None = None, env: dict | Non
                           capture_output=True, text=True, timeout=timeout)
 
 
+def run_command(module: str, *args: str, cwd: Path | None = None, env: dict | None = None
+                ) -> subprocess.CompletedProcess:
+    """`python -m module args` run in this process (its click command through run_cli, as __main__ runs it), for
+    checks of bad input: no second interpreter importing torch and MLflow. Stdout, stderr and the exit code come
+    back as a subprocess's would; the working folder and environment are restored after."""
+    import contextlib
+    import importlib
+    import io
+
+    from pipeline.errors import run_cli
+
+    command = importlib.import_module(module).main
+    out, err = io.StringIO(), io.StringIO()
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    code = 0
+    try:
+        os.environ.update(env or {})
+        os.chdir(cwd or saved_cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                run_cli(command, list(args))
+            except SystemExit as done:
+                code = done.code if isinstance(done.code, int) else 1
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return subprocess.CompletedProcess([module, *args], code, out.getvalue(), err.getvalue())
+
+
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
     """Bad input: exit code 2, one line on stderr that starts with 'error:', no traceback."""
     assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)

@@ -16,7 +16,7 @@ from pipeline.analysis.comparison import build_report
 from pipeline.analysis.fits import fit_power_law
 from pipeline.analysis.runs import runs_of_experiment, runs_of_parent
 from pipeline.errors import ReportError
-from tests.conftest import assert_one_line_error, run_module
+from tests.conftest import assert_one_line_error, run_command, run_module
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 STEPS = list(range(10, 410, 10))
@@ -201,9 +201,9 @@ def test_cli(lr_sweep, tmp_path):
     for option in ("--parent-run-id", "--experiment", "--filter", "--out"):
         assert option in shown.stdout
 
-    assert_one_line_error(run_module("pipeline.report", "--parent-run-id", "f" * 32, cwd=tmp_path),
+    assert_one_line_error(run_command("pipeline.report", "--parent-run-id", "f" * 32, cwd=tmp_path),
                           "no MLflow run with id")
-    assert_one_line_error(run_module("pipeline.report", cwd=tmp_path), "--parent-run-id or --experiment")
+    assert_one_line_error(run_command("pipeline.report", cwd=tmp_path), "--parent-run-id or --experiment")
 
     # the empty values `mlflow run -e report` passes for the options not given mean the defaults
     done = run_module("pipeline.report", "--parent-run-id", parent, "--experiment", "", "--filter", "", "--out", "",

@@ -21,7 +21,7 @@ from pipeline.data.corpora import DOCUMENT_SEPARATOR, CorpusText, fetch
 from pipeline.errors import CorpusError, ShardError
 from pipeline.data.encoding import PIECE_BYTES, _SEPARATOR, _encode, _pieces, encoding, tokenize
 from pipeline.data.shards import HEADER_BYTES, MAGIC, VERSION, load_shards, read_shard, write_shard
-from tests.conftest import PROJECT_DIR, assert_one_line_error, run_module
+from tests.conftest import PROJECT_DIR, assert_one_line_error, run_command, run_module
 
 SEP = DOCUMENT_SEPARATOR
 TINY = PROJECT_DIR / "corpus" / "tiny.txt"
@@ -477,7 +477,7 @@ def test_cli_truncated_shard_is_a_clear_error_and_tokenize_repairs_it(tmp_path):
                             env={**os.environ, "PYTHONPATH": str(PROJECT_DIR)}, timeout=120)
     assert_one_line_error(loaded, "val_000.bin", "truncated")
     # a shard folder is not a corpus
-    assert_one_line_error(run_module("pipeline.tokenize", "--corpus", str(folder), env=env),
+    assert_one_line_error(run_command("pipeline.tokenize", "--corpus", str(folder), env=env),
                           "holds no .txt or .md files")
     # tokenize sees the damage and writes the shards again
     again = run_module("pipeline.tokenize", "--corpus", "tiny", env=env)

@@ -15,7 +15,7 @@ from pipeline.errors import SettingsError
 from pipeline.sweeps import study as studies
 from pipeline.sweeps.runner import run_sweep
 from pipeline.sweeps.spec import load_sweep, load_sweeps
-from tests.conftest import assert_one_line_error, run_module
+from tests.conftest import assert_one_line_error, run_command, run_module
 from tests.sweeps.test_sweeps import TINY_BASE, children_of, write_sweeps
 
 LOG_LR = {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2}
@@ -72,7 +72,7 @@ def test_bad_bayes_specs_are_one_line_naming_the_sweep_and_the_key(tmp_path, spe
 
 def test_the_sweep_command_refuses_a_bad_bayes_spec_in_one_line(tmp_path):
     path = write_sweeps(tmp_path / "e.yaml", {"s": bayes(early_terminate={"type": "hyperband", "min_iter": 0})})
-    result = run_module("pipeline.sweep", "--name", "s", "--file", str(path), cwd=os.getcwd())
+    result = run_command("pipeline.sweep", "--name", "s", "--file", str(path))
     assert_one_line_error(result, "sweep 's', early_terminate: min_iter must be")
 
 

@@ -12,7 +12,7 @@ from pipeline import tracking
 from pipeline.errors import SettingsError
 from pipeline.sweeps.spec import load_sweep, load_sweeps
 from pipeline.sweeps.runner import CHILD_ROLE, describe, plan, run_sweep, scheduler_commands
-from tests.conftest import TINY_MODEL_FIELDS, assert_one_line_error, run_module
+from tests.conftest import TINY_MODEL_FIELDS, assert_one_line_error, run_command, run_module
 
 TINY_BASE = {"corpus": "tiny", **TINY_MODEL_FIELDS, "epochs": 100, "max_steps": 6, "warmup_steps": 2,
              "log_interval": 1, "eval_interval": 3, "sample_interval": 6, "sample_tokens": 8}
@@ -57,7 +57,7 @@ def test_an_exercise_is_found_by_its_name_at_the_scale_asked(tmp_path):
         load_sweep("only", path, scale="cpu")
     with pytest.raises(SettingsError, match="unknown sweep 'nope'"):
         load_sweep("nope", path)
-    assert_one_line_error(run_module("pipeline.sweep", "--name", "scaling", "--scale", "tpu", "--dry-run"),
+    assert_one_line_error(run_command("pipeline.sweep", "--name", "scaling", "--scale", "tpu", "--dry-run"),
                           "'tpu' is not one of")
 
 
@@ -126,11 +126,11 @@ def test_one_bad_sweep_stops_the_whole_file_before_anything_runs(tmp_path, store
         "good": {"base": TINY_BASE, "parameters": {"lr": {"values": [0.01]}}},
         "bad": {"base": TINY_BASE, "parameters": {"lr": {"values": ["fast"]}}},
     })
-    result = run_module("pipeline.sweep", "--name", "good", "--file", str(path), cwd=os.getcwd())
+    result = run_command("pipeline.sweep", "--name", "good", "--file", str(path))
     assert_one_line_error(result, "sweep 'bad'", "'lr' must be float")
     assert not (tmp_path / "mlflow.db").exists() or not MlflowClient(store).search_runs(
         [e.experiment_id for e in MlflowClient(store).search_experiments()])
-    assert_one_line_error(run_module("pipeline.sweep", "--name", "nope", cwd=os.getcwd()), "unknown sweep 'nope'")
+    assert_one_line_error(run_command("pipeline.sweep", "--name", "nope"), "unknown sweep 'nope'")
 
 
 def children_of(client, parent_id):

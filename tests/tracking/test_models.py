@@ -24,7 +24,7 @@ from pipeline.tracking.models import register
 from pipeline.training.run import train
 from pipeline.training.sampling import complete, model_from_run
 from tests.conftest import (TINY_MODEL, TINY_MODEL_FIELDS, assert_one_line_error, free_port, python_path,
-                            run_module, stop_server, wait_until_listening)
+                            run_command, run_module, stop_server, wait_until_listening)
 
 TINY = TrainSettings(corpus="tiny", epochs=100, max_steps=20, lr=1e-2, min_lr=1e-3, warmup_steps=2,
                      log_interval=1, eval_interval=10, sample_interval=0, checkpoint_interval=0,
@@ -123,16 +123,16 @@ def test_the_model_is_served_answers_a_post_and_is_refused_once_tampered_with(st
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0xFF
     weights.write_bytes(bytes(data))
-    assert_one_line_error(run_module("pipeline.generate", "--model", uri, cwd=tmp_path), "is corrupt")
+    assert_one_line_error(run_command("pipeline.generate", "--model", uri, cwd=tmp_path), "is corrupt")
     with pytest.raises(CheckpointError, match="is corrupt"):
         mlflow.pyfunc.load_model(uri)
 
 
 def test_model_options_are_checked_in_one_line(store, tmp_path):
-    assert_one_line_error(run_module("pipeline.train", "--corpus", "tiny", "--register", "a/b", cwd=tmp_path),
+    assert_one_line_error(run_command("pipeline.train", "--corpus", "tiny", "--register", "a/b", cwd=tmp_path),
                           "registered model's name")
-    assert_one_line_error(run_module("pipeline.generate", cwd=tmp_path), "give either --run-id or --model")
-    assert_one_line_error(run_module("pipeline.generate", "--model", "models:/m-nope", cwd=tmp_path),
+    assert_one_line_error(run_command("pipeline.generate", cwd=tmp_path), "give either --run-id or --model")
+    assert_one_line_error(run_command("pipeline.generate", "--model", "models:/m-nope", cwd=tmp_path),
                           "cannot load model models:/m-nope")
     client = MlflowClient(store)
     bare = client.create_run(client.create_experiment("bare")).info.run_id

@@ -12,8 +12,8 @@ from mlflow.tracking import MlflowClient
 
 from pipeline import tracking
 from pipeline.training.run import close_run
-from tests.conftest import (PROJECT_DIR, TINY_MODEL, assert_one_line_error, free_port, run_module, start_server,
-                            stop_server)
+from tests.conftest import (PROJECT_DIR, TINY_MODEL, assert_one_line_error, free_port, run_command, run_module,
+                            start_server, stop_server)
 
 ENDLESS = ["--corpus", "tiny", *TINY_MODEL, "--max-steps", "100000000", "--log-interval", "1", "--eval-interval",
            "0", "--sample-interval", "0", "--checkpoint-interval", "0"]
@@ -56,7 +56,7 @@ def test_a_run_trained_right_now_is_not_resumed_twice_and_a_day_long_plan_is_war
 
 
 def test_resume_refuses_other_settings_by_name(store):
-    result = run_module("pipeline.train", "--resume", "0" * 32, "--lr", "0.1", "--max-steps", "9", cwd=os.getcwd())
+    result = run_command("pipeline.train", "--resume", "0" * 32, "--lr", "0.1", "--max-steps", "9")
     assert_one_line_error(result, "drop --max-steps, --lr (only --device may change)")
 
 

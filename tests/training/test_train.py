@@ -24,7 +24,8 @@ from pipeline.errors import CheckpointError
 from pipeline.settings import TrainSettings
 from pipeline.training.run import default_run_name, train
 from pipeline.training.schedule import lr_at, total_steps_for
-from tests.conftest import PROJECT_DIR, TINY_MODEL, TINY_MODEL_FIELDS, assert_one_line_error, run_module
+from tests.conftest import (PROJECT_DIR, TINY_MODEL, TINY_MODEL_FIELDS, assert_one_line_error, run_command,
+                            run_module)
 
 TINY = TrainSettings(corpus="tiny", epochs=100, max_steps=40, lr=1e-2, min_lr=1e-3, warmup_steps=5,
                      log_interval=1, eval_interval=10, sample_interval=20, sample_tokens=8,
@@ -218,8 +219,7 @@ def test_sigterm_also_checkpoints_and_ends_killed(store):
     (["--batch-size", "100000000000"], "out of memory at step 1"),
 ])
 def test_bad_input_is_one_line_and_leaves_no_run_running(store, args, message):
-    result = run_module("pipeline.train", "--corpus", "tiny", *TINY_MODEL, "--max-steps", "2", *args,
-                        cwd=os.getcwd())
+    result = run_command("pipeline.train", "--corpus", "tiny", *TINY_MODEL, "--max-steps", "2", *args)
     assert_one_line_error(result, message)
     assert "RUNNING" not in run_statuses(store)
 
@@ -229,8 +229,8 @@ def test_resume_and_generate_refuse_runs_they_cannot_use(store):
     not_training = client.create_run(client.create_experiment("other")).info.run_id
     client.set_terminated(not_training)
     for module, args in (("pipeline.train", ["--resume"]), ("pipeline.generate", ["--run-id"])):
-        assert_one_line_error(run_module(module, *args, "f" * 32, cwd=os.getcwd()), "no MLflow run with id")
-        assert_one_line_error(run_module(module, *args, not_training, cwd=os.getcwd()), "has no checkpoint")
+        assert_one_line_error(run_command(module, *args, "f" * 32), "no MLflow run with id")
+        assert_one_line_error(run_command(module, *args, not_training), "has no checkpoint")
     assert "RUNNING" not in run_statuses(store)
 
 
@@ -270,11 +270,11 @@ def test_generate_continues_a_prompt_from_a_runs_checkpoint(store):
                        "--max-new-tokens", "12", "--temperature", "0", cwd=os.getcwd())
     assert again.stdout == out.stdout
 
-    assert_one_line_error(run_module("pipeline.generate", "--run-id", "0" * 32, cwd=os.getcwd()), "no MLflow run")
-    assert_one_line_error(run_module("pipeline.generate", "--run-id", result.run_id, "--prompt", "",
-                                     cwd=os.getcwd()), "prompt is empty")
-    assert_one_line_error(run_module("pipeline.generate", "--run-id", result.run_id, "--prompt", "word " * 40,
-                                     cwd=os.getcwd()), "longer than the model's context")
+    assert_one_line_error(run_command("pipeline.generate", "--run-id", "0" * 32), "no MLflow run")
+    assert_one_line_error(run_command("pipeline.generate", "--run-id", result.run_id, "--prompt", ""),
+                          "prompt is empty")
+    assert_one_line_error(run_command("pipeline.generate", "--run-id", result.run_id, "--prompt", "word " * 40),
+                          "longer than the model's context")
 
 
 def test_checkpoint_with_pickled_objects_is_refused(tmp_path):
@@ -316,8 +316,8 @@ def test_model_files_from_yaml_are_checked_and_an_unpadded_vocabulary_trains_and
     assert_one_line_error(result, "vocab_size must hold the tokenizer's 50257 tokens, got 1000")
     for bad, message in (("bias: maybe\n", "model field 'bias'"), ("n_layer: 0\n", "n_layer must be at least 1")):
         (tmp_path / "bad.yaml").write_text(bad)
-        assert_one_line_error(run_module("pipeline.train", "--config", str(tmp_path / "bad.yaml"), "--corpus",
-                                         "tiny", "--max-steps", "2", cwd=os.getcwd()), message)
+        assert_one_line_error(run_command("pipeline.train", "--config", str(tmp_path / "bad.yaml"), "--corpus",
+                                          "tiny", "--max-steps", "2"), message)
     assert "RUNNING" not in run_statuses(store)
 
     exact = tmp_path / "exact-vocab.yaml"
