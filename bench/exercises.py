@@ -39,8 +39,8 @@ LESSONS = {
     ],
     "scaling": [
         ("four sizes or more over a decade of parameters", lambda f: f["sizes"] >= 4 and f["size_span"] >= 10),
-        ("loss falls with size as a power law (alpha > 0, R² >= 0.9)",
-         lambda f: f["alpha"] > 0 and f["r_squared"] >= 0.9),
+        ("loss falls with size as a power law, plain or toward the budget's floor (alpha > 0, R² >= 0.9)",
+         lambda f: f["alpha"] > 0 and max(f["r_squared"], f.get("floor_r_squared", 0)) >= 0.9),
     ],
 }
 

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from pipeline.analysis.fits import scaling_fit
+from pipeline.analysis.fits import FloorLaw, floor_fit, scaling_fit
 from pipeline.analysis.runs import MODEL_SIZE, RunCurves, count_text, number
 from pipeline.errors import ReportError
 
@@ -56,6 +56,8 @@ def find(runs: Sequence[RunCurves], swept: Sequence[str], metric: str = "val_los
         lines.append(f"No run logged {metric}: nothing to compare (did every run fail?).")
     for key, reading in (("corpus", _memorisation), ("lr", _learning_rate),
                          ("context_length", _context_length), (MODEL_SIZE, _scaling)):
+        if key == "lr" and MODEL_SIZE in swept:
+            continue  # a rate set per size is part of each size's recipe, not a sweep of its own
         if key in swept:
             more, numbers = reading(runs)
             lines += more
@@ -195,19 +197,45 @@ def _scaling(runs: Sequence[RunCurves]) -> tuple[list[str], dict]:
     facts = {"alpha": fit.alpha, "alpha_stderr": fit.alpha_stderr, "r_squared": fit.r_squared, "sizes": fit.sizes}
     sizes = sorted(number(run.value(MODEL_SIZE)) for run in runs if number(run.value(MODEL_SIZE)))
     facts["size_span"] = sizes[-1] / sizes[0]
-    spread = f" ± {fit.alpha_stderr:.3f}" if fit.alpha_stderr is not None else ""
-    head = (f"Scaling: L(N) = (Nc/N)^α fits with α = {fit.alpha:.3f}{spread} (R² = {fit.r_squared:.2f}) over "
-            f"{fit.sizes} sizes from {count_text(sizes[0])} to {count_text(sizes[-1])} non-embedding parameters.")
+    tokens = count_text(max((run.tokens_seen or 0) for run in runs))
+    head = (f"Scaling: L(N) = (Nc/N)^α fits with α = {fit.alpha:.3f}{_spread(fit.alpha_stderr)} "
+            f"(R² = {fit.r_squared:.2f}) over {fit.sizes} sizes from {count_text(sizes[0])} to "
+            f"{count_text(sizes[-1])} non-embedding parameters.")
     if fit.alpha <= 0:
         return [head + " The loss does not fall with size: the larger models are undertrained at this budget; "
                        "raise max_tokens."], facts
-    if fit.r_squared < GOOD_FIT_R2:
-        return [head + f" R² under {GOOD_FIT_R2}: the points do not lie on a power law; raise max_tokens so every "
-                       "size trains further, or spread the sizes wider."], facts
-    nearer = "Kaplan's" if abs(math.log(fit.alpha / KAPLAN_ALPHA)) < abs(math.log(fit.alpha / CHINCHILLA_ALPHA)) \
+    floor = _floor(runs)
+    if floor is not None:
+        facts.update(floor_alpha=floor.alpha, floor_alpha_stderr=floor.alpha_stderr, floor=floor.floor,
+                     floor_r_squared=floor.r_squared)
+    if fit.r_squared >= GOOD_FIT_R2:
+        return [head + f" Kaplan et al. found {KAPLAN_ALPHA} and Chinchilla ~{CHINCHILLA_ALPHA}; this is nearer "
+                       f"{_nearer(fit.alpha)}. Those fits come from models trained on billions of tokens; here every "
+                       f"size saw {tokens} tokens, so the small models are near their limit while the large ones are "
+                       "still far from theirs, and the exponent measures this budget as much as the models."], facts
+    if floor is None or floor.r_squared < GOOD_FIT_R2:
+        return [head + f" R² under {GOOD_FIT_R2}: the points do not lie on a power law, with or without a floor; "
+                       "raise max_tokens so every size trains further, or spread the sizes wider."], facts
+    return [head + " The points bend toward a floor instead of falling in a straight line.",
+            f"With that floor fitted, as Chinchilla's L = E + A/N^α has one: L(N) = {floor.floor:.2f} + "
+            f"(Nc/N)^α with α = {floor.alpha:.2f}{_spread(floor.alpha_stderr, 2)} (R² = {floor.r_squared:.2f}). "
+            f"Kaplan et al. found {KAPLAN_ALPHA} (no floor) and Chinchilla ~{CHINCHILLA_ALPHA} (with one), from "
+            f"models trained on billions of tokens; here every size saw {tokens} tokens, so the floor of "
+            f"{floor.floor:.2f} is this budget's, not the models': the larger sizes reach it and gain little, and "
+            "α measures how fast the small ones close in. Raise max_tokens to lower the floor."], facts
+
+
+def _floor(runs: Sequence[RunCurves]) -> FloorLaw | None:
+    try:
+        return floor_fit(runs)
+    except ReportError:
+        return None
+
+
+def _spread(stderr: float | None, digits: int = 3) -> str:
+    return f" ± {stderr:.{digits}f}" if stderr is not None else ""
+
+
+def _nearer(alpha: float) -> str:
+    return "Kaplan's" if abs(math.log(alpha / KAPLAN_ALPHA)) < abs(math.log(alpha / CHINCHILLA_ALPHA)) \
         else "Chinchilla's"
-    tokens = max((run.tokens_seen or 0) for run in runs)
-    return [head + f" Kaplan et al. found {KAPLAN_ALPHA} and Chinchilla ~{CHINCHILLA_ALPHA}; this is nearer "
-                   f"{nearer}. Those fits come from models trained on billions of tokens; here every size saw "
-                   f"{count_text(tokens)} tokens, so the small models are near their limit while the large ones are "
-                   "still far from theirs, and the exponent measures this budget as much as the models."], facts

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.analysis.fits import PowerLaw, scaling_fit
+from pipeline.analysis.fits import PowerLaw, best_loss_by_size, floor_fit, scaling_fit
 from pipeline.analysis.runs import MODEL_SIZE, MODEL_SIZE_PARAMS, RunCurves, number, sort_key
 from pipeline.errors import ReportError
 from pipeline.tracking import PRUNED_TAG
@@ -141,33 +141,44 @@ def final_val(runs: Sequence[RunCurves], swept: Sequence[str], path: Path) -> No
 
 
 def scaling(runs: Sequence[RunCurves], path: Path) -> PowerLaw | None:
-    """Best final val loss at each model size on log-log axes, with the fitted power law when there is one."""
+    """Best final val loss at each model size on log-log axes, with the fitted power law when there is one, and the
+    power law with a floor when that fits better."""
     try:
         fit = scaling_fit(runs)
     except ReportError:
         fit = None
-    best: dict[float, float] = {}
-    for run in runs:
-        size = number(run.params.get(MODEL_SIZE))
-        if size and run.final_val is not None and math.isfinite(run.final_val) and not run.pruned:
-            best[size] = min(best.get(size, math.inf), run.final_val)
-    sizes = np.array(sorted(best))
-    losses = np.array([best[s] for s in sizes])
+    try:
+        floor = floor_fit(runs)
+    except ReportError:
+        floor = None
+    if fit is None or (floor is not None and floor.r_squared <= fit.r_squared):
+        floor = None  # drawn only where it fits better than the plain power law
+    best = best_loss_by_size(runs)
+    sizes, losses = np.array(list(best)), np.array(list(best.values()))
 
     figure, ax = _figure(7.5, 5.5)
     ax.scatter(sizes, losses, color="tab:blue", zorder=3, label="best final val loss at each size")
+    title = "Scaling: no power law could be fitted"
     if fit is not None:
         grid = np.geomspace(sizes.min() / 1.5, sizes.max() * 1.5, 100)
-        ax.plot(grid, fit.loss(grid), color="tab:red", linestyle="--", label="least-squares fit on log-log axes")
         spread = f" ± {fit.alpha_stderr:.3f}" if fit.alpha_stderr is not None else ""
-        ax.set_title(f"Scaling law: L(N) = (Nc/N)^α, α = {fit.alpha:.3f}{spread}, R² = {fit.r_squared:.2f}")
-    else:
-        ax.set_title("Scaling: no power law could be fitted")
+        ax.plot(grid, fit.loss(grid), color="tab:red", linestyle="--",
+                label=f"(Nc/N)^α: α = {fit.alpha:.3f}{spread}, R² = {fit.r_squared:.2f}")
+        title = f"Scaling law: L(N) = (Nc/N)^α, α = {fit.alpha:.3f}{spread}, R² = {fit.r_squared:.2f}"
+        if floor is not None:
+            floor_spread = f" ± {floor.alpha_stderr:.2f}" if floor.alpha_stderr is not None else ""
+            ax.plot(grid, floor.loss(grid), color="tab:green",
+                    label=f"E + (Nc/N)^α: E = {floor.floor:.2f}, α = {floor.alpha:.2f}{floor_spread}, "
+                          f"R² = {floor.r_squared:.2f}")
+            ax.axhline(floor.floor, color="tab:green", linestyle=":", linewidth=1,
+                       label="the floor E this token budget sets")
+            title = f"Scaling at a fixed budget: L(N) = E + (Nc/N)^α, α = {floor.alpha:.2f}{floor_spread}"
+    ax.set_title(title)
     ax.set_xscale("log")
     ax.set_yscale("log")
     from matplotlib.ticker import NullFormatter
 
-    low, high = losses.min(), losses.max()  # plain numbers on the loss axis: 3.2, not 3.2 x 10^0
+    low, high = min(losses.min(), floor.floor if floor else np.inf), losses.max()  # plain numbers on the loss axis: 3.2, not 3.2 x 10^0
     ticks = np.geomspace(low, high, 5) if high > low else np.array([low])
     ax.set_yticks(ticks, [f"{t:.3g}" for t in ticks])
     ax.yaxis.set_minor_formatter(NullFormatter())

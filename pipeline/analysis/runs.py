@@ -24,7 +24,8 @@ MODEL_SIZE = "n_params_non_embedding"
 # Settings that change the model's size; when any differs the x axis is MODEL_SIZE, if every run logged it.
 MODEL_SIZE_PARAMS = ("config", "n_layer", "n_head", "n_embd", MODEL_SIZE)
 # The settings a sweep may vary, most telling first: the first one that differs is the x axis of final_val_loss.
-SWEEP_PREFERENCE = ("lr", "context_length", MODEL_SIZE, "batch_size", "grad_accum", "max_tokens", "max_steps",
+# Model size leads: a scaling sweep also sets each size's own lr, and its axis is still N.
+SWEEP_PREFERENCE = (MODEL_SIZE, "lr", "context_length", "batch_size", "grad_accum", "max_tokens", "max_steps",
                     "epochs", "min_lr", "warmup_steps", "weight_decay", "dropout", "grad_clip", "beta1", "beta2",
                     "stride", "seed", "corpus")
 TAG_FALLBACKS = {"config": "lab.config", "corpus": "lab.corpus"}
