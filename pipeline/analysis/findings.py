@@ -173,7 +173,13 @@ def _context_length(runs: Sequence[RunCurves]) -> tuple[list[str], dict]:
     fewer = steps.get(short, 0) / max(steps.get(long, 0), 1)
     same_steps = abs(fewer - 1) < 0.05
     how = "at equal tokens and steps" if same_steps else f"at equal tokens, in {fewer:.0f}x fewer optimizer steps"
-    if long_loss < short_loss - CLEAR_MARGIN:
+    best_length, best_loss = min(points, key=lambda point: point[1])
+    if best_length not in (short, long) and best_loss < min(short_loss, long_loss) - CLEAR_MARGIN:
+        verdict = (f"Context {best_length} predicts best ({how}), {short_loss - best_loss:.3f} below the shortest "
+                   f"and {long_loss - best_loss:.3f} below the longest: more context helps up to {best_length} "
+                   "here, and at this budget the model has not learned to use more than that yet; raise "
+                   "max_tokens to see where longer contexts stop paying off.")
+    elif long_loss < short_loss - CLEAR_MARGIN:
         verdict = (f"The longest context predicts best, {short_loss - long_loss:.3f} below the shortest "
                    f"({how}): seeing more of the story before each token helps.")
     elif long_loss > short_loss + CLEAR_MARGIN and not same_steps:

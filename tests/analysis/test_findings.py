@@ -122,6 +122,10 @@ def test_context_length_reads_the_val_losses_in_order():
                    run("c128", {"context_length": 128}, [(s // 4, v) for s, v in falling(10.8, 4.6)], [(50, 4.6)])]
     assert "The longest context did worse by 0.400: at equal tokens it took 4x fewer optimizer steps" in \
         find(fewer_steps, ["context_length"]).text
+    middle = [run(f"c{c}", {"context_length": c}, falling(10.8, loss), [(200, loss)])
+              for c, loss in ((32, 5.518), (64, 5.336), (128, 5.543))]  # as context_length_cpu measured it
+    assert ("Context 64 predicts best (at equal tokens and steps), 0.182 below the shortest and 0.207 below the "
+            "longest: more context helps up to 64 here") in find(middle, ["context_length"]).text
     same_steps = [run(f"c{c}", {"context_length": c}, falling(10.8, loss), [(200, loss)])
                   for c, loss in ((32, 4.2), (128, 4.6))]
     assert "did worse by 0.400 at equal tokens and steps: at this budget the model has not learned to use" in \
