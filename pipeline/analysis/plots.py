@@ -85,7 +85,10 @@ def final_val(runs: Sequence[RunCurves], swept: Sequence[str], path: Path) -> No
     x_key = swept[0] if swept else None
     with_val = [run for run in with_val if x_key is None or run.value(x_key) is not None]
     numeric = x_key is not None and all(number(run.value(x_key)) is not None for run in with_val)
-    others = [key for key in swept[1:] if not (x_key == MODEL_SIZE and key in MODEL_SIZE_PARAMS)]
+    # a setting that changes with x (the layers of a size, the batch that keeps a step's tokens) is not a series
+    others = [key for key in swept[1:] if not (x_key == MODEL_SIZE and key in MODEL_SIZE_PARAMS)
+              and len({(run.value(x_key), run.value(key)) for run in with_val}) >
+              len({run.value(x_key) for run in with_val})]
     groups: dict[str, list[RunCurves]] = {}
     for run in with_val:
         label = ", ".join(f"{key}={run.value(key)}" for key in others)
