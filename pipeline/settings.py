@@ -132,9 +132,6 @@ class TrainSettings:
         if self.register:
             check_model_name(self.register)
         self.model_config()
-        from pipeline.data.corpora import resolve
-
-        resolve(self.corpus)  # an unknown name or a missing path is refused before anything is loaded
         return self
 
     def as_params(self) -> dict[str, str]:

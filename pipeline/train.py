@@ -2,6 +2,7 @@
 
 import click
 
+from pipeline.data.corpora import resolve
 from pipeline.errors import run_cli
 from pipeline.settings import settings_from_options, settings_options
 
@@ -20,6 +21,9 @@ def main(**options):
       python -m pipeline.train --config nano --corpus verdict --epochs 3
     """
     settings = settings_from_options(options).validate()  # bad input is refused before torch and MLflow load
+    if not settings.resume:
+        # here, not in validate(): the dashboard checks its form with validate() and leaves paths to the trainer
+        resolve(settings.corpus)
     from pipeline.training.state import TrainingInterrupted
     from pipeline.training.run import train
 
