@@ -107,7 +107,7 @@ def child_profile() -> None:
     wrap(loop.StepLoop, "train_step", "train step")
     wrap(loop.StepLoop, "_evaluate", "evaluation")
     wrap(NgramIndex, "load_or_build", "8-gram index load")
-    wrap(loop, "complete", "sample generation")
+    wrap(loop, "completions", "sample generation (4 continuations)")
     wrap(loop.StepLoop, "_checkpoint", "checkpoint")
     wrap(loop.StepLoop, "_log_model", "logged model (MLflow pyfunc)")
     wrap(trainer, "close_run", "run end (diagnosis, FINISHED)")
