@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from pipeline.analysis.fits import FloorLaw, floor_fit, scaling_fit
-from pipeline.analysis.runs import MODEL_SIZE, RunCurves, count_text, number
+from pipeline.analysis.runs import MODEL_SIZE, RunCurves, count_text, follows, number
 from pipeline.errors import ReportError
 
 # A run that memorised: train loss under this (nats per token)...
@@ -56,8 +56,8 @@ def find(runs: Sequence[RunCurves], swept: Sequence[str], metric: str = "val_los
         lines.append(f"No run logged {metric}: nothing to compare (did every run fail?).")
     for key, reading in (("corpus", _memorisation), ("lr", _learning_rate),
                          ("context_length", _context_length), (MODEL_SIZE, _scaling)):
-        if key == "lr" and MODEL_SIZE in swept:
-            continue  # a rate set per size is part of each size's recipe, not a sweep of its own
+        if key in swept[1:] and follows(runs, swept[0], key):
+            continue  # set with the axis (a rate per size): part of each point's recipe, not a sweep of its own
         if key in swept:
             more, numbers = reading(runs)
             lines += more

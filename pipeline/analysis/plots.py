@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.analysis.fits import PowerLaw, best_loss_by_size, floor_fit, scaling_fit
-from pipeline.analysis.runs import MODEL_SIZE, MODEL_SIZE_PARAMS, RunCurves, number, sort_key
+from pipeline.analysis.runs import MODEL_SIZE, MODEL_SIZE_PARAMS, RunCurves, follows, number, sort_key
 from pipeline.errors import ReportError
 from pipeline.tracking import PRUNED_TAG
 
@@ -87,8 +87,7 @@ def final_val(runs: Sequence[RunCurves], swept: Sequence[str], path: Path) -> No
     numeric = x_key is not None and all(number(run.value(x_key)) is not None for run in with_val)
     # a setting that changes with x (the layers of a size, the batch that keeps a step's tokens) is not a series
     others = [key for key in swept[1:] if not (x_key == MODEL_SIZE and key in MODEL_SIZE_PARAMS)
-              and len({(run.value(x_key), run.value(key)) for run in with_val}) >
-              len({run.value(x_key) for run in with_val})]
+              and not follows(with_val, x_key, key)]
     groups: dict[str, list[RunCurves]] = {}
     for run in with_val:
         label = ", ".join(f"{key}={run.value(key)}" for key in others)

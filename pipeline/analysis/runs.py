@@ -237,6 +237,12 @@ def swept_params(runs: Sequence[RunCurves]) -> list[str]:
     return swept
 
 
+def follows(runs: Sequence[RunCurves], x_key: str, key: str) -> bool:
+    """True when key takes one value for each value of x_key: it changes with the axis (a size's layers and
+    rate, the batch that keeps a step's tokens), so it is part of each point, not a variable of its own."""
+    return len({(run.value(x_key), run.value(key)) for run in runs}) == len({run.value(x_key) for run in runs})
+
+
 def _present(value) -> bool:
     return value is not None and not (isinstance(value, float) and math.isnan(value))
 
