@@ -22,8 +22,16 @@ GRID_RATES = [3e-4, 1e-3, 3e-3, 1e-2, 3e-2]
 def measured(client, result, sweep) -> tuple[int, float, float, int]:
     """Total tokens of the sweep's children, the best child's lr and metric, and how many were pruned."""
     from pipeline.sweeps.runner import best_run
+    from pipeline.tracking import PRUNED_TAG
 
-    tokens = sum(int(client.get_run(child.run_id).data.metrics.get("tokens_seen", 0)) for child in result.children)
+    runs = [client.get_run(child.run_id) for child in result.children]
+    for run in runs:
+        params, metrics = run.data.params, run.data.metrics
+        stopped = f"pruned at step {run.data.tags[PRUNED_TAG]}" if PRUNED_TAG in run.data.tags else "trained to the end"
+        print(f"     lr {float(params['lr']):.3g}  warmup {params['warmup_steps']:>2}  "
+              f"{int(metrics.get('tokens_seen', 0)):>7,} tokens  {sweep.metric} {metrics.get(sweep.metric, float('nan')):.4f}"
+              f"  {stopped}")
+    tokens = sum(int(run.data.metrics.get("tokens_seen", 0)) for run in runs)
     best = best_run(client, sweep, result.children)
     run = client.get_run(best.run_id)
     return tokens, float(run.data.params["lr"]), run.data.metrics[sweep.metric], sum(c.pruned for c in
