@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.data.encoding import usable_cpus
+
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT_DIR.parent / "shared" / "data"
 
@@ -22,7 +24,19 @@ TINY_MODEL = ["--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--context-le
 TINY_MODEL_FIELDS = {"n_layer": 2, "n_head": 2, "n_embd": 32, "context_length": 32}
 
 
+# `-n auto` (pyproject's addopts): a worker per core, at most this many; each worker's tests start torch and MLflow
+# processes of their own, and more of them than this outgrow a laptop's memory for no gain.
+MAX_WORKERS = 4
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    return min(MAX_WORKERS, usable_cpus())
+
+
 def pytest_configure(config):
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:  # a share of the cores each: OpenMP threads that outnumber the cores spin against each other
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, usable_cpus() // workers)))
     os.environ.setdefault("CORPUS_MIRROR", str(SHARED_DATA))
     os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED_DATA / "tiktoken-cache"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -1,5 +1,6 @@
 """Every command in docs/guide.md runs: training commands with a test-sized model and two steps, sweeps as dry
-runs. A command of a form this test does not know fails it, so the guide cannot rot."""
+runs; the lab's own commands through their click commands in this process, the shell script and `mlflow run` as
+processes of their own. A command of a form this test does not know fails it, so the guide cannot rot."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import sys
 
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import PROJECT_DIR, TINY_MODEL
+from tests.conftest import PROJECT_DIR, TINY_MODEL, run_command
 
 GUIDE = PROJECT_DIR / "docs" / "guide.md"
 CHEAP_TRAINING = [*TINY_MODEL, "--max-steps", "2", "--eval-interval", "1", "--sample-interval", "2",
@@ -48,29 +49,28 @@ def test_every_command_in_the_guide_runs(store, tmp_path):
         if command.startswith(SET_UP):
             continue
         words = shlex.split(command)
+        module, given = (words[2], words[3:]) if words[:2] == ["python", "-m"] else (None, [])
         if words[0] == "./run-dashboard.sh":
-            args, cwd = [str(PROJECT_DIR / "run-dashboard.sh"), "--help"], tmp_path
-        elif words[:3] == ["python", "-m", "pipeline.train"]:
-            # a documented run has a budget of its own: one epoch of a large corpus is days on a laptop
-            assert {"--epochs", "--max-steps", "--max-tokens"} & set(words), f"no budget: {command}"
-            args, cwd = [sys.executable, *words[1:], *CHEAP_TRAINING], tmp_path
-        elif words[:3] == ["python", "-m", "pipeline.sweep"]:
-            args, cwd = [sys.executable, *words[1:], "--dry-run"], tmp_path
-        elif words[:3] in (["python", "-m", "pipeline.download"], ["python", "-m", "pipeline.tokenize"]):
-            args, cwd = [sys.executable, *words[1:]], tmp_path
-        elif words[:3] == ["python", "-m", "pipeline.generate"]:
-            assert run_id, "the guide generates before it trains"
-            args, cwd = [sys.executable, *[run_id if w == "RUN_ID" else w for w in words[1:]]], tmp_path
-        elif words[:3] == ["python", "-m", "pipeline.report"]:
-            args = [sys.executable, *[parent_id if w == "PARENT_ID" else w for w in words[1:]], "--out",
-                    str(tmp_path / "report")]
-            cwd = tmp_path
+            result = run([str(PROJECT_DIR / "run-dashboard.sh"), "--help"], tmp_path)
         elif words[:3] == ["mlflow", "run", "."] and "-e" in words and words[words.index("-e") + 1] == "sweep":
-            args, cwd = [*words[:2], str(PROJECT_DIR), *words[3:], "-P", "dry_run=true"], tmp_path
+            result = run([*words[:2], str(PROJECT_DIR), *words[3:], "-P", "dry_run=true"], tmp_path)
+        elif module == "pipeline.train":
+            # a documented run has a budget of its own: one epoch of a large corpus is days on a laptop
+            assert {"--epochs", "--max-steps", "--max-tokens"} & set(given), f"no budget: {command}"
+            result = run_command(module, *given, *CHEAP_TRAINING, cwd=tmp_path)
+        elif module == "pipeline.sweep":
+            result = run_command(module, *given, "--dry-run", cwd=tmp_path)
+        elif module in ("pipeline.download", "pipeline.tokenize"):
+            result = run_command(module, *given, cwd=tmp_path)
+        elif module == "pipeline.generate":
+            assert run_id, "the guide generates before it trains"
+            result = run_command(module, *[run_id if w == "RUN_ID" else w for w in given], cwd=tmp_path)
+        elif module == "pipeline.report":
+            result = run_command(module, *[parent_id if w == "PARENT_ID" else w for w in given], "--out",
+                                 str(tmp_path / "report"), cwd=tmp_path)
         else:
             raise AssertionError(f"the guide has a command this test does not know how to run: {command}")
-        result = run(args, cwd)
         assert result.returncode == 0, (command, result.stderr[-2000:])
-        if words[:3] == ["python", "-m", "pipeline.train"]:
+        if module == "pipeline.train":
             run_id = re.search(r"run (\w+) finished", result.stdout).group(1)
             assert client.get_run(run_id).info.status == "FINISHED"

@@ -8,7 +8,6 @@ import resource
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -49,17 +48,17 @@ def final_loss(client: MlflowClient, run_id: str) -> float:
 
 def test_kill_9_then_resume_continues_from_the_last_checkpoint(store):
     client = MlflowClient(store)
-    budget = ["--max-steps", "80", "--checkpoint-interval", "20"]
+    budget = ["--max-steps", "40", "--checkpoint-interval", "10", "--eval-interval", "10"]
     whole = run_module("pipeline.train", *LONG_RUN, *budget, "--run-name", "whole", cwd=os.getcwd())
     assert whole.returncode == 0, whole.stderr
 
     process = start_train(store, *LONG_RUN, *budget, "--run-name", "killed")
-    wait_for_line(process, "step 47/")
+    wait_for_line(process, "step 27/")
     process.kill()  # SIGKILL: no handler runs, no checkpoint, no status update
     process.wait()
     killed = the_run(client, "killed")
     assert killed.info.status == "RUNNING"
-    assert checkpoints.load_from_run(killed.info.run_id, client)["step"] == 40
+    assert checkpoints.load_from_run(killed.info.run_id, client)["step"] == 20
 
     resumed = run_module("pipeline.train", "--resume", killed.info.run_id, cwd=os.getcwd())
     assert resumed.returncode == 0, resumed.stderr
@@ -67,8 +66,8 @@ def test_kill_9_then_resume_continues_from_the_last_checkpoint(store):
     assert final_loss(client, killed.info.run_id) == pytest.approx(final_loss(client, the_run(client, "whole").info.run_id), abs=1e-6)
     for key in ("train_loss", "lr", "tokens_seen"):
         steps = [m.step for m in client.get_metric_history(killed.info.run_id, key)]
-        assert sorted(steps) == list(range(1, 81)), key  # nothing twice, nothing missing
-    assert sorted(m.step for m in client.get_metric_history(killed.info.run_id, "val_loss")) == [20, 40, 60, 80]
+        assert sorted(steps) == list(range(1, 41)), key  # nothing twice, nothing missing
+    assert sorted(m.step for m in client.get_metric_history(killed.info.run_id, "val_loss")) == [10, 20, 30, 40]
 
 
 def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(store, caplog):
@@ -143,11 +142,11 @@ def test_training_survives_the_tracking_server_going_away(tmp_path, corpus_cache
         process = start_train(uri, *LONG_RUN, "--max-steps", "150", "--run-name", "outage")
         wait_for_line(process, "step 20/")
         stop_server(server)
-        time.sleep(8)  # several flushes fail meanwhile
+        wait_for_line(process, "cannot reach the tracking store")  # a flush failed: training goes on regardless
         server = start_server(tmp_path, port)
         out, err = process.communicate(timeout=300)
         assert process.returncode == 0, err[-2000:]
-        assert "cannot reach the tracking store" in out and "is back" in out
+        assert "is back" in out
         client = MlflowClient(uri)
         run = the_run(client, "outage")
         assert run.info.status == "FINISHED"
