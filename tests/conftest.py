@@ -134,6 +134,19 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
         assert fragment in lines[0], (fragment, lines[0])
 
 
+def wait_for(check, timeout: float = 600, every: float = 0.5, what: str = "condition"):
+    """check() until it returns something truthy; that value. The deadline is generous: a loaded 2-core machine
+    is slow, and a test waits on a condition, never on a guess of how long it takes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(every)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

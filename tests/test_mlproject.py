@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
-from tests.conftest import PROJECT_DIR
+from tests.conftest import PROJECT_DIR, wait_for
 
 TINY = ["-P", "n_layer=2", "-P", "n_head=2", "-P", "n_embd=32", "-P", "context_length=32", "-P", "max_steps=2",
         "-P", "corpus=tiny"]
@@ -42,15 +41,13 @@ def experiments_with_artifacts_in(client: MlflowClient, folder: Path, *names: st
 def runs_by_experiment(client: MlflowClient) -> dict[str, list]:
     """Every run, deleted ones too, by experiment name, once the runs `mlflow run` made and the lab replaced are
     deleted (by a process of their own, after `mlflow run` ended them)."""
-    deadline = time.monotonic() + 120
-    while True:
+    def settled():
         found = {e.name: client.search_runs([e.experiment_id], run_view_type=ViewType.ALL)
                  for e in client.search_experiments()}
         replaced = [r for runs in found.values() for r in runs if "lab.replaced_by" in r.data.tags]
-        if all(r.info.lifecycle_stage == "deleted" for r in replaced):
-            return found
-        assert time.monotonic() < deadline, [(r.info.run_id, r.info.status) for r in replaced]
-        time.sleep(0.2)
+        return all(r.info.lifecycle_stage == "deleted" for r in replaced) and found
+
+    return wait_for(settled, timeout=300, every=0.2, what="the runs mlflow run made to be deleted")
 
 
 def test_mlflow_run_train_lands_in_our_experiment_with_the_params_as_given(store, tmp_path):

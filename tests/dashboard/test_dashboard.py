@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.training import checkpoints
 from pipeline.dashboard.app import create_app
-from tests.conftest import PROJECT_DIR, TINY_MODEL_FIELDS, free_port, run_module
+from tests.conftest import PROJECT_DIR, TINY_MODEL_FIELDS, free_port, run_module, wait_for
 
 # A run that finishes in a few seconds, with a point every step and a sample every 5 steps.
 TINY_RUN = {"corpus": "tiny", **TINY_MODEL_FIELDS, "epochs": 1000, "max_steps": 20, "lr": 1e-2, "warmup_steps": 2,
@@ -34,18 +34,6 @@ def dashboard(store, tmp_path):
     app.testing = True
     yield app
     app.extensions["lab_dashboard"].registry.kill_all()
-
-
-def wait_for(check, timeout: float = 600, every: float = 0.5, what: str = "condition"):
-    """check() until it returns something truthy; that value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(every)
 
 
 def detail(client, run_id: str) -> dict:

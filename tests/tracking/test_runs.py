@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import shlex
-import time
 
 import pytest
 from mlflow.entities import Param, ViewType
 from mlflow.tracking import MlflowClient
 
 from pipeline import tracking
+from tests.conftest import wait_for
 
 
 def made_run(client: MlflowClient, experiment: str, params: dict[str, str], by_mlflow_run: bool = True) -> str:
@@ -58,10 +58,8 @@ def test_the_replaced_run_is_deleted_once_mlflow_run_has_ended_it(store, monkeyp
     tracking.finish_run(client, run_id, tracking.STATUS_FINISHED)
     assert client.get_run(given).info.lifecycle_stage == "active"
     client.set_terminated(given, "FINISHED")  # what `mlflow run` does when the program has exited
-    deadline = time.monotonic() + 120
-    while client.get_run(given).info.lifecycle_stage != "deleted":
-        assert time.monotonic() < deadline, "the replaced run was not deleted"
-        time.sleep(0.2)
+    wait_for(lambda: client.get_run(given).info.lifecycle_stage == "deleted", timeout=300, every=0.2,
+             what="the replaced run to be deleted")
     assert client.get_run(run_id).info.lifecycle_stage == "active"
 
 

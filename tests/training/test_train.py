@@ -25,7 +25,7 @@ from pipeline.settings import TrainSettings
 from pipeline.training.run import default_run_name, train
 from pipeline.training.schedule import lr_at, total_steps_for
 from tests.conftest import (PROJECT_DIR, TINY_MODEL, TINY_MODEL_FIELDS, assert_one_line_error, run_command,
-                            run_module)
+                            run_module, wait_for)
 
 TINY = TrainSettings(corpus="tiny", epochs=100, max_steps=40, lr=1e-2, min_lr=1e-3, warmup_steps=5,
                      log_interval=1, eval_interval=10, sample_interval=20, sample_tokens=8,
@@ -301,7 +301,10 @@ def test_mlflow_run_entry_point_with_local_env_manager(store):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     client = MlflowClient(store)
-    [run] = client.search_runs([client.get_experiment_by_name("pretraining").experiment_id])
+    experiment_id = client.get_experiment_by_name("pretraining").experiment_id
+    # the run `mlflow run` made goes on as one of ours, and is deleted by a process of its own once ended
+    [run] = wait_for(lambda: len(runs := client.search_runs([experiment_id])) == 1 and runs, timeout=300,
+                     what="the run mlflow run made to be deleted")
     assert run.info.status == "FINISHED"
     assert run.data.params["max_steps"] == "3" and run.data.params["n_layer"] == "2"
     assert run.data.params["lr"] == "3e-3"  # as the user typed it: logged by `mlflow run`, kept by the trainer
