@@ -48,7 +48,7 @@ def final_loss(client: MlflowClient, run_id: str) -> float:
 
 def test_kill_9_then_resume_continues_from_the_last_checkpoint(store):
     client = MlflowClient(store)
-    budget = ["--max-steps", "40", "--checkpoint-interval", "10", "--eval-interval", "10"]
+    budget = ["--max-steps", "40", "--checkpoint-interval", "20"]  # killed 13 steps before the next checkpoint
     whole = run_module("pipeline.train", *LONG_RUN, *budget, "--run-name", "whole", cwd=os.getcwd())
     assert whole.returncode == 0, whole.stderr
 
@@ -67,7 +67,7 @@ def test_kill_9_then_resume_continues_from_the_last_checkpoint(store):
     for key in ("train_loss", "lr", "tokens_seen"):
         steps = [m.step for m in client.get_metric_history(killed.info.run_id, key)]
         assert sorted(steps) == list(range(1, 41)), key  # nothing twice, nothing missing
-    assert sorted(m.step for m in client.get_metric_history(killed.info.run_id, "val_loss")) == [10, 20, 30, 40]
+    assert sorted(m.step for m in client.get_metric_history(killed.info.run_id, "val_loss")) == [20, 40]
 
 
 def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(store, caplog):
@@ -139,6 +139,7 @@ def test_training_survives_the_tracking_server_going_away(tmp_path, corpus_cache
     process = None
     try:
         # If the run ends while the server is still away, its last flush and checkpoint wait for it: also tested.
+        # 130 steps still to go when the server stops: training goes on through the outage
         process = start_train(uri, *LONG_RUN, "--max-steps", "150", "--run-name", "outage")
         wait_for_line(process, "step 20/")
         stop_server(server)
