@@ -26,11 +26,11 @@ def measured(client, result, sweep) -> tuple[int, float, float, int]:
 
     runs = [client.get_run(child.run_id) for child in result.children]
     for run in runs:
-        params, metrics = run.data.params, run.data.metrics
-        stopped = f"pruned at step {run.data.tags[PRUNED_TAG]}" if PRUNED_TAG in run.data.tags else "trained to the end"
+        params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
+        stopped = f"pruned at step {tags[PRUNED_TAG]}" if PRUNED_TAG in tags else "trained to the end"
         print(f"     lr {float(params['lr']):.3g}  warmup {params['warmup_steps']:>2}  "
-              f"{int(metrics.get('tokens_seen', 0)):>7,} tokens  {sweep.metric} {metrics.get(sweep.metric, float('nan')):.4f}"
-              f"  {stopped}")
+              f"{int(metrics.get('tokens_seen', 0)):>7,} tokens  "
+              f"{sweep.metric} {metrics.get(sweep.metric, float('nan')):.4f}  {stopped}")
     tokens = sum(int(run.data.metrics.get("tokens_seen", 0)) for run in runs)
     best = best_run(client, sweep, result.children)
     run = client.get_run(best.run_id)
