@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pipeline.tracking import run_ui_url
 from pipeline.training.run import train
-from tests.conftest import free_port, stop_server, wait_until_listening
+from tests.conftest import NO_JOB_RUNNER, free_port, stop_server, wait_until_listening
 from tests.dashboard.test_dashboard import browser  # noqa: F401 (the headless Chromium fixture)
 from tests.tracking.test_models import TINY
 
@@ -37,7 +37,7 @@ def test_a_finished_runs_page_shows_its_curves_samples_dataset_system_metrics_an
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")  # samples within a tiny run
     result = train(replace(TINY, sample_interval=10, sample_tokens=8))
     port = free_port()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # as the README's command
+    env = {**os.environ, **NO_JOB_RUNNER}  # as the README's command
     ui = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri", store,
                            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], cwd=tmp_path, env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

@@ -109,7 +109,7 @@ def test_exposed_server_answers_only_with_a_login(tmp_path):
     admin, password = config["mlflow"]["admin_username"], "a-long-test-password"  # MLflow ships no password
     port = free_port()
     env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "basic_auth.ini"),
-           "MLFLOW_AUTH_ADMIN_PASSWORD": password, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+           "MLFLOW_AUTH_ADMIN_PASSWORD": password}
     env.pop("MLFLOW_FLASK_SERVER_SECRET_KEY", None)  # the script makes one up
     with open(tmp_path / "server.log", "w") as log:
         process = subprocess.Popen(

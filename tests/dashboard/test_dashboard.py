@@ -365,6 +365,9 @@ def test_run_dashboard_servers_die_with_it_even_on_sigkill_and_ctrl_c_stops_both
     process = _start_dashboard(port, mlflow_port, tmp_path)  # both ports are free again: a fresh start works
     try:
         assert _status(f"http://127.0.0.1:{port}/api/runs") == 200
+        started = _session_processes(process.pid)
+        assert any(" ui " in line for line in started), started
+        assert not any("_job_runner" in line or "huey" in line for line in started), started  # MLflow's GenAI jobs
         process.send_signal(signal.SIGINT)  # Ctrl-C
         out, _ = process.communicate(timeout=300)
     finally:
