@@ -25,7 +25,7 @@ from pipeline.errors import LabError, SettingsError, first_line
 from pipeline.files import PROJECT_DIR
 from pipeline.settings import TrainSettings, short_number
 from pipeline.training import checkpoints, distributed
-from pipeline.training.device import check_model_fits, pick_device
+from pipeline.training.device import check_model_fits, keep_freed_memory, pick_device
 from pipeline.training.distributed import World
 from pipeline.training.flops import flops_per_token, peak_flops
 from pipeline.training.loop import StepLoop
@@ -68,6 +68,8 @@ def _train(settings: TrainSettings, world: World) -> TrainResult:
     device = pick_device(settings.device)
     if device.type == "cuda" and world.active:
         device = torch.device("cuda", world.local_rank)
+    if device.type == "cpu":
+        keep_freed_memory()
     model_config = settings.model_config()
 
     corpus = prepare_corpus(settings.corpus, world)
