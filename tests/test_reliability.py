@@ -16,8 +16,8 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.training import checkpoints
 from pipeline.errors import CheckpointError
-from tests.conftest import (PROJECT_DIR, TINY_MODEL, assert_one_line_error, free_port, run_module, start_server,
-                            stop_server)
+from tests.conftest import (PROJECT_DIR, TINY_MODEL, assert_one_line_error, free_port, run_command, run_module,
+                            start_server, stop_server)
 
 LONG_RUN = ["--corpus", "tiny", *TINY_MODEL, "--epochs", "1000", "--lr", "1e-2", "--warmup-steps", "5",
             "--log-interval", "1", "--eval-interval", "20", "--sample-interval", "0", "--dropout", "0.1"]
@@ -49,7 +49,7 @@ def final_loss(client: MlflowClient, run_id: str) -> float:
 def test_kill_9_then_resume_continues_from_the_last_checkpoint(store):
     client = MlflowClient(store)
     budget = ["--max-steps", "40", "--checkpoint-interval", "20"]  # killed 13 steps before the next checkpoint
-    whole = run_module("pipeline.train", *LONG_RUN, *budget, "--run-name", "whole", cwd=os.getcwd())
+    whole = run_command("pipeline.train", *LONG_RUN, *budget, "--run-name", "whole")  # the reference, in-process
     assert whole.returncode == 0, whole.stderr
 
     process = start_train(store, *LONG_RUN, *budget, "--run-name", "killed")

@@ -145,15 +145,15 @@ def _start_cli(store: str, *args: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-RESUMABLE = ["--corpus", "tiny", *TINY_MODEL, "--epochs", "1000", "--max-steps", "60", "--lr", "1e-2",
-             "--warmup-steps", "5", "--log-interval", "1", "--eval-interval", "25", "--sample-interval", "0",
-             "--checkpoint-interval", "0", "--dropout", "0.1"]
+RESUMABLE = ["--corpus", "tiny", *TINY_MODEL, "--batch-size", "2", "--epochs", "1000", "--max-steps", "60",
+             "--lr", "1e-2", "--warmup-steps", "5", "--log-interval", "1", "--eval-interval", "25",
+             "--sample-interval", "0", "--checkpoint-interval", "0", "--dropout", "0.1"]
 
 
 def test_interrupted_run_resumes_to_the_same_loss(store):
     """Ctrl-C part-way: checkpoint, KILLED; --resume finishes with the uninterrupted run's loss, to 1e-6."""
     client = MlflowClient(store)
-    whole = run_module("pipeline.train", *RESUMABLE, "--run-name", "whole", cwd=os.getcwd())
+    whole = run_command("pipeline.train", *RESUMABLE, "--run-name", "whole")  # the reference: no process of its own
     assert whole.returncode == 0, whole.stderr
     whole_run = client.search_runs([client.get_experiment_by_name("pretraining").experiment_id],
                                    filter_string="attributes.run_name = 'whole'")[0]
