@@ -123,6 +123,16 @@ def run_command(module: str, *args: str, cwd: Path | None = None, env: dict | No
     return subprocess.CompletedProcess([module, *args], code, out.getvalue(), err.getvalue())
 
 
+def limited(kind: int, limit: int):
+    """A preexec_fn that sets a resource limit (resource.RLIMIT_FSIZE, RLIMIT_AS...) in the child: the full disk
+    or the full memory of a real machine, without filling one."""
+    import resource
+
+    def apply():
+        resource.setrlimit(kind, (limit, limit))
+    return apply
+
+
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
     """Bad input: exit code 2, one line on stderr that starts with 'error:', no traceback."""
     assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)

@@ -16,8 +16,8 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.training import checkpoints
 from pipeline.errors import CheckpointError
-from tests.conftest import (PROJECT_DIR, TINY_MODEL, assert_one_line_error, free_port, run_command, run_module,
-                            start_server, stop_server)
+from tests.conftest import (PROJECT_DIR, TINY_MODEL, assert_one_line_error, free_port, limited, run_command,
+                            run_module, start_server, stop_server)
 
 LONG_RUN = ["--corpus", "tiny", *TINY_MODEL, "--epochs", "1000", "--lr", "1e-2", "--warmup-steps", "5",
             "--log-interval", "1", "--eval-interval", "20", "--sample-interval", "0", "--dropout", "0.1"]
@@ -93,12 +93,6 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(store, caplog)
     assert checkpoints.load_from_run(run.info.run_id, client)["step"] == 20
 
 
-def _file_size_limit(limit: int):
-    def apply():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # writes past it fail with EFBIG
-    return apply
-
-
 def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_old_checkpoint(store):
     client = MlflowClient(store)
     process = start_train(store, *LONG_RUN, "--max-steps", "40", "--checkpoint-interval", "20", "--run-name", "full")
@@ -111,8 +105,8 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_old_checkpoin
     # resume under a 4 MB file-size limit: the next checkpoint (about 20 MB) cannot be written
     env = {**os.environ, "PYTHONPATH": str(PROJECT_DIR), "MLFLOW_TRACKING_URI": store}
     result = subprocess.run([sys.executable, "-m", "pipeline.train", "--resume", run.info.run_id], cwd=os.getcwd(),
-                            env=env, capture_output=True, text=True, preexec_fn=_file_size_limit(4 << 20),
-                            timeout=300)
+                            env=env, capture_output=True, text=True, timeout=300,
+                            preexec_fn=limited(resource.RLIMIT_FSIZE, 4 << 20))
     assert_one_line_error(result, "could not write checkpoint")
     assert client.get_run(run.info.run_id).info.status == "FAILED"
     assert checkpoints.load_from_run(run.info.run_id, client)["step"] == stopped_at  # the earlier one is intact
@@ -125,7 +119,8 @@ def test_a_full_disk_while_tokenizing_is_one_line_and_leaves_no_half_shards(tmp_
     before = sorted((tmp_path / "cache" / "shards" / "shakespeare").iterdir())
     result = subprocess.run([sys.executable, "-m", "pipeline.tokenize", "--corpus", "shakespeare", "--val-fraction",
                              "0.2"], cwd=PROJECT_DIR, env={**os.environ, "PYTHONPATH": str(PROJECT_DIR), **env},
-                            capture_output=True, text=True, preexec_fn=_file_size_limit(100_000), timeout=300)
+                            capture_output=True, text=True, timeout=300,
+                            preexec_fn=limited(resource.RLIMIT_FSIZE, 100_000))
     assert_one_line_error(result, "could not write", "File too large")
     assert sorted((tmp_path / "cache" / "shards" / "shakespeare").iterdir()) == before
     assert not [p for p in (tmp_path / "cache" / "shards").iterdir() if p.name.startswith(".")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -24,8 +25,8 @@ from pipeline.errors import CheckpointError
 from pipeline.settings import TrainSettings
 from pipeline.training.run import default_run_name, train
 from pipeline.training.schedule import lr_at, total_steps_for
-from tests.conftest import (PROJECT_DIR, TINY_MODEL, TINY_MODEL_FIELDS, assert_one_line_error, run_command,
-                            run_module, wait_for)
+from tests.conftest import (PROJECT_DIR, TINY_MODEL, TINY_MODEL_FIELDS, assert_one_line_error, limited,
+                            run_command, run_module, wait_for)
 
 TINY = TrainSettings(corpus="tiny", epochs=100, max_steps=40, lr=1e-2, min_lr=1e-3, warmup_steps=5,
                      log_interval=1, eval_interval=10, sample_interval=20, sample_tokens=8,
@@ -242,14 +243,17 @@ def test_non_finite_loss_stops_at_once_and_fails_the_run(store):
 
 
 def test_out_of_memory_is_one_line_with_advice(store):
-    # 200k windows of 32 tokens: the logits alone would need over a terabyte
-    result = run_module("pipeline.train", "--corpus", "tiny", "--n-layer", "1", "--n-head", "1", "--n-embd", "8",
-                        "--context-length", "32", "--batch-size", "200000", "--max-steps", "1", cwd=os.getcwd())
+    # 20k windows of 32 tokens: the logits alone need 129 GB, and half of them 64 GB, past the process's 16 GiB
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_DIR)}
+    result = subprocess.run([sys.executable, "-m", "pipeline.train", "--corpus", "tiny", "--n-layer", "1",
+                             "--n-head", "1", "--n-embd", "8", "--context-length", "32", "--batch-size", "20000",
+                             "--max-steps", "1"], cwd=os.getcwd(), env=env, capture_output=True, text=True,
+                            preexec_fn=limited(resource.RLIMIT_AS, 16 << 30), timeout=600)
     assert_one_line_error(result, "out of memory at step 1 even with the micro-batch halved", "--batch-size")
     assert run_statuses(store) == ["FAILED"]
     client = MlflowClient(store)
     [run] = client.search_runs([client.get_experiment_by_name("pretraining").experiment_id])
-    assert run.data.tags["lab.oom_adjusted"] == "batch_size 200000 -> 100000, grad_accum 1 -> 2"
+    assert run.data.tags["lab.oom_adjusted"] == "batch_size 20000 -> 10000, grad_accum 1 -> 2"
 
 
 def test_unreachable_tracking_server_fails_before_training(store, tmp_path):
