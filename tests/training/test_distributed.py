@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.training import checkpoints
-from tests.conftest import PROJECT_DIR, TINY_MODEL, run_module
+from tests.conftest import PROJECT_DIR, TINY_MODEL, run_command
 
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
 # dropout 0: each process draws its own dropout masks, which a single process cannot reproduce
@@ -39,7 +39,7 @@ def curve(client: MlflowClient, run_id: str) -> list[float]:
 
 def test_two_processes_match_one_with_the_default_batch_split_by_windows(store):
     client = MlflowClient(store)
-    single = run_module("pipeline.train", *RUN, "--max-steps", "20", "--run-name", "single", cwd=os.getcwd())
+    single = run_command("pipeline.train", *RUN, "--max-steps", "20", "--run-name", "single")  # in this process
     assert single.returncode == 0, single.stderr
     process = torchrun(store, *RUN, "--max-steps", "20", "--run-name", "ddp")
     out, err = process.communicate(timeout=300)
@@ -87,7 +87,7 @@ def test_resume_moves_from_two_processes_to_one_and_back(store):
     steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train_loss"))
     assert steps == list(range(1, 17))
 
-    reference = run_module("pipeline.train", *RUN, "--max-steps", "16", "--run-name", "reference", cwd=os.getcwd())
+    reference = run_command("pipeline.train", *RUN, "--max-steps", "16", "--run-name", "reference")
     assert reference.returncode == 0, reference.stderr
     [ref] = runs_named(client, "reference")
     assert curve(client, run.info.run_id) == pytest.approx(curve(client, ref.info.run_id), abs=1e-4)
