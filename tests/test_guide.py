@@ -10,6 +10,7 @@ import shlex
 import subprocess
 import sys
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import PROJECT_DIR, TINY_MODEL, run_command
@@ -39,6 +40,7 @@ def test_the_guide_has_commands_for_every_part():
         assert f"python -m pipeline.sweep --name {sweep}" in commands
 
 
+@pytest.mark.slow
 def test_every_command_in_the_guide_runs(store, tmp_path):
     client = MlflowClient(store)
     smoke = run([sys.executable, "-m", "pipeline.sweep", "--name", "smoke"], cwd=tmp_path)

@@ -9,6 +9,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from pipeline.tracking import run_ui_url
 from pipeline.training.run import train
 from tests.conftest import NO_JOB_RUNNER, free_port, stop_server, wait_until_listening
@@ -28,6 +30,7 @@ return Math.max(0, ...[...card.querySelectorAll('.scatterlayer path.js-line')].m
 """
 
 
+@pytest.mark.slow
 def test_a_finished_runs_page_shows_its_curves_samples_dataset_system_metrics_and_model(
         store, tmp_path, monkeypatch, browser):  # noqa: F811
     from selenium.webdriver.common.by import By

@@ -70,6 +70,7 @@ def test_mlflow_run_train_lands_in_our_experiment_with_the_params_as_given(store
     assert run.info.run_name == "nano-tiny-lr1e-3" and client.get_metric_history(run.info.run_id, "train_loss")
 
 
+@pytest.mark.slow
 def test_mlflow_run_sweep_keeps_parent_and_children_in_one_experiment(store, tmp_path):
     client = MlflowClient(store)
     experiments_with_artifacts_in(client, tmp_path, "pretraining")

@@ -46,6 +46,7 @@ def final_loss(client: MlflowClient, run_id: str) -> float:
     return max(client.get_metric_history(run_id, "train_loss"), key=lambda m: m.step).value
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_continues_from_the_last_checkpoint(store):
     client = MlflowClient(store)
     budget = ["--max-steps", "40", "--checkpoint-interval", "20"]  # killed 13 steps before the next checkpoint
@@ -126,6 +127,7 @@ def test_a_full_disk_while_tokenizing_is_one_line_and_leaves_no_half_shards(tmp_
     assert not [p for p in (tmp_path / "cache" / "shards").iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.slow
 def test_training_survives_the_tracking_server_going_away(tmp_path, corpus_cache):
     """The chosen behaviour: training goes on, metrics wait in memory and arrive when the server is back."""
     port = free_port()
@@ -153,6 +155,7 @@ def test_training_survives_the_tracking_server_going_away(tmp_path, corpus_cache
         stop_server(server)
 
 
+@pytest.mark.slow
 def test_two_sweeps_and_a_run_writing_to_one_store_lose_nothing(store, tmp_path):
     import yaml
 

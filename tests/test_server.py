@@ -22,6 +22,7 @@ from tests.conftest import (PROJECT_DIR, TINY_MODEL, assert_one_line_error, free
                             wait_until_listening)
 
 
+@pytest.mark.slow
 def test_training_sweep_and_report_against_a_real_server(server, tmp_path):
     train_sweep_and_report(server, tmp_path)
 
@@ -65,6 +66,7 @@ def train_sweep_and_report(server: str, folder: Path) -> str:
     return parent.info.run_id
 
 
+@pytest.mark.slow
 def test_print_commands_hands_children_to_a_scheduler(server, tmp_path):
     env = {"MLFLOW_TRACKING_URI": server}
     printed = run_module("pipeline.sweep", "--name", "smoke", "--print-commands", cwd=tmp_path, env=env)

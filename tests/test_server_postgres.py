@@ -121,6 +121,7 @@ def artifacts(client: MlflowClient, run_id: str, folder: Path, path: str = "") -
     return found
 
 
+@pytest.mark.slow
 def test_postgresql_store_keeps_every_run_metric_and_artifact_across_a_restart(postgres_uri, tmp_path,
                                                                             corpus_cache):
     log = tmp_path / "server.log"

@@ -264,6 +264,7 @@ return cards;
 """
 
 
+@pytest.mark.slow
 def test_the_page_starts_a_run_draws_its_curve_and_sample_and_stops_another(server, browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -350,6 +351,7 @@ def _start_dashboard(port: int, mlflow_port: int, folder: Path) -> subprocess.Po
     return process
 
 
+@pytest.mark.slow
 def test_run_dashboard_servers_die_with_it_even_on_sigkill_and_ctrl_c_stops_both(store, tmp_path):
     port, mlflow_port = free_port(), free_port()
     killed = _start_dashboard(port, mlflow_port, tmp_path)

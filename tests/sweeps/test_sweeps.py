@@ -138,6 +138,7 @@ def children_of(client, parent_id):
     return client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
 
 
+@pytest.mark.slow
 def test_smoke_sweep_with_two_workers_nests_runs_loses_nothing_and_reruns_skip(store, tmp_path):
     client = tracking.connect()
     sweep = load_sweep("smoke")
@@ -169,6 +170,7 @@ def test_smoke_sweep_with_two_workers_nests_runs_loses_nothing_and_reruns_skip(s
     assert dry.stdout.count("skip") == 2 and "smoke-01-lr=1e-2" in dry.stdout
 
 
+@pytest.mark.slow
 def test_a_failing_child_is_failed_and_the_sweep_goes_on(store, tmp_path):
     path = write_sweeps(tmp_path / "e.yaml", {
         "mixed": {"base": TINY_BASE, "method": "list", "runs": [{"lr": 1e30, "warmup_steps": 0, "min_lr": 0.0},

@@ -87,6 +87,7 @@ def test_a_finished_run_logs_a_model_linked_to_its_step_and_metrics_that_predict
     assert client.get_model_version("tiny-gpt", "2").source == f"models:/{good.model_id}"
 
 
+@pytest.mark.slow
 def test_the_model_is_served_answers_a_post_and_is_refused_once_tampered_with(store, tmp_path):
     trained = run_module("pipeline.train", "--corpus", "tiny", *TINY_MODEL, "--max-steps", "4", cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr

@@ -65,6 +65,7 @@ def stop_at(process: subprocess.Popen, step: int) -> None:
     process.communicate(timeout=600)
 
 
+@pytest.mark.slow
 def test_resume_moves_from_two_processes_to_one_and_back(store):
     client = MlflowClient(store)
     stop_at(torchrun(store, *RUN, "--max-steps", "16", "--run-name", "moving"), 4)

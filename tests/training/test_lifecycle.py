@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline import tracking
@@ -76,6 +77,7 @@ def test_a_crashed_trainers_run_resumes_although_it_is_left_running(store):
     assert only_run(store).info.status == "KILLED"
 
 
+@pytest.mark.slow
 def test_the_end_of_a_run_waits_for_a_tracking_server_that_is_away(tmp_path, monkeypatch, corpus_cache):
     """Diagnosis, tags and FINISHED are retried as metrics are; FAILED is one warning when the store is away."""
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
