@@ -21,6 +21,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 # (name, script and arguments, what it checks)
 SUITE = [
     ("tracking_overhead", ["tracking_overhead.py"], "train() logging every step at most 3% slower than a bare loop"),
+    ("freed_memory", ["freed_memory.py"], "nano steps with freed memory kept at least 1.2x glibc's defaults, peak "
+                                          "RSS at most 1.25x"),
     ("data_throughput", ["data_throughput.py"], "WindowSampler at least 20x faster than nano's training steps"),
     ("eval_share", ["eval_share.py"], "eval + sample at most 10% of a nano run's wall time"),
     ("startup", ["startup.py"], "a one-step tiny run at most 1.3x `import torch, mlflow`; --help and bad input 0.5 s"),
