@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.training import checkpoints
 from pipeline.dashboard.app import create_app
-from tests.conftest import PROJECT_DIR, TINY_MODEL_FIELDS, free_port, run_module, wait_for
+from tests.conftest import PROJECT_DIR, TINY_MODEL_FIELDS, free_port, run_command, wait_for
 
 # A run that finishes in a few seconds, with a point every step and a sample every 5 steps.
 TINY_RUN = {"corpus": "tiny", **TINY_MODEL_FIELDS, "epochs": 1000, "max_steps": 20, "lr": 1e-2, "warmup_steps": 2,
@@ -106,7 +106,7 @@ def test_a_run_started_through_the_api_shows_its_curve_and_sample_and_another_is
 
 def test_bad_settings_get_the_cli_message_and_stop_signals_only_its_own_processes(dashboard, store, tmp_path):
     web = dashboard.test_client()
-    cli = run_module("pipeline.train", "--corpus", "tiny", "--lr", "0", cwd=tmp_path)
+    cli = run_command("pipeline.train", "--corpus", "tiny", "--lr", "0", cwd=tmp_path)
     cli_line = cli.stderr.strip().splitlines()[-1]
     api = web.post("/api/runs", json={**TINY_RUN, "lr": 0})
     assert api.status_code == 400

@@ -17,7 +17,7 @@ from pipeline.data.corpora import CorpusText, fetch
 from pipeline.data.encoding import tokenize
 from pipeline.data.shards import HEADER_BYTES, load_shards
 from pipeline.errors import ShardError
-from tests.conftest import PROJECT_DIR, run_module
+from tests.conftest import PROJECT_DIR, run_command, run_module
 
 TINY = PROJECT_DIR / "corpus" / "tiny.txt"
 SHAKESPEARE_TOKENS = 338_025  # tiktoken gpt2 on tinyshakespeare.txt, train and val
@@ -157,8 +157,8 @@ def test_training_after_a_shard_was_edited_rebuilds_it_at_the_chosen_split(tmp_p
     shard = folder / "train_000.bin"
     good = flip_a_token(shard)
 
-    result = run_module("pipeline.train", "--corpus", "tiny", "--max-steps", "1", "--n-layer", "1", "--n-embd",
-                        "32", "--n-head", "2", "--context-length", "16", cwd=tmp_path, env=env)
+    result = run_command("pipeline.train", "--corpus", "tiny", "--max-steps", "1", "--n-layer", "1", "--n-embd",
+                         "32", "--n-head", "2", "--context-length", "16", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert shard.read_bytes() == good
     client = MlflowClient(store)

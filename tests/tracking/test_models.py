@@ -89,7 +89,7 @@ def test_a_finished_run_logs_a_model_linked_to_its_step_and_metrics_that_predict
 
 @pytest.mark.slow
 def test_the_model_is_served_answers_a_post_and_is_refused_once_tampered_with(store, tmp_path):
-    trained = run_module("pipeline.train", "--corpus", "tiny", *TINY_MODEL, "--max-steps", "4", cwd=tmp_path)
+    trained = run_command("pipeline.train", "--corpus", "tiny", *TINY_MODEL, "--max-steps", "4", cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr
     model_line = next(line for line in trained.stdout.splitlines() if line.startswith("model: "))
     uri = model_line.split()[1]

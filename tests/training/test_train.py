@@ -237,8 +237,8 @@ def test_resume_and_generate_refuse_runs_they_cannot_use(store):
 
 
 def test_non_finite_loss_stops_at_once_and_fails_the_run(store):
-    result = run_module("pipeline.train", "--corpus", "tiny", *TINY_MODEL, "--max-steps", "50", "--lr", "1e30",
-                        "--warmup-steps", "0", "--min-lr", "0", cwd=os.getcwd())
+    result = run_command("pipeline.train", "--corpus", "tiny", *TINY_MODEL, "--max-steps", "50", "--lr", "1e30",
+                         "--warmup-steps", "0", "--min-lr", "0")
     assert_one_line_error(result, "loss became", "lower --lr")
     assert run_statuses(store) == ["FAILED"]
 
@@ -319,8 +319,7 @@ def test_mlflow_run_entry_point_with_local_env_manager(store):
 def test_model_files_from_yaml_are_checked_and_an_unpadded_vocabulary_trains_and_generates(store, tmp_path):
     small_vocab = tmp_path / "small-vocab.yaml"
     small_vocab.write_text("n_layer: 1\nn_head: 2\nn_embd: 32\ncontext_length: 32\nvocab_size: 1000\n")
-    result = run_module("pipeline.train", "--config", str(small_vocab), "--corpus", "tiny", "--max-steps", "2",
-                        cwd=os.getcwd())
+    result = run_command("pipeline.train", "--config", str(small_vocab), "--corpus", "tiny", "--max-steps", "2")
     assert_one_line_error(result, "vocab_size must hold the tokenizer's 50257 tokens, got 1000")
     for bad, message in (("bias: maybe\n", "model field 'bias'"), ("n_layer: 0\n", "n_layer must be at least 1")):
         (tmp_path / "bad.yaml").write_text(bad)
