@@ -7,7 +7,6 @@ import resource
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -258,11 +257,11 @@ def test_out_of_memory_is_one_line_with_advice(store):
 
 
 def test_unreachable_tracking_server_fails_before_training(store, tmp_path):
-    started = time.monotonic()
+    # MLflow's own retries would take minutes before the first error: the deadline fails the test then
     result = run_module("pipeline.train", "--corpus", "tiny", *TINY_MODEL, "--max-steps", "2", cwd=tmp_path,
-                        env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
+                        env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}, timeout=150)
     assert_one_line_error(result, "cannot reach the MLflow tracking store at http://127.0.0.1:9")
-    assert time.monotonic() - started < 60
+    assert result.stdout == ""  # refused before anything was planned or fetched
 
 
 def test_generate_continues_a_prompt_from_a_runs_checkpoint(store):
