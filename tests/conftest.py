@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import signal
 import sqlite3
@@ -34,9 +35,8 @@ def pytest_xdist_auto_num_workers(config) -> int:
 
 
 def pytest_collection_modifyitems(config, items):
-    """The tests marked slow first (a stable sort: the rest keep their order). Idle workers then steal short
-    tests at the end instead of the suite waiting on a long one that started last; `-m "not slow"` is the
-    quick check while editing."""
+    """The tests marked slow first (a stable sort: the rest keep their order), so that no long test is the last
+    to start; `-m "not slow"` leaves them out for a quick check while editing."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
@@ -133,8 +133,6 @@ def run_command(module: str, *args: str, cwd: Path | None = None, env: dict | No
 def limited(kind: int, limit: int):
     """A preexec_fn that sets a resource limit (resource.RLIMIT_FSIZE, RLIMIT_AS...) in the child: the full disk
     or the full memory of a real machine, without filling one."""
-    import resource
-
     def apply():
         resource.setrlimit(kind, (limit, limit))
     return apply
