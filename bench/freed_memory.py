@@ -8,7 +8,8 @@ with the trainer's own step (bench/benchlib.py's BareLoop), --steps steps after 
 - kept: keep_freed_memory() called first, as the trainer does on a CPU.
 The two alternate, --reps times each, on one machine in one run. Compared: the median step's tokens/s (median
 over the reps) and the peak RSS (from wait4). Both must reach the same loss (the same computation).
-Targets: kept at least 1.2x the tokens/s of glibc; its peak RSS at most 1.25x (freed blocks reused for other sizes fragment the heap a little).
+Targets: kept at least 1.2x the tokens/s of glibc; its peak RSS at most 1.25x (freed blocks reused for other
+sizes fragment the heap a little).
 """
 
 from __future__ import annotations

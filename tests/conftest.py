@@ -93,11 +93,11 @@ def python_path() -> str:
 
 
 def run_module(module: str, *args: str, cwd: Path | None = None, env: dict | None = None,
-               timeout: int = 900) -> subprocess.CompletedProcess:
-    """`python -m module args` in a real subprocess, with the project importable."""
+               timeout: int = 900, preexec_fn=None) -> subprocess.CompletedProcess:
+    """`python -m module args` in a real subprocess, with the project importable (preexec_fn: see limited)."""
     full_env = {**os.environ, "PYTHONPATH": python_path(), **(env or {})}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or PROJECT_DIR, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, preexec_fn=preexec_fn)
 
 
 def run_command(module: str, *args: str, cwd: Path | None = None, env: dict | None = None

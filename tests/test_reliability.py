@@ -104,10 +104,8 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_old_checkpoin
     stopped_at = checkpoints.load_from_run(run.info.run_id, client)["step"]
     assert run.info.status == "KILLED" and 12 <= stopped_at < 20
     # resume under a 4 MB file-size limit: the next checkpoint (about 20 MB) cannot be written
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_DIR), "MLFLOW_TRACKING_URI": store}
-    result = subprocess.run([sys.executable, "-m", "pipeline.train", "--resume", run.info.run_id], cwd=os.getcwd(),
-                            env=env, capture_output=True, text=True, timeout=300,
-                            preexec_fn=limited(resource.RLIMIT_FSIZE, 4 << 20))
+    result = run_module("pipeline.train", "--resume", run.info.run_id, cwd=os.getcwd(),
+                        env={"MLFLOW_TRACKING_URI": store}, preexec_fn=limited(resource.RLIMIT_FSIZE, 4 << 20))
     assert_one_line_error(result, "could not write checkpoint")
     assert client.get_run(run.info.run_id).info.status == "FAILED"
     assert checkpoints.load_from_run(run.info.run_id, client)["step"] == stopped_at  # the earlier one is intact
@@ -118,10 +116,8 @@ def test_a_full_disk_while_tokenizing_is_one_line_and_leaves_no_half_shards(tmp_
     ok = run_module("pipeline.tokenize", "--corpus", "shakespeare", env=env)
     assert ok.returncode == 0, ok.stderr
     before = sorted((tmp_path / "cache" / "shards" / "shakespeare").iterdir())
-    result = subprocess.run([sys.executable, "-m", "pipeline.tokenize", "--corpus", "shakespeare", "--val-fraction",
-                             "0.2"], cwd=PROJECT_DIR, env={**os.environ, "PYTHONPATH": str(PROJECT_DIR), **env},
-                            capture_output=True, text=True, timeout=300,
-                            preexec_fn=limited(resource.RLIMIT_FSIZE, 100_000))
+    result = run_module("pipeline.tokenize", "--corpus", "shakespeare", "--val-fraction", "0.2", env=env,
+                        preexec_fn=limited(resource.RLIMIT_FSIZE, 100_000))
     assert_one_line_error(result, "could not write", "File too large")
     assert sorted((tmp_path / "cache" / "shards" / "shakespeare").iterdir()) == before
     assert not [p for p in (tmp_path / "cache" / "shards").iterdir() if p.name.startswith(".")]

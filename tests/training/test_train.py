@@ -244,11 +244,9 @@ def test_non_finite_loss_stops_at_once_and_fails_the_run(store):
 
 def test_out_of_memory_is_one_line_with_advice(store):
     # 20k windows of 32 tokens: the logits alone need 129 GB, and half of them 64 GB, past the process's 16 GiB
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_DIR)}
-    result = subprocess.run([sys.executable, "-m", "pipeline.train", "--corpus", "tiny", "--n-layer", "1",
-                             "--n-head", "1", "--n-embd", "8", "--context-length", "32", "--batch-size", "20000",
-                             "--max-steps", "1"], cwd=os.getcwd(), env=env, capture_output=True, text=True,
-                            preexec_fn=limited(resource.RLIMIT_AS, 16 << 30), timeout=600)
+    result = run_module("pipeline.train", "--corpus", "tiny", "--n-layer", "1", "--n-head", "1", "--n-embd", "8",
+                        "--context-length", "32", "--batch-size", "20000", "--max-steps", "1", cwd=os.getcwd(),
+                        preexec_fn=limited(resource.RLIMIT_AS, 16 << 30))
     assert_one_line_error(result, "out of memory at step 1 even with the micro-batch halved", "--batch-size")
     assert run_statuses(store) == ["FAILED"]
     client = MlflowClient(store)
