@@ -94,7 +94,7 @@ def run_child(kind: str, path: Path, cache: Path) -> dict:
     """Run one measurement in a child process; its timing from its stdout, its peak RSS from wait4."""
     command = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--file", str(path),
                "--cache", str(cache)]
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_DIR), "TQDM_DISABLE": "1"}
+    env = {**benchlib.offline_environment(), "TQDM_DISABLE": "1"}
     output, code, peak = benchlib.run_measured(command, env, PROJECT_DIR)
     if code != 0:
         raise SystemExit(f"the {kind} child failed with exit code {code}")
