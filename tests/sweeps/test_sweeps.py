@@ -29,7 +29,7 @@ EXERCISES = ("memorization", "lr_sensitivity", "context_length", "scaling")
 def test_shipped_sweeps_cover_the_learning_exercises_at_both_scales():
     sweeps = load_sweeps()
     assert {f"{name}_{scale}" for name in EXERCISES for scale in ("cpu", "gpu")} | {"smoke"} <= set(sweeps)
-    assert [p.settings.lr for p in sweeps["lr_sensitivity_gpu"].points] == [1e-4, 3e-4, 1e-3, 3e-3]
+    assert [p.settings.lr for p in sweeps["lr_sensitivity_gpu"].points] == [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2]
     assert [p.settings.context_length for p in sweeps["context_length_gpu"].points] == [64, 128, 256]
     assert [p.settings.config for p in sweeps["scaling_gpu"].points] == ["nano", "small", "medium"]
     for scale in ("cpu", "gpu"):
