@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Iterable, Sequence, TypeVar
 
 from pipeline.analysis.fits import FloorLaw, floor_fit, scaling_fit
 from pipeline.analysis.runs import MODEL_SIZE, RunCurves, count_text, follows, number
 from pipeline.errors import ReportError
+
+T = TypeVar("T")
 
 # A run that memorised: train loss under this (nats per token)...
 MEMORISED_LOSS = 0.5
@@ -65,15 +67,22 @@ def find(runs: Sequence[RunCurves], swept: Sequence[str], metric: str = "val_los
     return Findings(tuple(lines), facts)
 
 
-def best_run(runs: Sequence[RunCurves], metric: str = "val_loss", goal: str = "minimize") -> RunCurves | None:
-    """The finished, unpruned run with the best final value of metric (val_loss and train_loss are read from the
-    curves)."""
-    scored = [(value, run) for run in runs if run.status == "FINISHED" and not run.pruned
-              and (value := _final_metric(run, metric)) is not None and math.isfinite(value)]
+def pick_best(candidates: Iterable[T], value_of: Callable[[T], float | None], goal: str = "minimize") -> T | None:
+    """The candidate whose finite value is lowest (goal minimize) or highest (maximize); None when none has one.
+    The one rule behind a sweep's lab.best_run tag and its report's best run."""
+    scored = [(value, candidate) for candidate in candidates
+              if (value := value_of(candidate)) is not None and math.isfinite(value)]
     if not scored:
         return None
     pick = min if goal == "minimize" else max
     return pick(scored, key=lambda item: item[0])[1]
+
+
+def best_run(runs: Sequence[RunCurves], metric: str = "val_loss", goal: str = "minimize") -> RunCurves | None:
+    """The finished, unpruned run with the best final value of metric (val_loss and train_loss are read from the
+    curves)."""
+    finished = [run for run in runs if run.status == "FINISHED" and not run.pruned]
+    return pick_best(finished, lambda run: _final_metric(run, metric), goal)
 
 
 def _final_metric(run: RunCurves, metric: str) -> float | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shlex
 import subprocess
@@ -24,6 +23,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from pipeline import tracking
+from pipeline.analysis.findings import pick_best
 from pipeline.settings import settings_to_args
 from pipeline.files import PROJECT_DIR
 from pipeline.errors import SettingsError
@@ -153,13 +153,8 @@ def _run_points(client: MlflowClient, sweep: Sweep, parent_id: str, experiment_i
 
 def best_run(client: MlflowClient, sweep: Sweep, children) -> ChildOutcome | None:
     """The FINISHED child, not pruned, with the best last value of the sweep's metric for its goal."""
-    scored = []
-    for child in children:
-        if child.status == "FINISHED" and not child.pruned:
-            value = client.get_run(child.run_id).data.metrics.get(sweep.metric)
-            if value is not None and math.isfinite(value):
-                scored.append((value if sweep.goal == "minimize" else -value, child))
-    return min(scored, key=lambda pair: pair[0])[1] if scored else None
+    finished = [child for child in children if child.status == "FINISHED" and not child.pruned]
+    return pick_best(finished, lambda child: client.get_run(child.run_id).data.metrics.get(sweep.metric), sweep.goal)
 
 
 def _finished_children(client: MlflowClient, sweep: Sweep) -> dict[str, str]:

@@ -7,8 +7,9 @@ import math
 
 import pytest
 
-from pipeline.analysis.findings import find
+from pipeline.analysis.findings import best_run, find, pick_best
 from pipeline.analysis.runs import MODEL_SIZE, RunCurves
+from pipeline.tracking import PRUNED_TAG
 
 STEPS = list(range(10, 210, 10))
 
@@ -130,3 +131,15 @@ def test_context_length_reads_the_val_losses_in_order():
                   for c, loss in ((32, 4.2), (128, 4.6))]
     assert "did worse by 0.400 at equal tokens and steps: at this budget the model has not learned to use" in \
         find(same_steps, ["context_length"]).text
+
+
+def test_the_best_run_is_the_finished_one_with_the_best_finite_value_for_the_goal():
+    runs = [run("low", {"lr": 0.01}, falling(10.8, 3.0), [(200, 3.0)]),
+            run("high", {"lr": 0.03}, falling(10.8, 5.0), [(200, 5.0)]),
+            run("nan", {"lr": 0.1}, falling(10.8, 1.0), [(200, math.nan)]),
+            run("failed", {"lr": 0.3}, falling(10.8, 1.0), [(200, 1.0)], status="FAILED"),
+            run("pruned", {"lr": 0.001}, falling(10.8, 2.0), [(200, 2.0)], tags={PRUNED_TAG: "100"})]
+    assert best_run(runs).name == "low"
+    assert best_run(runs, goal="maximize").name == "high"
+    assert best_run(runs[2:]) is None
+    assert pick_best([], lambda value: value) is None
