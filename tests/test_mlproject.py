@@ -88,7 +88,8 @@ def test_mlflow_run_sweep_keeps_parent_and_children_in_one_experiment(store, tmp
             reports.rmdir()
 
     runs = runs_by_experiment(client)
-    assert all(r.info.status == "FINISHED" for rs in runs.values() for r in rs)
+    statuses = {(experiment, r.info.run_name): r.info.status for experiment, rs in runs.items() for r in rs}
+    assert set(statuses.values()) == {"FINISHED"}, statuses
     [placeholder] = runs["Default"]
     [parent] = [r for r in runs["pretraining"] if r.data.tags.get("lab.role") == "sweep"]
     children = [r for r in runs["pretraining"] if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
