@@ -64,7 +64,8 @@ def test_kill_9_then_resume_continues_from_the_last_checkpoint(store):
     resumed = run_module("pipeline.train", "--resume", killed.info.run_id, cwd=os.getcwd())
     assert resumed.returncode == 0, resumed.stderr
     assert client.get_run(killed.info.run_id).info.status == "FINISHED"
-    assert final_loss(client, killed.info.run_id) == pytest.approx(final_loss(client, the_run(client, "whole").info.run_id), abs=1e-6)
+    whole = the_run(client, "whole")
+    assert final_loss(client, killed.info.run_id) == pytest.approx(final_loss(client, whole.info.run_id), abs=1e-6)
     for key in ("train_loss", "lr", "tokens_seen"):
         steps = [m.step for m in client.get_metric_history(killed.info.run_id, key)]
         assert sorted(steps) == list(range(1, 41)), key  # nothing twice, nothing missing

@@ -88,26 +88,31 @@ def test_grid_is_the_cross_product_and_random_is_seeded_and_in_range(tmp_path):
     assert sweeps["g"].swept == ["batch_size", "lr"]
 
 
+def one_sweep(base: dict | None = None, **spec) -> dict:
+    """A file of one sweep 's' on TINY_BASE (or base), with spec's keys beside it."""
+    return {"s": {"base": TINY_BASE if base is None else base, **spec}}
+
+
+ONE_LR = {"lr": {"values": [0.1]}}
 BAD_SWEEPS = [
-    ({"s": {"base": TINY_BASE, "parameters": {"lr": {"values": [0.1]}}, "methd": "grid"}}, "sweep 's': unknown key 'methd'"),
-    ({"s": {"base": TINY_BASE, "method": "hyperopt", "parameters": {"lr": {"values": [0.1]}}}}, "method must be one of"),
-    ({"s": {"base": TINY_BASE, "parameters": {"learning_rate": {"values": [0.1]}}}}, "unknown parameter 'learning_rate'"),
-    ({"s": {"base": TINY_BASE, "parameters": {"lr": {"values": []}}}}, "values must be a non-empty list"),
-    ({"s": {"base": TINY_BASE, "parameters": {}}}, "'parameters' must map at least one setting"),
-    ({"s": {"base": TINY_BASE, "parameters": {"batch_size": {"values": ["big"]}}}}, "'batch_size' must be int"),
-    ({"s": {"base": TINY_BASE, "parameters": {"lr": [0.1, 0.2]}}}, "give values: [...] or value: x"),
-    ({"s": {"base": {**TINY_BASE, "epoch": 3}, "parameters": {"lr": {"values": [0.1]}}}}, "base: unknown setting 'epoch'"),
-    ({"s": {"base": {**TINY_BASE, "max_steps": "ten"}, "parameters": {"lr": {"values": [0.1]}}}}, "'max_steps' must be int"),
-    ({"s": {"base": TINY_BASE, "method": "list"}}, "'runs' must be a non-empty list"),
-    ({"s": {"base": TINY_BASE, "method": "list", "runs": [{"lr": 0.1}, {"lr": 0.1}]}}, "two runs have the same settings"),
-    ({"s": {"base": TINY_BASE, "method": "random", "parameters": {"lr": {"values": [0.1]}}}}, "needs run_cap"),
-    ({"s": {"base": TINY_BASE, "method": "random", "run_cap": 2,
-            "parameters": {"lr": {"distribution": "normal", "min": 0.1, "max": 0.2}}}}, "distribution must be one of"),
-    ({"s": {"base": TINY_BASE, "method": "random", "run_cap": 2,
-            "parameters": {"lr": {"distribution": "uniform", "min": 0.2, "max": 0.1}}}}, "min < max"),
-    ({"s": {"base": TINY_BASE, "parameters": {"lr": {"values": [0.1]}}, "metric": {"name": "val_loss", "goal": "lowest"}}},
-     "goal must be minimize or maximize"),
-    ({"s": {"base": TINY_BASE, "parameters": {"lr": {"values": [-1.0]}}}}, "lr must be a positive number"),
+    (one_sweep(parameters=ONE_LR, methd="grid"), "sweep 's': unknown key 'methd'"),
+    (one_sweep(method="hyperopt", parameters=ONE_LR), "method must be one of"),
+    (one_sweep(parameters={"learning_rate": {"values": [0.1]}}), "unknown parameter 'learning_rate'"),
+    (one_sweep(parameters={"lr": {"values": []}}), "values must be a non-empty list"),
+    (one_sweep(parameters={}), "'parameters' must map at least one setting"),
+    (one_sweep(parameters={"batch_size": {"values": ["big"]}}), "'batch_size' must be int"),
+    (one_sweep(parameters={"lr": [0.1, 0.2]}), "give values: [...] or value: x"),
+    (one_sweep({**TINY_BASE, "epoch": 3}, parameters=ONE_LR), "base: unknown setting 'epoch'"),
+    (one_sweep({**TINY_BASE, "max_steps": "ten"}, parameters=ONE_LR), "'max_steps' must be int"),
+    (one_sweep(method="list"), "'runs' must be a non-empty list"),
+    (one_sweep(method="list", runs=[{"lr": 0.1}, {"lr": 0.1}]), "two runs have the same settings"),
+    (one_sweep(method="random", parameters=ONE_LR), "needs run_cap"),
+    (one_sweep(method="random", run_cap=2, parameters={"lr": {"distribution": "normal", "min": 0.1, "max": 0.2}}),
+     "distribution must be one of"),
+    (one_sweep(method="random", run_cap=2, parameters={"lr": {"distribution": "uniform", "min": 0.2, "max": 0.1}}),
+     "min < max"),
+    (one_sweep(parameters=ONE_LR, metric={"name": "val_loss", "goal": "lowest"}), "goal must be minimize or maximize"),
+    (one_sweep(parameters={"lr": {"values": [-1.0]}}), "lr must be a positive number"),
     ({"s": ["lr"]}, "sweep 's': must be a mapping"),
     ({}, "defines no sweeps"),
 ]
@@ -216,9 +221,9 @@ def test_ctrl_c_ends_a_sweep_even_when_started_ignoring_it(store, tmp_path):
 
     from tests.conftest import python_path
 
-    path = write_sweeps(tmp_path / "e.yaml", {"long": {"base": {**TINY_BASE, "max_steps": 100000, "epochs": 1000,
-                                                                "eval_interval": 0, "sample_interval": 0},
-                                                       "method": "grid", "parameters": {"lr": {"values": [0.01, 0.003]}}}})
+    endless = {**TINY_BASE, "max_steps": 100000, "epochs": 1000, "eval_interval": 0, "sample_interval": 0}
+    path = write_sweeps(tmp_path / "e.yaml", {"long": {"base": endless, "method": "grid",
+                                                       "parameters": {"lr": {"values": [0.01, 0.003]}}}})
     process = subprocess.Popen(
         [sys.executable, "-m", "pipeline.sweep", "--name", "long", "--file", str(path)], cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": python_path()}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
