@@ -29,8 +29,7 @@ SMALL_MODEL = {"n_layer": 2, "n_head": 2, "n_embd": 64, "context_length": 64}
 
 def offline_environment() -> dict[str, str]:
     """The variables that make corpora and tiktoken come from ../shared/data, with no network and no telemetry.
-    Set in this process (unless already set) and returned for child processes, with the project first on
-    PYTHONPATH and then what this process was given (packages installed with pip --target, say)."""
+    Set in this process (unless already set) and returned for child processes (PYTHONPATH: the project first)."""
     defaults = {
         "CORPUS_MIRROR": str(SHARED_DATA),
         "TIKTOKEN_CACHE_DIR": str(SHARED_DATA / "tiktoken-cache"),
@@ -41,7 +40,9 @@ def offline_environment() -> dict[str, str]:
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_DIR), os.environ.get("PYTHONPATH")]))}
+    from pipeline.files import child_python_path
+
+    return {**os.environ, "PYTHONPATH": child_python_path()}
 
 
 @contextlib.contextmanager

@@ -16,6 +16,12 @@ PROJECT_DIR = Path(__file__).resolve().parents[1]
 INSTALLED_DATA_DIR = Path(sys.prefix) / "share" / "gpt-pretraining-lab"
 
 
+def child_python_path() -> str:
+    """PYTHONPATH for a child process of the lab: the project first, then what this process was given (packages
+    installed with pip --target, say), so the child imports this checkout and still finds those packages."""
+    return os.pathsep.join(filter(None, [str(PROJECT_DIR), os.environ.get("PYTHONPATH")]))
+
+
 def in_checkout() -> bool:
     return (PROJECT_DIR / "MLproject").is_file()
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.data.encoding import usable_cpus
+from pipeline.files import child_python_path
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT_DIR.parent / "shared" / "data"
@@ -86,16 +87,10 @@ def store(tmp_path, monkeypatch, corpus_cache, store_template) -> str:
     return uri
 
 
-def python_path() -> str:
-    """PYTHONPATH for a child process: the project first, then what this process was given (packages
-    installed with pip --target, say)."""
-    return os.pathsep.join(filter(None, [str(PROJECT_DIR), os.environ.get("PYTHONPATH")]))
-
-
 def run_module(module: str, *args: str, cwd: Path | None = None, env: dict | None = None,
                timeout: int = 900, preexec_fn=None) -> subprocess.CompletedProcess:
     """`python -m module args` in a real subprocess, with the project importable (preexec_fn: see limited)."""
-    full_env = {**os.environ, "PYTHONPATH": python_path(), **(env or {})}
+    full_env = {**os.environ, "PYTHONPATH": child_python_path(), **(env or {})}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or PROJECT_DIR, env=full_env,
                           capture_output=True, text=True, timeout=timeout, preexec_fn=preexec_fn)
 

@@ -13,6 +13,7 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
+from pipeline.files import child_python_path
 from tests.conftest import PROJECT_DIR, TINY_MODEL, run_command
 
 GUIDE = PROJECT_DIR / "docs" / "guide.md"
@@ -29,7 +30,7 @@ def guide_commands() -> list[str]:
 
 def run(args: list[str], cwd) -> subprocess.CompletedProcess:
     bin_dir = os.path.dirname(sys.executable)
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_DIR), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    env = {**os.environ, "PYTHONPATH": child_python_path(), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 

@@ -16,15 +16,16 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.training import checkpoints
 from pipeline.errors import CheckpointError
-from tests.conftest import (PROJECT_DIR, TINY_MODEL, assert_one_line_error, free_port, limited, run_command,
-                            run_module, start_server, stop_server)
+from pipeline.files import child_python_path
+from tests.conftest import (TINY_MODEL, assert_one_line_error, free_port, limited, run_command, run_module,
+                            start_server, stop_server)
 
 LONG_RUN = ["--corpus", "tiny", *TINY_MODEL, "--epochs", "1000", "--lr", "1e-2", "--warmup-steps", "5",
             "--log-interval", "1", "--eval-interval", "20", "--sample-interval", "0", "--dropout", "0.1"]
 
 
 def start_train(store: str, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_DIR), "MLFLOW_TRACKING_URI": store}
+    env = {**os.environ, "PYTHONPATH": child_python_path(), "MLFLOW_TRACKING_URI": store}
     return subprocess.Popen([sys.executable, "-m", "pipeline.train", *args], cwd=os.getcwd(), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -164,7 +165,7 @@ def test_two_sweeps_and_a_run_writing_to_one_store_lose_nothing(store, tmp_path)
         "two": {"base": base, "parameters": {"seed": {"values": [1, 2]}}},
     }}))
     MlflowClient(store).search_experiments()  # create the database once, before the writers start
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_DIR), "MLFLOW_TRACKING_URI": store}
+    env = {**os.environ, "PYTHONPATH": child_python_path(), "MLFLOW_TRACKING_URI": store}
     processes = [subprocess.Popen([sys.executable, "-m", "pipeline.sweep", "--name", name, "--file", str(path),
                                    "--workers", "2"], env=env, cwd=os.getcwd(), stdout=subprocess.DEVNULL,
                                   stderr=subprocess.PIPE, text=True) for name in ("one", "two")]

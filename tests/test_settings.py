@@ -14,6 +14,7 @@ import yaml
 
 from pipeline.errors import SettingsError
 from pipeline.settings import MODEL_FIELDS, TrainSettings, settings_from_mapping
+from pipeline.files import child_python_path
 from tests.conftest import PROJECT_DIR, run_module
 
 
@@ -130,6 +131,6 @@ def test_a_command_leaves_its_objects_to_the_os_at_exit():
     probe = ("import atexit, gc; atexit.register(lambda: print('frozen at exit:', gc.get_freeze_count() > 0)); "
              "from pipeline.errors import run_cli; from pipeline.train import main; run_cli(main, ['--help'])")
     result = subprocess.run([sys.executable, "-c", probe], cwd=PROJECT_DIR, capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": str(PROJECT_DIR)}, timeout=300)
+                            env={**os.environ, "PYTHONPATH": child_python_path()}, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "frozen at exit: True"

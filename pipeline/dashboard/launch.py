@@ -19,7 +19,7 @@ from typing import Mapping
 from model.configs import NAMED_CONFIGS
 from pipeline import tracking
 from pipeline.settings import settings_to_args
-from pipeline.files import PROJECT_DIR
+from pipeline.files import child_python_path
 from pipeline.data.corpora import load_registry
 from pipeline.errors import SettingsError
 from pipeline.sweeps.spec import load_sweep
@@ -90,7 +90,7 @@ def corpus_label(spec: str) -> str:
 
 def child_env(tracking_uri: str, run_id: str | None = None) -> dict:
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_DIR), os.environ.get("PYTHONPATH")]))}
+           "PYTHONPATH": child_python_path()}
     env.pop("MLFLOW_RUN_ID", None)
     env.pop("MLFLOW_EXPERIMENT_ID", None)
     env.pop("MLFLOW_EXPERIMENT_NAME", None)

@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 from pipeline import tracking
 from pipeline.analysis.findings import pick_best
 from pipeline.settings import settings_to_args
-from pipeline.files import PROJECT_DIR
+from pipeline.files import PROJECT_DIR, child_python_path
 from pipeline.errors import SettingsError
 from pipeline.sweeps.spec import Sweep, SweepPoint
 
@@ -213,8 +213,7 @@ def create_child(client: MlflowClient, sweep: Sweep, point: SweepPoint, parent_i
 def run_child(client: MlflowClient, point: SweepPoint, run_id: str, env: dict[str, str] | None = None) -> ChildOutcome:
     """One `pipeline.train` process logging into the child run made for it; its output is prefixed and shown."""
     env = {**os.environ, "MLFLOW_RUN_ID": run_id, "MLFLOW_TRACKING_URI": tracking.tracking_uri(),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_DIR), os.environ.get("PYTHONPATH")])),
-           **(env or {})}
+           "PYTHONPATH": child_python_path(), **(env or {})}
     log.info("start %s (run %s)", point.name, run_id)
     with tempfile.TemporaryFile(mode="w+") as errors:
         process = subprocess.Popen(train_command(point), env=env, stdout=subprocess.PIPE, stderr=errors, text=True)

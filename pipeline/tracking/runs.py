@@ -20,7 +20,7 @@ from mlflow.tracking.default_experiment import DEFAULT_EXPERIMENT_ID
 from mlflow.utils.mlflow_tags import MLFLOW_PROJECT_ENTRY_POINT, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
 
 from pipeline.errors import TrackingError, first_line
-from pipeline.files import PROJECT_DIR
+from pipeline.files import child_python_path
 from pipeline.settings import TrainSettings
 from pipeline.tracking.statistics import keep_statistics
 
@@ -187,8 +187,7 @@ def release_placeholder(run_id: str) -> None:
     placeholder = _replaced.pop(run_id, None)
     if placeholder is None:
         return
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_DIR), os.environ.get("PYTHONPATH")]))}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(), "PYTHONPATH": child_python_path()}
     subprocess.Popen([sys.executable, "-m", "pipeline.tracking.handover", placeholder], env=env,
                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                      start_new_session=True)  # outlives this process, and Ctrl-C in its terminal

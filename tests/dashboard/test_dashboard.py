@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.training import checkpoints
 from pipeline.dashboard.app import create_app
+from pipeline.files import child_python_path
 from tests.conftest import PROJECT_DIR, TINY_MODEL_FIELDS, free_port, run_command, wait_for
 
 # A run that finishes in a few seconds, with a point every step and a sample every 5 steps.
@@ -205,7 +206,7 @@ def server(store, tmp_path):
     """`python -m pipeline.dashboard` on a free port, in its own session; killed with everything it started."""
     port = free_port()
     log = open(tmp_path / "dashboard.log", "w")
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_DIR), "MLFLOW_TRACKING_URI": store}
+    env = {**os.environ, "PYTHONPATH": child_python_path(), "MLFLOW_TRACKING_URI": store}
     process = subprocess.Popen([sys.executable, "-m", "pipeline.dashboard", "--port", str(port)], cwd=tmp_path,
                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/"

@@ -17,6 +17,7 @@ from pipeline.data.corpora import CorpusText, fetch
 from pipeline.data.encoding import tokenize
 from pipeline.data.shards import HEADER_BYTES, load_shards
 from pipeline.errors import ShardError
+from pipeline.files import child_python_path
 from tests.conftest import PROJECT_DIR, run_command, run_module
 
 TINY = PROJECT_DIR / "corpus" / "tiny.txt"
@@ -172,7 +173,7 @@ def test_training_after_a_shard_was_edited_rebuilds_it_at_the_chosen_split(tmp_p
 
 
 def test_two_processes_tokenizing_at_once_take_turns(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_DIR), "CORPUS_CACHE": str(tmp_path)}
+    env = {**os.environ, "PYTHONPATH": child_python_path(), "CORPUS_CACHE": str(tmp_path)}
     command = [sys.executable, "-m", "pipeline.tokenize", "--corpus", "shakespeare"]
     processes = [subprocess.Popen(command, cwd=PROJECT_DIR, env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True) for _ in range(2)]

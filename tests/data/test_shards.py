@@ -21,6 +21,7 @@ from pipeline.data.corpora import DOCUMENT_SEPARATOR, CorpusText, fetch
 from pipeline.errors import CorpusError, ShardError
 from pipeline.data.encoding import PIECE_BYTES, _SEPARATOR, _encode, _pieces, encoding, tokenize
 from pipeline.data.shards import HEADER_BYTES, MAGIC, VERSION, load_shards, read_shard, write_shard
+from pipeline.files import child_python_path
 from tests.conftest import PROJECT_DIR, assert_one_line_error, run_command, run_module
 
 SEP = DOCUMENT_SEPARATOR
@@ -474,7 +475,7 @@ def test_cli_truncated_shard_is_a_clear_error_and_tokenize_repairs_it(tmp_path):
              "from pipeline.data.shards import load_shards\n"
              "run_cli(click.Command('check', callback=lambda: load_shards(sys.argv[1])), [])")
     loaded = subprocess.run([sys.executable, "-c", check, str(folder)], capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": str(PROJECT_DIR)}, timeout=120)
+                            env={**os.environ, "PYTHONPATH": child_python_path()}, timeout=120)
     assert_one_line_error(loaded, "val_000.bin", "truncated")
     # a shard folder is not a corpus
     assert_one_line_error(run_command("pipeline.tokenize", "--corpus", str(folder), env=env),

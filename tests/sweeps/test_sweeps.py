@@ -12,6 +12,7 @@ from pipeline import tracking
 from pipeline.errors import SettingsError
 from pipeline.sweeps.spec import load_sweep, load_sweeps
 from pipeline.sweeps.runner import CHILD_ROLE, describe, plan, run_sweep, scheduler_commands
+from pipeline.files import child_python_path
 from tests.conftest import TINY_MODEL_FIELDS, assert_one_line_error, run_command, run_module
 
 TINY_BASE = {"corpus": "tiny", **TINY_MODEL_FIELDS, "epochs": 100, "max_steps": 6, "warmup_steps": 2,
@@ -219,14 +220,12 @@ def test_ctrl_c_ends_a_sweep_even_when_started_ignoring_it(store, tmp_path):
     import subprocess
     import sys
 
-    from tests.conftest import python_path
-
     endless = {**TINY_BASE, "max_steps": 100000, "epochs": 1000, "eval_interval": 0, "sample_interval": 0}
     path = write_sweeps(tmp_path / "e.yaml", {"long": {"base": endless, "method": "grid",
                                                        "parameters": {"lr": {"values": [0.01, 0.003]}}}})
     process = subprocess.Popen(
         [sys.executable, "-m", "pipeline.sweep", "--name", "long", "--file", str(path)], cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": python_path()}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": child_python_path()}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         for line in process.stdout:  # the first child is training once it logs a step

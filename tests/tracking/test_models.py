@@ -23,7 +23,8 @@ from pipeline.settings import TrainSettings
 from pipeline.tracking.models import register
 from pipeline.training.run import train
 from pipeline.training.sampling import complete, model_from_run
-from tests.conftest import (TINY_MODEL, TINY_MODEL_FIELDS, assert_one_line_error, free_port, python_path,
+from pipeline.files import child_python_path
+from tests.conftest import (TINY_MODEL, TINY_MODEL_FIELDS, assert_one_line_error, free_port,
                             run_command, run_module, stop_server, wait_until_listening)
 
 TINY = TrainSettings(corpus="tiny", epochs=100, max_steps=20, lr=1e-2, min_lr=1e-3, warmup_steps=2,
@@ -105,7 +106,7 @@ def test_the_model_is_served_answers_a_post_and_is_refused_once_tampered_with(st
     port = free_port()
     mlflow_cli = Path(sys.executable).parent / "mlflow"
     # as from the activated virtualenv: MLflow starts its `uvicorn` by name
-    env = {**os.environ, "PYTHONPATH": python_path(), "MLFLOW_TRACKING_URI": store,
+    env = {**os.environ, "PYTHONPATH": child_python_path(), "MLFLOW_TRACKING_URI": store,
            "PATH": f"{mlflow_cli.parent}{os.pathsep}{os.environ['PATH']}"}
     server = subprocess.Popen([str(mlflow_cli), "models", "serve", "-m", uri, "--env-manager", "local",
                                "-h", "127.0.0.1", "-p", str(port)], cwd=tmp_path, env=env,

@@ -15,7 +15,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import TINY_MODEL, python_path, run_module
+from pipeline.files import child_python_path
+from tests.conftest import TINY_MODEL, run_module
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; PyTorch sees none here")
 
@@ -32,7 +33,7 @@ def test_a_cuda_run_resumes_to_the_same_losses(store):
     client = MlflowClient(store)
     whole = run_module("pipeline.train", *RUN, "--run-name", "whole", cwd=os.getcwd())
     assert whole.returncode == 0, whole.stderr
-    env = {**os.environ, "PYTHONPATH": python_path(), "MLFLOW_TRACKING_URI": store}
+    env = {**os.environ, "PYTHONPATH": child_python_path(), "MLFLOW_TRACKING_URI": store}
     parts = subprocess.Popen([sys.executable, "-m", "pipeline.train", *RUN, "--run-name", "parts"], env=env,
                              cwd=os.getcwd(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in parts.stdout:

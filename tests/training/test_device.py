@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from tests.conftest import PROJECT_DIR, python_path
+from pipeline.files import child_python_path
+from tests.conftest import PROJECT_DIR
 
 # A step's worth of large tensors, made and freed 40 times: the page faults of steps 16-20 are counted, and the
 # resident memory after steps 20 and 40 (the heap settles within the first ten steps).
@@ -37,7 +38,7 @@ print(json.dumps({"kept": kept, **seen}))
 
 def faults(mode: str) -> dict:
     done = subprocess.run([sys.executable, "-c", FAULTS_OF_REPEATED_STEPS, mode], cwd=PROJECT_DIR, text=True,
-                          capture_output=True, env={"PYTHONPATH": python_path(), "OMP_NUM_THREADS": "1",
+                          capture_output=True, env={"PYTHONPATH": child_python_path(), "OMP_NUM_THREADS": "1",
                                                     "PATH": "/usr/bin:/bin"}, timeout=300)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)

@@ -12,7 +12,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.training import checkpoints
-from tests.conftest import PROJECT_DIR, TINY_MODEL, run_command
+from pipeline.files import child_python_path
+from tests.conftest import TINY_MODEL, run_command
 
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
 # dropout 0: each process draws its own dropout masks, which a single process cannot reproduce
@@ -22,7 +23,7 @@ RUN = ["--corpus", "tiny", *TINY_MODEL, "--epochs", "1000", "--lr", "1e-2", "--w
 
 
 def torchrun(store: str, *args: str, processes: int = 2) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_DIR), "MLFLOW_TRACKING_URI": store, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": child_python_path(), "MLFLOW_TRACKING_URI": store, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([TORCHRUN, "--standalone", f"--nproc_per_node={processes}", "-m", "pipeline.train",
                              *args], cwd=os.getcwd(), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
@@ -73,7 +74,7 @@ def test_resume_moves_from_two_processes_to_one_and_back(store):
     assert run.info.status == "KILLED"
     assert 4 <= checkpoints.load_from_run(run.info.run_id, client)["step"] < 16
 
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_DIR), "MLFLOW_TRACKING_URI": store}
+    env = {**os.environ, "PYTHONPATH": child_python_path(), "MLFLOW_TRACKING_URI": store}
     single = subprocess.Popen([sys.executable, "-m", "pipeline.train", "--resume", run.info.run_id], env=env,
                               cwd=os.getcwd(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               start_new_session=True)

@@ -13,15 +13,16 @@ from mlflow.tracking import MlflowClient
 
 from pipeline import tracking
 from pipeline.training.run import close_run
-from tests.conftest import (PROJECT_DIR, TINY_MODEL, assert_one_line_error, free_port, run_command, run_module,
-                            start_server, stop_server)
+from pipeline.files import child_python_path
+from tests.conftest import (TINY_MODEL, assert_one_line_error, free_port, run_command, run_module, start_server,
+                            stop_server)
 
 ENDLESS = ["--corpus", "tiny", *TINY_MODEL, "--max-steps", "100000000", "--log-interval", "1", "--eval-interval",
            "0", "--sample-interval", "0", "--checkpoint-interval", "0"]
 
 
 def start_trainer(store: str, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_DIR), "MLFLOW_TRACKING_URI": store}
+    env = {**os.environ, "PYTHONPATH": child_python_path(), "MLFLOW_TRACKING_URI": store}
     return subprocess.Popen([sys.executable, "-m", "pipeline.train", *args], cwd=os.getcwd(), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

@@ -24,6 +24,7 @@ from pipeline.errors import CheckpointError
 from pipeline.settings import TrainSettings
 from pipeline.training.run import default_run_name, train
 from pipeline.training.schedule import lr_at, total_steps_for
+from pipeline.files import child_python_path
 from tests.conftest import (PROJECT_DIR, TINY_MODEL, TINY_MODEL_FIELDS, assert_one_line_error, limited,
                             run_command, run_module, wait_for)
 
@@ -140,7 +141,7 @@ def test_run_names_read_like_the_settings():
 
 
 def _start_cli(store: str, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_DIR), "MLFLOW_TRACKING_URI": store}
+    env = {**os.environ, "PYTHONPATH": child_python_path(), "MLFLOW_TRACKING_URI": store}
     return subprocess.Popen([sys.executable, "-m", "pipeline.train", *args], cwd=os.getcwd(), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
