@@ -138,27 +138,24 @@ def main() -> int:
 
     benchlib.header(f"training throughput, {args.steps} steps on TinyStories, as `python -m pipeline.train` runs")
     rows, checks = [], []
+
+    def record(who: str, size: str, batch: int, mode: str, row: dict) -> dict:
+        rows.append({"who": who, "size": size, "batch": batch, "mode": mode, **row})
+        print(f"{who:7} {size:6} {batch:3} x {mode:8}: {describe(row)}", flush=True)
+        if args.json:  # after every run, so a run cut short by a time limit keeps the rows before it
+            args.json.write_text(json.dumps(rows, indent=1))
+        return row
+
     with benchlib.scratch("bench-gpu-") as folder:
         env = {**benchlib.offline_environment(), "PYTHONUNBUFFERED": "1"}
         nanogpt_folder = nanogpt_data(folder / "nanogpt") if nanogpt else None
         for size, batch in shapes:
-            lab = {}
-            for mode in modes:
-                row = lab_run(size, batch, mode == "compiled", args.steps, args.device, env, folder)
-                lab[mode] = row
-                rows.append({"who": "lab", "size": size, "batch": batch, "mode": mode, **row})
-                print(f"lab     {size:6} {batch:3} x {mode:8}: {describe(row)}", flush=True)
-                if args.json:
-                    args.json.write_text(json.dumps(rows, indent=1))
+            lab = {mode: record("lab", size, batch, mode, lab_run(size, batch, mode == "compiled", args.steps,
+                                                                   args.device, env, folder)) for mode in modes}
             if nanogpt_folder:
                 mode = "compiled" if args.device.startswith("cuda") else "eager"
                 row = nanogpt_run(nanogpt, nanogpt_folder, size, batch, args.steps, args.device)
-                if "error" not in row:
-                    row = with_mfu(row, size, args.device)
-                rows.append({"who": "nanogpt", "size": size, "batch": batch, "mode": mode, **row})
-                print(f"nanoGPT {size:6} {batch:3} x {mode:8}: {describe(row)}", flush=True)
-                if args.json:
-                    args.json.write_text(json.dumps(rows, indent=1))
+                row = record("nanoGPT", size, batch, mode, row if "error" in row else with_mfu(row, size, args.device))
                 ours = lab.get(mode, {})
                 if "error" not in row and "error" not in ours and ours:
                     ratio = ours["tokens_per_sec"] / row["tokens_per_sec"]
