@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.analysis.fits import PowerLaw, best_loss_by_size, floor_fit, scaling_fit
-from pipeline.analysis.runs import MODEL_SIZE, MODEL_SIZE_PARAMS, RunCurves, follows, number, sort_key
+from pipeline.analysis.runs import MODEL_SIZE, RunCurves, follows, number, sort_key
 from pipeline.errors import ReportError
 from pipeline.tracking import PRUNED_TAG
 
@@ -86,8 +86,7 @@ def final_val(runs: Sequence[RunCurves], swept: Sequence[str], path: Path) -> No
     with_val = [run for run in with_val if x_key is None or run.value(x_key) is not None]
     numeric = x_key is not None and all(number(run.value(x_key)) is not None for run in with_val)
     # a setting that changes with x (the layers of a size, the batch that keeps a step's tokens) is not a series
-    others = [key for key in swept[1:] if not (x_key == MODEL_SIZE and key in MODEL_SIZE_PARAMS)
-              and not follows(with_val, x_key, key)]
+    others = [key for key in swept[1:] if not follows(with_val, x_key, key)]
     groups: dict[str, list[RunCurves]] = {}
     for run in with_val:
         label = ", ".join(f"{key}={run.value(key)}" for key in others)
