@@ -10,7 +10,6 @@ from pipeline.tracking.runs import (
     check_reachable,
     client_for,
     connect,
-    dataset_input,
     experiment_id,
     experiment_to_use,
     finish_run,
@@ -18,6 +17,7 @@ from pipeline.tracking.runs import (
     given_run,
     last_logged_step,
     live_trainer,
+    log_dataset,
     log_params_once,
     release_placeholder,
     run_ui_url,
@@ -29,7 +29,8 @@ from pipeline.tracking.runs import (
 
 __all__ = [
     "MAX_BATCH", "MetricBuffer", "retry_until_sent", "PRUNED_TAG", "STATUS_FAILED", "STATUS_FINISHED",
-    "STATUS_KILLED", "beat", "check_reachable", "client_for", "connect", "dataset_input", "experiment_id",
-    "experiment_to_use", "finish_run", "get_run", "given_run", "last_logged_step", "live_trainer", "log_params_once",
-    "release_placeholder", "run_ui_url", "start_run", "start_system_metrics", "tracking_uri", "ui_url", "unquoted",
+    "STATUS_KILLED", "beat", "check_reachable", "client_for", "connect", "experiment_id",
+    "experiment_to_use", "finish_run", "get_run", "given_run", "last_logged_step", "live_trainer", "log_dataset",
+    "log_params_once", "release_placeholder", "run_ui_url", "start_run", "start_system_metrics", "tracking_uri",
+    "ui_url", "unquoted",
 ]

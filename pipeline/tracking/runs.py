@@ -255,8 +255,21 @@ def last_logged_step(client: MlflowClient, run_id: str, key: str = "train_loss")
     return max((m.step for m in history), default=-1)
 
 
-def dataset_input(name: str, source: str, digest: str, context: str = "training"):
-    """The corpus as an MLflow dataset input: the run page shows its name, source and digest."""
+def log_dataset(client: MlflowClient, run_id: str, name: str, source: str, digest: str,
+                context: str = "training") -> None:
+    """The corpus as the run's dataset input: the run page shows its name, source and digest.
+
+    MLflow adds a dataset new to an experiment after looking for it, so two runs that start together (a sweep's
+    workers) can both add it, and the second fails on the table's unique key; it is there by then, and a second
+    try links the run to it."""
+    dataset = _dataset_input(name, source, digest, context)
+    try:
+        client.log_inputs(run_id, datasets=[dataset])
+    except mlflow.exceptions.MlflowException:
+        client.log_inputs(run_id, datasets=[dataset])
+
+
+def _dataset_input(name: str, source: str, digest: str, context: str):
     from mlflow.data.http_dataset_source import HTTPDatasetSource
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.entities import DatasetInput, InputTag

@@ -295,7 +295,7 @@ def _log_run_inputs(client, run_id: str, settings: TrainSettings, model: Model, 
         "python_version": platform.python_version(),
         "git_commit": _git_commit(),
     })
-    client.log_inputs(run_id, datasets=[tracking.dataset_input(corpus.name, corpus.source, shards.tokens_sha256)])
+    tracking.log_dataset(client, run_id, corpus.name, corpus.source, shards.tokens_sha256)
 
 
 def _git_commit() -> str:

@@ -153,7 +153,9 @@ def test_smoke_sweep_with_two_workers_nests_runs_loses_nothing_and_reruns_skip(s
     assert parent.info.status == "FINISHED" and parent.data.tags["lab.sweep"] == "smoke"
     assert {a.path for a in client.list_artifacts(result.parent_run_id)} >= {"sweep.yaml", "summary.json"}
     children = children_of(client, result.parent_run_id)
-    assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
+    ended = {c.info.run_name: (c.info.status, c.data.tags.get("error")) for c in children}
+    assert len(children) == 2 and {status for status, _ in ended.values()} == {"FINISHED"}, (
+        ended, [(c.point.name, c.status, c.error) for c in result.children])
     assert sorted(float(c.data.params["lr"]) for c in children) == [0.003, 0.01]
     for child in children:  # two processes wrote to one SQLite store at once: every point is there
         steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "train_loss"))

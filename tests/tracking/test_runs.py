@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import shlex
 
 import pytest
@@ -80,3 +81,36 @@ def test_a_run_in_the_right_place_with_plain_params_is_kept(store, monkeypatch):
     assert tracking.given_run(client, "pretraining") is None
     assert not client.search_runs([e.experiment_id for e in client.search_experiments()],
                                   run_view_type=ViewType.DELETED_ONLY)
+
+
+def _log_tiny_after(barrier, uri: str, run_id: str, errors) -> None:
+    try:
+        client = MlflowClient(uri)
+        client.get_run(run_id)  # the store is open: the two processes now differ by microseconds
+        barrier.wait(timeout=120)
+        tracking.log_dataset(client, run_id, "tiny", "/data/tiny.txt", "0123456789abcdef")
+    except BaseException as error:  # reported to the test, which names it
+        errors.put(f"{type(error).__name__}: {str(error)[:300]}")
+
+
+def test_runs_starting_together_both_log_a_dataset_new_to_their_experiment(store):
+    # MLflow looks for the dataset, then inserts it: without log_dataset's second try one of two processes
+    # released together fails on the datasets table's unique key nearly every time
+    client = MlflowClient(store)
+    forked = multiprocessing.get_context("fork")
+    for trial in range(3):
+        experiment_id = tracking.experiment_id(client, f"together-{trial}")
+        run_ids = [client.create_run(experiment_id).info.run_id for _ in range(2)]
+        barrier, errors = forked.Barrier(2), forked.Queue()
+        processes = [forked.Process(target=_log_tiny_after, args=(barrier, store, run_id, errors)) for run_id in run_ids]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(timeout=300)
+        reported = []
+        while not errors.empty():
+            reported.append(errors.get())
+        assert not reported and [process.exitcode for process in processes] == [0, 0], reported
+        for run_id in run_ids:
+            [dataset] = client.get_run(run_id).inputs.dataset_inputs
+            assert (dataset.dataset.name, dataset.dataset.digest) == ("tiny", "0123456789abcdef")
