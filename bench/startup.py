@@ -5,7 +5,6 @@ how fast a command answers --help or refuses bad input. Where the rest goes, pha
 
 In one run, alternating, --reps times each (medians compared):
 - reference: `python -c "import torch, mlflow"`;
-- floor: the same plus one torch.optim.AdamW, whose first use imports torch._dynamo (any PyTorch trainer pays it);
 - the run: `python -m pipeline.train` of a 1-layer, width-32 model for one step on verdict, end to end (eval,
   sample, checkpoint, logged model, diagnosis), on a store and corpus cache that a first run already made;
 - every command's --help and the bad inputs a learner types, each on its own.
@@ -30,7 +29,6 @@ QUICK_SECONDS = 0.5
 RUN = ["-m", "pipeline.train", "--corpus", "verdict", "--n-layer", "1", "--n-embd", "32", "--n-head", "2",
        "--context-length", "16", "--max-steps", "1"]
 REFERENCE = ["-c", "import torch, mlflow"]
-FLOOR = ["-c", "import torch, mlflow; torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])"]
 QUICK = {  # label -> (arguments, exit code expected)
     **{f"{command} --help": (["-m", f"pipeline.{command}", "--help"], 0)
        for command in ("download", "tokenize", "train", "generate", "sweep", "report")},
@@ -100,7 +98,7 @@ def child_profile() -> None:
     wrap(trainer, "prepare_data", "windows, val windows, prompt (tiktoken load)")
     wrap(trainer, "peak_flops", "peak FLOP/s (CPU probe or its memo)")
     wrap(trainer, "GPT", "model build")
-    wrap(trainer, "make_optimizer", "optimizer (imports torch._dynamo)")
+    wrap(trainer, "make_optimizer", "optimizer")
     wrap(trainer, "open_run", "MLflow run start")
     wrap(trainer, "_log_run_inputs", "MLflow params and dataset (git commit)")
     wrap(tracking, "start_system_metrics", "system metrics start")
@@ -163,7 +161,7 @@ def main() -> int:
         env = {**benchlib.offline_environment(), "PYTHONUNBUFFERED": "1"}
         first = seconds_of(RUN, env, folder)  # copies and tokenizes verdict, creates the store
         print(f"   first run (copies and tokenizes verdict, creates the store): {first:.2f} s")
-        kinds = {"reference": REFERENCE, "floor": FLOOR, "run": RUN}
+        kinds = {"reference": REFERENCE, "run": RUN}
         times = {kind: [] for kind in kinds}
         quick = {label: [] for label in QUICK}
         for rep in range(args.reps):
@@ -174,12 +172,10 @@ def main() -> int:
         profiled = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child"], env=env, cwd=folder,
                                   capture_output=True, text=True)
 
-    reference, floor, run = (benchlib.median(times[kind]) for kind in ("reference", "floor", "run"))
+    reference, run = (benchlib.median(times[kind]) for kind in ("reference", "run"))
     print(f"reference `import torch, mlflow`: {reference:.2f} s median (runs {benchlib.spread(times['reference'])} s)")
-    print(f"floor, + one AdamW (torch._dynamo): {floor:.2f} s median (runs {benchlib.spread(times['floor'])} s)")
     print(f"one-step tiny run, end to end:     {run:.2f} s median (runs {benchlib.spread(times['run'])} s)")
-    print(f"ratio run/reference: {run / reference:.2f}x; run/floor: {run / floor:.2f}x; the run adds "
-          f"{run - floor:.2f} s to the floor")
+    print(f"ratio run/reference: {run / reference:.2f}x; the run adds {run - reference:.2f} s to the imports")
     slowest = max(quick, key=lambda label: benchlib.median(quick[label]))
     for label, values in quick.items():
         print(f"   {label:42s} {benchlib.median(values):5.2f} s")

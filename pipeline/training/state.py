@@ -15,6 +15,7 @@ from pipeline.settings import TrainSettings
 from pipeline.tracking import MetricBuffer
 from pipeline.training.device import mixed_precision
 from pipeline.training.distributed import World
+from pipeline.training.optimizer import AdamW
 from pipeline.training.schedule import total_steps_for
 
 
@@ -47,7 +48,7 @@ class Model:
 
     model: GPT
     step_model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
+    optimizer: AdamW
     autocast: object
     scaler: torch.amp.GradScaler | None
 
