@@ -6,8 +6,9 @@
 Each row is one real `python -m pipeline.train` run on TinyStories (full MLflow tracking into a throw-away
 store), read back from MLflow: the median of the logged `tokens_per_sec` and `mfu` after the first log step
 (which includes compiling and warm-up) and the peak allocated GPU memory. With --nanogpt, nanoGPT's own
-`train.py` (a checkout of karpathy/nanoGPT, not part of this project) trains the same shapes on the same tokens
-(the lab's shards rewritten as its raw uint16 files), compiled and in bf16 as it defaults to on a GPU; its
+`train.py` (a checkout of karpathy/nanoGPT, not part of this project) trains the same model (GPT-2's biases
+included, which nanoGPT leaves out by default) on the same tokens (the lab's shards rewritten as its raw uint16
+files), compiled and in bf16 as it defaults to on a GPU; its
 tokens/s is the median over its iterations from the fifth (it prints one line per iteration, each timed after
 reading the previous loss back, so each is one whole iteration), and its MFU is computed here with the lab's
 FLOPs per token and peak, so both columns count the same work.
@@ -84,7 +85,8 @@ def nanogpt_run(nanogpt: Path, data_folder: Path, size: str, batch: int, steps: 
     on_gpu = device.startswith("cuda")
     overrides = {"dataset": "lab_tinystories", "out_dir": str(data_folder / "out"), "batch_size": batch,
                  "block_size": config.context_length, "n_layer": config.n_layer, "n_head": config.n_head,
-                 "n_embd": config.n_embd, "dropout": 0.0, "gradient_accumulation_steps": 1, "max_iters": steps,
+                 "n_embd": config.n_embd, "bias": config.bias,  # nanoGPT's default drops GPT-2's biases
+                 "dropout": 0.0, "gradient_accumulation_steps": 1, "max_iters": steps,
                  "lr_decay_iters": steps, "warmup_iters": 5, "eval_interval": 10 * steps, "eval_iters": 1,
                  "log_interval": 1, "always_save_checkpoint": False, "device": device, "compile": on_gpu,
                  "dtype": "bfloat16" if on_gpu else "float32"}
