@@ -27,7 +27,8 @@ def in_checkout() -> bool:
 
 
 def project_file(relative: str) -> Path:
-    """A file the project ships (experiments.yaml, corpus/registry.yaml): the checkout's copy, else the installed one."""
+    """A file the project ships (experiments.yaml, corpus/registry.yaml): the checkout's copy, else the installed
+    one."""
     return (PROJECT_DIR if in_checkout() else INSTALLED_DATA_DIR) / relative
 
 

@@ -35,7 +35,8 @@ def main(**options):
     if not result.main_process:
         return
     val = f", val_loss {result.val_loss:.4f}" if result.val_loss is not None else ""
-    pruned = f" (pruned at step {result.pruned_at}: behind the sweep's earlier trials)" if result.pruned_at is not None else ""
+    pruned = ("" if result.pruned_at is None
+              else f" (pruned at step {result.pruned_at}: behind the sweep's earlier trials)")
     click.echo(f"run {result.run_id} finished: {result.steps} steps, train_loss {result.train_loss:.4f}{val}{pruned}")
     if result.model_id:
         click.echo(f"model: models:/{result.model_id} (python -m pipeline.generate --model models:/{result.model_id})")

@@ -162,7 +162,8 @@ def _build(shards: Shards, n: int, path: Path) -> int:
             for chunk in _chunks(train, n):
                 hashes = _sorted_unique(ngram_hashes(chunk, n))
                 if bits:
-                    edges = np.searchsorted(hashes >> np.uint64(64 - bits), np.arange(2**bits + 1, dtype=np.uint64), side="left")
+                    prefixes = np.arange(2**bits + 1, dtype=np.uint64)
+                    edges = np.searchsorted(hashes >> np.uint64(64 - bits), prefixes, side="left")
                 else:
                     edges = [0, len(hashes)]
                 for b, f in enumerate(files):

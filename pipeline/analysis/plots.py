@@ -179,7 +179,8 @@ def scaling(runs: Sequence[RunCurves], path: Path) -> PowerLaw | None:
     ax.set_yscale("log")
     from matplotlib.ticker import NullFormatter
 
-    low, high = min(losses.min(), floor.floor if floor else np.inf), losses.max()  # plain numbers on the loss axis: 3.2, not 3.2 x 10^0
+    # plain numbers on the loss axis: 3.2, not 3.2 x 10^0
+    low, high = min(losses.min(), floor.floor if floor else np.inf), losses.max()
     ticks = np.geomspace(low, high, 5) if high > low else np.array([low])
     ax.set_yticks(ticks, [f"{t:.3g}" for t in ticks])
     ax.yaxis.set_minor_formatter(NullFormatter())

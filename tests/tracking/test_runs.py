@@ -102,7 +102,8 @@ def test_runs_starting_together_both_log_a_dataset_new_to_their_experiment(store
         experiment_id = tracking.experiment_id(client, f"together-{trial}")
         run_ids = [client.create_run(experiment_id).info.run_id for _ in range(2)]
         barrier, errors = forked.Barrier(2), forked.Queue()
-        processes = [forked.Process(target=_log_tiny_after, args=(barrier, store, run_id, errors)) for run_id in run_ids]
+        processes = [forked.Process(target=_log_tiny_after, args=(barrier, store, run_id, errors))
+                     for run_id in run_ids]
         for process in processes:
             process.start()
         for process in processes:
