@@ -20,23 +20,30 @@ def groups(model):
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
 
 
-def twin_models(count: int):
+def twin_models(count: int, device: str = "cpu"):
     torch.manual_seed(0)
-    first = GPT(CONFIG)
-    others = [GPT(CONFIG) for _ in range(count - 1)]
+    first = GPT(CONFIG).to(device)
+    others = [GPT(CONFIG).to(device) for _ in range(count - 1)]
     for other in others:
         other.load_state_dict(first.state_dict())
     return [first, *others]
 
 
 def train(pairs, steps: int, first_lr: float = 1e-3):
-    x, y = torch.randint(0, 64, (4, 8), generator=torch.Generator().manual_seed(1)).split(2)
+    """Steps of every (model, optimizer) pair on the first model's gradients: only the optimizers can then make
+    the weights differ (a GPU's backward pass is not repeatable bit for bit)."""
+    first = pairs[0][0]
+    device = next(first.parameters()).device
+    x, y = torch.randint(0, 64, (4, 8), generator=torch.Generator().manual_seed(1)).to(device).split(2)
     for step in range(steps):
+        _, loss = first(x, y)
+        loss.backward()
+        grads = [p.grad.clone() for p in first.parameters()]
         for model, optimizer in pairs:
             for group in optimizer.param_groups:  # as the step loop sets its schedule
                 group["lr"] = first_lr * (step + 1)
-            _, loss = model(x, y)
-            loss.backward()
+            for p, grad in zip(model.parameters(), grads):
+                p.grad = grad.clone()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
@@ -46,9 +53,13 @@ def same_weights(*models) -> bool:
                for other in models[1:])
 
 
-@pytest.mark.parametrize("fused", [False, True])  # fused: the kernel CUDA runs use, here in its CPU build
-def test_steps_equal_torch_adamw_bit_for_bit_and_state_dicts_load_both_ways(fused):
-    ours_model, torch_model, from_torch, from_ours = twin_models(4)
+ON_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; PyTorch sees none here")
+
+
+# fused: the kernel a CUDA run uses (fused=True there), also built for CPUs
+@pytest.mark.parametrize("device, fused", [("cpu", False), ("cpu", True), pytest.param("cuda", True, marks=ON_CUDA)])
+def test_steps_equal_torch_adamw_bit_for_bit_and_state_dicts_load_both_ways(device, fused):
+    ours_model, torch_model, from_torch, from_ours = twin_models(4, device)
     ours = AdamW(groups(ours_model), lr=1e-3, betas=(0.9, 0.95), fused=fused)
     reference = torch.optim.AdamW(groups(torch_model), lr=1e-3, betas=(0.9, 0.95), fused=fused)
     train([(ours_model, ours), (torch_model, reference)], steps=4)
