@@ -175,7 +175,7 @@ class StepLoop:
             m.scaler.update()
         else:
             m.optimizer.step()
-        m.optimizer.zero_grad(set_to_none=True)
+        m.optimizer.zero_grad()
         return loss_sum, grad_norm
 
     def _halve_micro_batch(self) -> bool:
@@ -185,7 +185,7 @@ class StepLoop:
         if self.oom_adjusted or self.world.active or s.batch_size < 2 or s.batch_size % 2:
             return False
         self.oom_adjusted = True
-        self.m.optimizer.zero_grad(set_to_none=True)
+        self.m.optimizer.zero_grad()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         self.s = replace(s, batch_size=s.batch_size // 2, grad_accum=s.grad_accum * 2)

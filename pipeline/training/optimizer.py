@@ -17,6 +17,7 @@ from torch.optim.adamw import adamw
 # torch.optim.AdamW's group keys, saved alongside ours so that torch's AdamW can load our state dicts
 TORCH_GROUP_FLAGS = {"amsgrad": False, "maximize": False, "foreach": None, "capturable": False,
                      "differentiable": False, "decoupled_weight_decay": True}
+GROUP_SETTINGS = ("lr", "betas", "eps", "weight_decay")
 
 
 class AdamW:
@@ -28,8 +29,8 @@ class AdamW:
     def __init__(self, groups: Iterable[dict], lr: float, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2, fused: bool = False):
         defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay}
-        self.param_groups = [{**defaults, **group, "params": list(group["params"]), "fused": fused}
-                             for group in groups]
+        self.param_groups = [{**defaults, **group, "params": list(group["params"])} for group in groups]
+        self.fused = fused
         self.state: dict[torch.Tensor, dict[str, torch.Tensor]] = {}
 
     def _parameters(self) -> list[torch.Tensor]:
@@ -41,33 +42,34 @@ class AdamW:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            states = [self._state_of(p, group["fused"]) for p in params]
+            states = [self._state_of(p) for p in params]
             beta1, beta2 = group["betas"]
             adamw(params, [p.grad for p in params], [s["exp_avg"] for s in states],
                   [s["exp_avg_sq"] for s in states], [], [s["step"] for s in states],
-                  foreach=None, fused=group["fused"] or None,  # None: torch's choice for the device, as AdamW's
+                  foreach=None, fused=self.fused or None,  # None: torch's choice for the device, as AdamW's
                   amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"],
                   weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)
 
-    def _state_of(self, p: torch.Tensor, fused: bool) -> dict[str, torch.Tensor]:
+    def _step_device(self, p: torch.Tensor) -> torch.device | str:
+        """Where torch keeps a parameter's step count: on the CPU, unless the fused kernel reads it on the device."""
+        return p.device if self.fused else "cpu"
+
+    def _state_of(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
         if p not in self.state:
-            # as torch keeps it: the step count on the CPU, unless the fused kernel reads it on the device
-            step = torch.zeros((), dtype=torch.float32, device=p.device if fused else "cpu")
-            self.state[p] = {"step": step, "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+            self.state[p] = {"step": torch.zeros((), dtype=torch.float32, device=self._step_device(p)),
+                             "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
                              "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
         return self.state[p]
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
+    def zero_grad(self) -> None:
+        """Drop the gradients (torch's default, set_to_none)."""
         for p in self._parameters():
-            if set_to_none:
-                p.grad = None
-            elif p.grad is not None:
-                p.grad.zero_()
+            p.grad = None
 
     def state_dict(self) -> dict:
         """torch.optim.Optimizer's layout: parameters by their index over all groups, in order."""
         index = {p: i for i, p in enumerate(self._parameters())}
-        groups = [{**TORCH_GROUP_FLAGS, **{k: v for k, v in group.items() if k != "params"},
+        groups = [{**TORCH_GROUP_FLAGS, "fused": self.fused, **{key: group[key] for key in GROUP_SETTINGS},
                    "params": [index[p] for p in group["params"]]} for group in self.param_groups]
         return {"state": {index[p]: dict(state) for p, state in self.state.items()}, "param_groups": groups}
 
@@ -78,14 +80,13 @@ class AdamW:
             raise ValueError("the saved optimizer state has other parameter groups than this model")
         by_index = dict(enumerate(self._parameters()))
         for group, saved_group in zip(self.param_groups, groups):
-            group.update({key: saved_group[key] for key in ("lr", "eps", "weight_decay")})
-            group["betas"] = tuple(saved_group["betas"])
+            group.update({key: saved_group[key] for key in GROUP_SETTINGS})
+            group["betas"] = tuple(group["betas"])
         self.state = {}
         for i, state in saved["state"].items():
             p = by_index[int(i)]
-            fused = next(g["fused"] for g in self.param_groups if any(q is p for q in g["params"]))
             self.state[p] = {  # copies: the saved dict may still belong to a live optimizer
-                "step": state["step"].to(device=p.device if fused else "cpu", dtype=torch.float32, copy=True),
+                "step": state["step"].to(device=self._step_device(p), dtype=torch.float32, copy=True),
                 "exp_avg": state["exp_avg"].to(device=p.device, dtype=p.dtype, copy=True),
                 "exp_avg_sq": state["exp_avg_sq"].to(device=p.device, dtype=p.dtype, copy=True),
             }

@@ -45,7 +45,7 @@ def train(pairs, steps: int, first_lr: float = 1e-3):
             for p, grad in zip(model.parameters(), grads):
                 p.grad = grad.clone()
             optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()
 
 
 def same_weights(*models) -> bool:
