@@ -25,6 +25,7 @@ SUITE = [
                                           "RSS at most 1.25x"),
     ("data_throughput", ["data_throughput.py"], "WindowSampler at least 20x faster than nano's training steps"),
     ("eval_share", ["eval_share.py"], "eval + sample at most 10% of a nano run's wall time"),
+    ("optimizer_step", ["optimizer_step.py"], "the lab's AdamW step at most 1.05x torch.optim.AdamW's, same weights"),
     ("startup", ["startup.py"], "a one-step tiny run at most 1.3x `import torch, mlflow`; --help and bad input 0.5 s"),
     ("memory", ["memory.py"], "training RSS flat in corpus size (10%) and run length (5%)"),
     ("compile", ["compile.py"], "torch.compile works and matches eager (speed reported)"),
