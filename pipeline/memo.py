@@ -15,15 +15,17 @@ from pipeline.files import atomic_path, cache_root, sha256_of
 T = TypeVar("T")
 
 
-def remembered(memo: str, key: str, fingerprint: list, compute: Callable[[], T]) -> T:
+def remembered(memo: str, key: str, fingerprint: list, compute: Callable[[], T],
+               still_wanted: Callable[[str], bool] = lambda key: True) -> T:
     """The value kept under key in the memo file while fingerprint is the same as when it was kept; else
-    compute(), kept for next time."""
+    compute(), kept for next time, with the entries still_wanted no longer wants dropped."""
     path = cache_root() / memo
     entries = _read(path)
     entry = entries.get(key)
     if isinstance(entry, dict) and entry.get("fingerprint") == fingerprint:
         return entry["value"]
     value = compute()
+    entries = {k: v for k, v in entries.items() if still_wanted(k)}
     entries[key] = {"fingerprint": fingerprint, "value": value}
     try:
         with atomic_path(path) as tmp:
@@ -39,7 +41,8 @@ def file_sha256(path: Path) -> str:
     path = Path(path).resolve()
     stat = path.stat()
     fingerprint = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
-    return remembered("file-sha256.json", str(path), fingerprint, lambda: sha256_of(path))
+    return remembered("file-sha256.json", str(path), fingerprint, lambda: sha256_of(path),
+                      still_wanted=lambda kept: Path(kept).exists())  # a deleted file's hash is never asked again
 
 
 def _read(path: Path) -> dict[str, Any]:

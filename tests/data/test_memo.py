@@ -41,3 +41,16 @@ def test_a_damaged_memo_is_worked_out_again(tmp_path, monkeypatch):
     text.write_text("abc")
     assert file_sha256(text) == hashlib.sha256(b"abc").hexdigest()
     assert str(text.resolve()) in json.loads((tmp_path / "cache" / "file-sha256.json").read_text())
+
+
+def test_the_hashes_of_deleted_files_leave_the_memo_when_it_is_next_written(tmp_path, monkeypatch):
+    monkeypatch.setenv("CORPUS_CACHE", str(tmp_path / "cache"))
+    gone, kept, new = (tmp_path / name for name in ("gone.txt", "kept.txt", "new.txt"))
+    for path in (gone, kept, new):
+        path.write_text(path.name)
+    file_sha256(gone)
+    file_sha256(kept)
+    gone.unlink()
+    file_sha256(new)  # a miss: the memo is written again
+    assert set(json.loads((tmp_path / "cache" / "file-sha256.json").read_text())) == {
+        str(kept.resolve()), str(new.resolve())}
