@@ -8,10 +8,10 @@ store), read back from MLflow: the median of the logged `tokens_per_sec` and `mf
 (which includes compiling and warm-up) and the peak allocated GPU memory. With --nanogpt, nanoGPT's own
 `train.py` (a checkout of karpathy/nanoGPT, not part of this project) trains the same model (GPT-2's biases
 included, which nanoGPT leaves out by default) on the same tokens (the lab's shards rewritten as its raw uint16
-files), compiled and in bf16 as it defaults to on a GPU; its
-tokens/s is the median over its iterations from the fifth (it prints one line per iteration, each timed after
-reading the previous loss back, so each is one whole iteration), and its MFU is computed here with the lab's
-FLOPs per token and peak, so both columns count the same work.
+files), compiled and in bf16 as it defaults to on a GPU; its tokens/s is the median over its iterations from the
+fifth (it prints one line per iteration, each timed after reading the previous loss back, so each is one whole
+iteration), and its MFU is computed here with the lab's FLOPs per token and peak, so both columns count the same
+work.
 
 Meant for a GPU (the README's and guide's GPU tables come from it); `--device cpu --steps 4 --shapes nano:1` is a
 quick smoke run of the same code. The targets it checks: the lab's compiled throughput at least nanoGPT's
