@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from pipeline.data.encoding import usable_cpus
 from pipeline.files import child_python_path
@@ -25,9 +24,6 @@ SHARED_DATA = PROJECT_DIR.parent / "shared" / "data"
 # Small enough that a training step takes milliseconds on a CPU; the 50,304-wide output layer stays.
 TINY_MODEL = ["--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--context-length", "32"]
 TINY_MODEL_FIELDS = {"n_layer": 2, "n_head": 2, "n_embd": 32, "context_length": 32}
-
-# CI has no GPU: CUDA tests skip, saying why, and run where PyTorch sees one
-NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; PyTorch sees none here")
 
 
 # `-n auto` (pyproject's addopts): a worker per core, at most this many; each worker's tests start torch and MLflow

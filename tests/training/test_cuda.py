@@ -12,12 +12,13 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from pipeline.files import child_python_path
-from tests.conftest import NEEDS_CUDA, TINY_MODEL, run_module
+from tests.conftest import TINY_MODEL, run_module
 
-pytestmark = NEEDS_CUDA
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; PyTorch sees none here")
 
 RUN = ["--corpus", "tiny", *TINY_MODEL, "--device", "cuda", "--max-steps", "40", "--lr", "1e-2", "--warmup-steps",
        "5", "--log-interval", "1", "--eval-interval", "20", "--sample-interval", "0", "--checkpoint-interval", "0",
