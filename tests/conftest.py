@@ -43,7 +43,10 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_configure(config):
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if workers > 1:  # a share of the cores each: OpenMP threads that outnumber the cores spin against each other
+    # a share of the cores each: OpenMP threads that outnumber the cores spin against each other. torch reads this
+    # when first imported, so this file must not import torch: in-process runs would keep more threads than their
+    # subprocesses and differ from them in the last bits (the exact-resume test compares the two)
+    if workers > 1:
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, usable_cpus() // workers)))
     os.environ.setdefault("CORPUS_MIRROR", str(SHARED_DATA))
     os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED_DATA / "tiktoken-cache"))
