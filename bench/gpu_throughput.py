@@ -13,8 +13,9 @@ fifth (it prints one line per iteration, each timed after reading the previous l
 iteration), and its MFU is computed here with the lab's FLOPs per token and peak, so both columns count the same
 work.
 
-Meant for a GPU (the README's and guide's GPU tables come from it); `--device cpu --steps 4 --shapes nano:1` is a
-quick smoke run of the same code. The targets it checks: the lab's compiled throughput at least nanoGPT's
+Meant for a GPU (the README's and guide's GPU tables come from it); `--device cpu --steps 12 --shapes nano:1
+--modes eager` is a quick smoke run of the same code (at least 10 steps: the first of the logged steps, every 5th,
+is dropped as warm-up). The targets it checks: the lab's compiled throughput at least nanoGPT's
 (within 5%, run-to-run noise) for every shape both ran, and medium compiled at 40% MFU or more.
 """
 
