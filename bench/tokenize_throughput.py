@@ -55,7 +55,8 @@ def build_corpus(folder: Path, size_mb: float) -> Path:
 
 def child_tokenize(path: Path, cache: Path) -> dict:
     from pipeline.data.corpora import CorpusText
-    from pipeline.data.encoding import encoding, tokenize
+    from pipeline.data.encoding import tokenize
+    from pipeline.data.tokenizer import encoding
 
     encoding()  # tiktoken's files are loaded once per process: not part of the measurement
     corpus = CorpusText("bench", (path,), None, "The", str(path))
@@ -67,7 +68,8 @@ def child_tokenize(path: Path, cache: Path) -> dict:
 
 
 def child_bare(path: Path) -> dict:
-    from pipeline.data.encoding import BATCH_PIECES, PIECE_BYTES, encoding
+    from pipeline.data.encoding import BATCH_PIECES, PIECE_BYTES
+    from pipeline.data.tokenizer import encoding
 
     enc = encoding()
     tokens = 0

@@ -25,26 +25,13 @@ from pipeline.data.corpora import DOCUMENT_SEPARATOR, CorpusText
 from pipeline.data.shard_cache import build_key, build_lock, check_setting, record_stamps, reusable, wanted_key
 from pipeline.data.shards import Shards, ShardWriter, load_shards
 from pipeline.data.splitting import split_plan
+from pipeline.data.tokenizer import TOKENIZER, encoding
 from pipeline.errors import CorpusError
 from pipeline.files import cache_root
 
-TOKENIZER = "gpt2"
 PIECE_BYTES = 1 << 20  # text handed to the tokenizer at a time
 BATCH_PIECES = 16  # pieces encoded together, spread over the cores
 _SEPARATOR = re.compile(r"\n?" + re.escape(DOCUMENT_SEPARATOR) + r"\n?")
-
-
-def encoding():
-    """tiktoken's GPT-2 BPE. Offline, it reads its files from $TIKTOKEN_CACHE_DIR."""
-    import tiktoken
-
-    try:
-        return tiktoken.get_encoding(TOKENIZER)
-    except Exception as error:  # no network and no cache: requests or tiktoken errors of many kinds
-        raise CorpusError(
-            f"could not load tiktoken's {TOKENIZER} files ({type(error).__name__}); "
-            "without network, point TIKTOKEN_CACHE_DIR at a folder holding them"
-        ) from None
 
 
 def tokens_per_byte(split: list[np.ndarray], chunk: int = 1 << 20) -> float:

@@ -19,8 +19,9 @@ from pipeline import tracking
 from pipeline.analysis.diagnosis import diagnose_run, tag_run
 from pipeline.data.batches import ValWindows, WindowSampler
 from pipeline.data.corpora import fetch
-from pipeline.data.encoding import encoding, tokenize, tokens_per_byte
+from pipeline.data.encoding import tokenize, tokens_per_byte
 from pipeline.data.shards import Shards
+from pipeline.data.tokenizer import encoding
 from pipeline.errors import LabError, SettingsError, first_line
 from pipeline.files import PROJECT_DIR
 from pipeline.settings import TrainSettings, short_number

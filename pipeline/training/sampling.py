@@ -10,7 +10,7 @@ from model import GPT, GPTConfig
 from pipeline import tracking
 from pipeline.training import checkpoints
 from pipeline.errors import SettingsError
-from pipeline.data.encoding import encoding
+from pipeline.data.tokenizer import encoding
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ from pipeline.data import encoding as encoding_module
 from pipeline.data.shard_cache import DEFAULT_SHARD_TOKENS
 from pipeline.data.corpora import DOCUMENT_SEPARATOR, CorpusText, fetch
 from pipeline.errors import CorpusError, ShardError
-from pipeline.data.encoding import PIECE_BYTES, _SEPARATOR, _encode, _pieces, encoding, tokenize
+from pipeline.data.encoding import PIECE_BYTES, _SEPARATOR, _encode, _pieces, tokenize
+from pipeline.data.tokenizer import encoding
 from pipeline.data.shards import HEADER_BYTES, MAGIC, VERSION, load_shards, read_shard, write_shard
 from pipeline.files import child_python_path
 from tests.conftest import PROJECT_DIR, assert_one_line_error, run_command, run_module
