@@ -80,6 +80,7 @@ class Plan:
     flops_per_token: float
     peak_flops_per_sec: float  # of every process together
     epochs: float = 0.0  # passes over the train split's window starts that total_steps make
+    train_tokens: int = 0
 
     @classmethod
     def make(cls, settings: TrainSettings, sampler: WindowSampler, world: World, flops_per_token: float,
@@ -87,11 +88,16 @@ class Plan:
         total_steps = total_steps_for(settings, sampler.n_windows, sampler.length)
         windows_per_step = settings.batch_size * settings.grad_accum
         return cls(total_steps, windows_per_step * sampler.length, flops_per_token, peak_flops_per_sec,
-                   epochs=total_steps * windows_per_step / sampler.n_windows)
+                   epochs=total_steps * windows_per_step / sampler.n_windows,
+                   train_tokens=sum(len(shard) for shard in sampler.shards))
 
     def describe(self) -> str:
-        return (f"{self.total_steps:,} steps x {self.tokens_per_step:,} tokens = "
-                f"{self.total_steps * self.tokens_per_step:,} tokens, {self.epochs:.3g} epochs")
+        # An epoch of window starts sees each token about context_length times: what memorisation depends on
+        # is how often each token comes back, so the plan says both.
+        tokens = self.total_steps * self.tokens_per_step
+        return (f"{self.total_steps:,} steps x {self.tokens_per_step:,} tokens = {tokens:,} tokens, "
+                f"{tokens / max(self.train_tokens, 1):.3g} passes over the {self.train_tokens:,} train tokens "
+                f"({self.epochs:.3g} epochs of window starts)")
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -131,6 +132,8 @@ def test_max_steps_alone_runs_that_many_steps_and_prints_the_plan(store):
     assert "finished: 12 steps" in result.stdout
     plan = next(line for line in result.stdout.splitlines() if line.startswith("plan: "))
     assert plan.startswith("plan: 12 steps x 256 tokens = 3,072 tokens")  # 8 windows of 32 tokens a step
+    passes, train_tokens = re.search(r"tokens, ([\d.]+) passes over the ([\d,]+) train tokens", plan).groups()
+    assert float(passes) == pytest.approx(3072 / int(train_tokens.replace(",", "")), rel=2e-3)
     assert any(line.startswith("estimate: ") and "for the 8 steps left" in line for line in result.stdout.splitlines())
 
 
