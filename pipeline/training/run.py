@@ -79,7 +79,7 @@ def _train(settings: TrainSettings, world: World) -> TrainResult:
     peak, peak_source = peak_flops(device) if world.is_main else (0.0, "")
     model, start_step = build_model(settings, model_config, device, world, resume_state)
     plan = Plan.make(settings, data.sampler, world, flops_per_token(model_config, data.sampler.length),
-                     peak * world.world_size)
+                     peak * world.world_size, corpus.shards.train_tokens)
 
     tracked = open_run(settings, corpus, world, client, resume_state)
     status, error = tracking.STATUS_FAILED, None

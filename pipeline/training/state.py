@@ -84,12 +84,12 @@ class Plan:
 
     @classmethod
     def make(cls, settings: TrainSettings, sampler: WindowSampler, world: World, flops_per_token: float,
-             peak_flops_per_sec: float) -> "Plan":
+             peak_flops_per_sec: float, train_tokens: int) -> "Plan":
         total_steps = total_steps_for(settings, sampler.n_windows, sampler.length)
         windows_per_step = settings.batch_size * settings.grad_accum
         return cls(total_steps, windows_per_step * sampler.length, flops_per_token, peak_flops_per_sec,
                    epochs=total_steps * windows_per_step / sampler.n_windows,
-                   train_tokens=sum(len(shard) for shard in sampler.shards))
+                   train_tokens=train_tokens)
 
     def describe(self) -> str:
         # An epoch of window starts sees each token about context_length times: what memorisation depends on
