@@ -16,8 +16,6 @@ import os
 import sqlite3
 from contextlib import closing
 
-from sqlalchemy.engine import make_url
-
 log = logging.getLogger(__name__)
 
 MIN_RUNS = 2  # with one run, its points are not rarer than a metric's
@@ -63,6 +61,9 @@ def keep_statistics(uri: str) -> None:
 def _sqlite_path(uri: str) -> str | None:
     if not uri.startswith("sqlite:"):
         return None
+    # here, not at the top: importing sqlalchemy takes 0.1 s, which a run against a tracking server never needs
+    from sqlalchemy.engine import make_url
+
     return make_url(uri).database or None  # None for an in-memory store
 
 
