@@ -79,8 +79,8 @@ class Plan:
     tokens_per_step: int  # all processes together
     flops_per_token: float
     peak_flops_per_sec: float  # of every process together
-    epochs: float = 0.0  # passes over the train split's window starts that total_steps make
-    train_tokens: int = 0
+    epochs: float  # passes over the train split's window starts that total_steps make
+    train_tokens: int  # in the train split
 
     @classmethod
     def make(cls, settings: TrainSettings, sampler: WindowSampler, world: World, flops_per_token: float,
@@ -88,15 +88,14 @@ class Plan:
         total_steps = total_steps_for(settings, sampler.n_windows, sampler.length)
         windows_per_step = settings.batch_size * settings.grad_accum
         return cls(total_steps, windows_per_step * sampler.length, flops_per_token, peak_flops_per_sec,
-                   epochs=total_steps * windows_per_step / sampler.n_windows,
-                   train_tokens=train_tokens)
+                   epochs=total_steps * windows_per_step / sampler.n_windows, train_tokens=train_tokens)
 
     def describe(self) -> str:
         # An epoch of window starts sees each token about context_length times: what memorisation depends on
         # is how often each token comes back, so the plan says both.
         tokens = self.total_steps * self.tokens_per_step
         return (f"{self.total_steps:,} steps x {self.tokens_per_step:,} tokens = {tokens:,} tokens, "
-                f"{tokens / max(self.train_tokens, 1):.3g} passes over the {self.train_tokens:,} train tokens "
+                f"{tokens / self.train_tokens:.3g} passes over the {self.train_tokens:,} train tokens "
                 f"({self.epochs:.3g} epochs of window starts)")
 
 
