@@ -76,7 +76,6 @@ def test_greedy_generation_is_deterministic_and_never_emits_padding_ids():
     assert sampled.max().item() < GPT2_VOCAB_SIZE
 
 
-
 def test_top_k_sampling_draws_every_one_of_the_k_likeliest_tokens_and_no_other():
     torch.manual_seed(0)
     model = GPT(SMALL).eval()
@@ -86,6 +85,7 @@ def test_top_k_sampling_draws_every_one_of_the_k_likeliest_tokens_and_no_other()
     # An untrained model's logits are nearly flat: a draw outside the three would come almost every time
     drawn = model.generate(start, 1, temperature=1.0, top_k=3, generator=torch.Generator().manual_seed(1))[:, -1]
     assert set(drawn.tolist()) == likeliest
+
 
 def test_configs_load_from_yaml_with_overrides(tmp_path):
     path = tmp_path / "mine.yaml"
