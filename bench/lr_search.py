@@ -21,7 +21,7 @@ GRID_RATES = [3e-4, 1e-3, 3e-3, 1e-2, 3e-2]
 
 def measured(client, result, sweep) -> tuple[int, float, float, int]:
     """Total tokens of the sweep's children, the best child's lr and metric, and how many were pruned."""
-    from pipeline.sweeps.runner import best_run
+    from pipeline.sweeps.runner import best_child
     from pipeline.tracking import PRUNED_TAG
 
     runs = [client.get_run(child.run_id) for child in result.children]
@@ -32,7 +32,7 @@ def measured(client, result, sweep) -> tuple[int, float, float, int]:
               f"{int(metrics.get('tokens_seen', 0)):>7,} tokens  "
               f"{sweep.metric} {metrics.get(sweep.metric, float('nan')):.4f}  {stopped}")
     tokens = sum(int(run.data.metrics.get("tokens_seen", 0)) for run in runs)
-    best = best_run(client, sweep, result.children)
+    best = best_child(client, sweep, result.children)
     run = client.get_run(best.run_id)
     return tokens, float(run.data.params["lr"]), run.data.metrics[sweep.metric], sum(c.pruned for c in
                                                                                     result.children)

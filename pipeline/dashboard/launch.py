@@ -18,10 +18,10 @@ from typing import Mapping
 
 from model.configs import NAMED_CONFIGS
 from pipeline import tracking
-from pipeline.settings import settings_to_args
 from pipeline.files import child_python_path
 from pipeline.data.corpora import load_registry
 from pipeline.errors import SettingsError
+from pipeline.sweeps.children import train_command
 from pipeline.sweeps.spec import load_sweep
 from pipeline.settings import TrainSettings, setting_type, settings_from_mapping
 from pipeline.training.run import default_run_name
@@ -97,10 +97,6 @@ def child_env(tracking_uri: str, run_id: str | None = None) -> dict:
     if run_id:
         env["MLFLOW_RUN_ID"] = run_id
     return env
-
-
-def train_command(settings: TrainSettings, python: str = sys.executable) -> list[str]:
-    return [python, "-m", "pipeline.train", *settings_to_args(settings)]
 
 
 def sweep_command(name: str, workers: int, experiments_path: Path, python: str = sys.executable) -> list[str]:

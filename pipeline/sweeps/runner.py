@@ -9,48 +9,31 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shlex
-import subprocess
-import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import yaml
 from mlflow.tracking import MlflowClient
 
 from pipeline import tracking
-from pipeline.analysis.findings import pick_best
-from pipeline.settings import settings_to_args
-from pipeline.files import PROJECT_DIR, child_python_path
+from pipeline.analysis.findings import Findings, pick_best
+from pipeline.files import PROJECT_DIR
 from pipeline.errors import SettingsError
+from pipeline.sweeps.children import CHILD_ROLE, ChildOutcome, create_child, point_command, run_child
+from pipeline.sweeps.search import run_trials
 from pipeline.sweeps.spec import Sweep, SweepPoint
-
-if TYPE_CHECKING:
-    from pipeline.analysis.findings import Findings
 
 log = logging.getLogger(__name__)
 
-PARENT_ROLE, CHILD_ROLE = "sweep", "sweep_child"
+PARENT_ROLE = "sweep"
 
 
 @dataclass(frozen=True)
 class PlannedRun:
     point: SweepPoint
     finished_run_id: str | None  # a FINISHED run with the same settings: skipped
-
-
-@dataclass(frozen=True)
-class ChildOutcome:
-    point: SweepPoint
-    run_id: str
-    status: str  # FINISHED, FAILED or KILLED
-    skipped: bool
-    error: str = ""
-    pruned: bool = False  # a trial of a bayes sweep stopped early (FINISHED, tagged lab.pruned)
 
 
 @dataclass(frozen=True)
@@ -81,10 +64,6 @@ def plan(client: MlflowClient, sweep: Sweep) -> list[PlannedRun]:
     return [PlannedRun(point, finished.get(point.key)) for point in sweep.points]
 
 
-def train_command(point: SweepPoint) -> list[str]:
-    return [sys.executable, "-m", "pipeline.train", *settings_to_args(replace(point.settings, run_name=point.name))]
-
-
 def run_sweep(client: MlflowClient, sweep: Sweep, workers: int = 1) -> SweepResult:
     """Run every point not yet finished (for bayes: trials up to run_cap), then end the parent FINISHED (FAILED
     if every child failed)."""
@@ -97,14 +76,12 @@ def run_sweep(client: MlflowClient, sweep: Sweep, workers: int = 1) -> SweepResu
     outcomes: dict[str, ChildOutcome] = {}
     try:
         if sweep.search:
-            from pipeline.sweeps.search import run_trials
-
             children = tuple(run_trials(client, sweep, parent_id, experiment_id, workers))
         else:
             children = _run_points(client, sweep, parent_id, experiment_id, workers, child_ids, outcomes)
         all_failed = all(c.status != "FINISHED" for c in children)
         status = tracking.STATUS_FAILED if all_failed else tracking.STATUS_FINISHED
-        best = best_run(client, sweep, children)
+        best = best_child(client, sweep, children)
         if best:
             client.set_tag(parent_id, "lab.best_run", best.run_id)
         summary = _summary(sweep, children, best)
@@ -151,7 +128,7 @@ def _run_points(client: MlflowClient, sweep: Sweep, parent_id: str, experiment_i
     return tuple(outcomes[point.key] for point in sweep.points)
 
 
-def best_run(client: MlflowClient, sweep: Sweep, children) -> ChildOutcome | None:
+def best_child(client: MlflowClient, sweep: Sweep, children) -> ChildOutcome | None:
     """The FINISHED child, not pruned, with the best last value of the sweep's metric for its goal."""
     finished = [child for child in children if child.status == "FINISHED" and not child.pruned]
     return pick_best(finished, lambda child: client.get_run(child.run_id).data.metrics.get(sweep.metric), sweep.goal)
@@ -198,41 +175,6 @@ def _parent_run(client: MlflowClient, sweep: Sweep) -> str:
     return parent_id
 
 
-def create_child(client: MlflowClient, sweep: Sweep, point: SweepPoint, parent_id: str, experiment_id: str,
-                 tags: dict[str, str] | None = None) -> str:
-    run = client.create_run(experiment_id, run_name=point.name, tags={
-        "mlflow.parentRunId": parent_id,
-        "lab.sweep": sweep.name,
-        "lab.role": CHILD_ROLE,
-        "lab.child_key": point.key,
-        **(tags or {}),
-    })
-    return run.info.run_id
-
-
-def run_child(client: MlflowClient, point: SweepPoint, run_id: str, env: dict[str, str] | None = None) -> ChildOutcome:
-    """One `pipeline.train` process logging into the child run made for it; its output is prefixed and shown."""
-    env = {**os.environ, "MLFLOW_RUN_ID": run_id, "MLFLOW_TRACKING_URI": tracking.tracking_uri(),
-           "PYTHONPATH": child_python_path(), **(env or {})}
-    log.info("start %s (run %s)", point.name, run_id)
-    with tempfile.TemporaryFile(mode="w+") as errors:
-        process = subprocess.Popen(train_command(point), env=env, stdout=subprocess.PIPE, stderr=errors, text=True)
-        for line in process.stdout:
-            log.info("[%s] %s", point.name, line.rstrip())
-        process.wait()
-        errors.seek(0)
-        error_lines = [line.strip() for line in errors if line.strip()]
-    run = client.get_run(run_id)
-    status = run.info.status
-    if status == "RUNNING":  # the process died before it could end its run
-        status = tracking.STATUS_FAILED
-        tracking.finish_run(client, run_id, status)
-    error = "" if status == "FINISHED" else (error_lines[-1] if error_lines else f"exit code {process.returncode}")
-    pruned = status == "FINISHED" and tracking.PRUNED_TAG in run.data.tags
-    log.info("%s %s%s%s", point.name, status, " (pruned)" if pruned else "", f": {error}" if error else "")
-    return ChildOutcome(point, run_id, status, skipped=False, error=error, pruned=pruned)
-
-
 def _summary(sweep: Sweep, children: tuple[ChildOutcome, ...], best: ChildOutcome | None) -> str:
     finished = sum(c.status == "FINISHED" for c in children)
     skipped = sum(c.skipped for c in children)
@@ -275,7 +217,7 @@ def scheduler_commands(client: MlflowClient, sweep: Sweep) -> list[str]:
         client.update_run(run_id, status="SCHEDULED")
         env = f"MLFLOW_TRACKING_URI={shlex.quote(tracking.tracking_uri())} MLFLOW_RUN_ID={run_id}"
         commands.append(f"cd {shlex.quote(str(PROJECT_DIR))} && {env} python -m pipeline.train "
-                        + shlex.join(train_command(item.point)[3:]))
+                        + shlex.join(point_command(item.point)[3:]))
     if commands:
         client.update_run(parent_id, status="SCHEDULED")
         tracking.release_placeholder(parent_id)

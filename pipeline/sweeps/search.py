@@ -18,7 +18,7 @@ from pipeline import tracking
 from pipeline.errors import SettingsError
 from pipeline.settings import settings_from_mapping, short_number
 from pipeline.sweeps import study as studies
-from pipeline.sweeps.runner import ChildOutcome, create_child, run_child
+from pipeline.sweeps.children import ChildOutcome, create_child, run_child
 from pipeline.sweeps.spec import Sweep, SweepPoint
 
 log = logging.getLogger(__name__)

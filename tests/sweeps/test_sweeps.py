@@ -11,7 +11,8 @@ from mlflow.tracking import MlflowClient
 from pipeline import tracking
 from pipeline.errors import SettingsError
 from pipeline.sweeps.spec import load_sweep, load_sweeps
-from pipeline.sweeps.runner import CHILD_ROLE, describe, plan, run_sweep, scheduler_commands
+from pipeline.sweeps.children import CHILD_ROLE
+from pipeline.sweeps.runner import describe, plan, run_sweep, scheduler_commands
 from pipeline.files import child_python_path
 from tests.conftest import TINY_MODEL_FIELDS, assert_one_line_error, run_command, run_module
 
