@@ -24,11 +24,12 @@ def main(**options):
     if not settings.resume:
         # here, not in validate(): the dashboard checks its form with validate() and leaves paths to the trainer
         resolve(settings.corpus)
+    from pipeline.sweeps.study import TrialHandle
     from pipeline.training.state import TrainingInterrupted
     from pipeline.training.run import train
 
     try:
-        result = train(settings)
+        result = train(settings, TrialHandle.from_env())
     except TrainingInterrupted as stopped:
         click.echo(str(stopped), err=True)
         raise SystemExit(130)

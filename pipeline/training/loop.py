@@ -14,7 +14,6 @@ import torch
 
 from pipeline.errors import CheckpointError, ShardError, TrainingError, first_line
 from pipeline.settings import TrainSettings
-from pipeline.sweeps.study import TrialHandle
 from pipeline.tracking import beat, retry_until_sent
 from pipeline.tracking.runs import HEARTBEAT_SECONDS
 from pipeline.training import checkpoints
@@ -36,7 +35,7 @@ class StepLoop:
     """Runs the steps from a start step to the plan's last; only rank 0 evaluates, samples, logs and checkpoints."""
 
     def __init__(self, settings: TrainSettings, world: World, device: torch.device, model: Model, data: Data,
-                 plan: Plan, tracked: Tracked):
+                 plan: Plan, tracked: Tracked, trial=None):
         self.s = settings
         self.world = world
         self.device = device
@@ -50,8 +49,9 @@ class StepLoop:
         self.oom_adjusted = False
         self.estimated = False  # the run's duration is estimated once, at the first log step
         self.last_beat = time.monotonic()
-        # a trial of a bayes sweep reports its val loss and stops when the sweep's pruner says it is behind
-        self.trial = TrialHandle.from_env() if self.main else None
+        # a trial of a bayes sweep (should_stop(evaluation, val_loss) -> bool) reports its val loss and stops when
+        # the sweep's pruner says it is behind; given by the caller, as training knows nothing of sweeps
+        self.trial = trial if self.main else None
 
     def run(self, start_step: int) -> TrainResult:
         previous_handlers = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}

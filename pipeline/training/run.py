@@ -47,19 +47,20 @@ class Corpus:
     shards: Shards
 
 
-def train(settings: TrainSettings) -> TrainResult:
+def train(settings: TrainSettings, trial=None) -> TrainResult:
     """Train as settings say (or resume settings.resume), tracked in MLflow. Raises LabError subclasses for
-    bad input and TrainingInterrupted on Ctrl-C or SIGTERM."""
+    bad input and TrainingInterrupted on Ctrl-C or SIGTERM. trial: a bayes sweep's trial that this run is
+    (sweeps.study.TrialHandle: should_stop(evaluation, val_loss) says whether to stop as behind), or None."""
     world = distributed.join(settings.device)
     try:
-        result = _train(settings, world)
+        result = _train(settings, world, trial)
         world.wait_for_all()  # leave together: a process that tears down early can abort the others' last sends
         return result
     finally:
         distributed.leave(world)
 
 
-def _train(settings: TrainSettings, world: World) -> TrainResult:
+def _train(settings: TrainSettings, world: World, trial) -> TrainResult:
     # bad input is refused before the store is touched (or created: seconds that torchrun may cut short)
     if settings.resume:
         _refuse_settings_beside_resume(settings)
@@ -99,7 +100,7 @@ def _train(settings: TrainSettings, world: World) -> TrainResult:
             log.info("MLflow UI: %s", tracked.ui_url)
         if resume_state is not None and model.scaler is not None and resume_state.get("scaler"):
             model.scaler.load_state_dict(resume_state["scaler"])
-        result = StepLoop(settings, world, device, model, data, plan, tracked).run(start_step)
+        result = StepLoop(settings, world, device, model, data, plan, tracked, trial).run(start_step)
         if world.is_main and result.pruned_at is not None:
             client.set_tag(tracked.run_id, tracking.PRUNED_TAG, str(result.pruned_at))
         if world.is_main and settings.register and result.model_id:
