@@ -38,7 +38,7 @@ def main() -> int:
         from pipeline import tracking
         from pipeline.data.batches import ValWindows
         from pipeline.data.corpora import fetch
-        from pipeline.analysis.novelty import NgramIndex
+        from pipeline.data.ngrams import NgramIndex
         from pipeline.settings import TrainSettings
         from pipeline.training.distributed import World
         from pipeline.training.loop import StepLoop

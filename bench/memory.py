@@ -53,7 +53,7 @@ def train_command(corpus: Path, steps: int) -> list[str]:
 
 def child_prepare(corpus: str) -> dict:
     from pipeline.data.corpora import fetch
-    from pipeline.analysis.novelty import NgramIndex
+    from pipeline.data.ngrams import NgramIndex
     from pipeline.data.encoding import tokenize
 
     shards = tokenize(fetch(corpus).corpus).shards

@@ -95,7 +95,7 @@ def child_profile() -> None:
 
     from pipeline import tracking
     from pipeline import train as entry
-    from pipeline.analysis.novelty import NgramIndex
+    from pipeline.data.ngrams import NgramIndex
     from pipeline.training import loop
     from pipeline.training import run as trainer
 

@@ -1,1 +1,1 @@
-"""What the runs mean: diagnosis of a curve, novelty of a sample, and comparison reports with plots and fits."""
+"""What a set of runs means: their curves loaded from MLflow, compared in reports with plots, fits and findings."""

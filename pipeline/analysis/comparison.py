@@ -26,7 +26,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline import tracking
 from pipeline.analysis import plots
-from pipeline.analysis.diagnosis import diagnose
+from pipeline.tracking.diagnosis import diagnose
 from pipeline.analysis.findings import Findings, find
 from pipeline.analysis.fits import PowerLaw
 from pipeline.analysis.runs import MODEL_SIZE, RunCurves, load_runs, number, sort_key, swept_params

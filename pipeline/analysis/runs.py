@@ -15,7 +15,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from pipeline import tracking
-from pipeline.analysis.diagnosis import diagnose
+from pipeline.tracking.diagnosis import diagnose
 from pipeline.errors import ReportError, TrackingError, first_line
 
 Curve = list[tuple[int, float]]

@@ -16,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from model import GPT
 from pipeline import tracking
-from pipeline.analysis.diagnosis import diagnose_run, tag_run
+from pipeline.tracking.diagnosis import diagnose_run, tag_run
 from pipeline.data.batches import ValWindows, WindowSampler
 from pipeline.data.corpora import fetch
 from pipeline.data.encoding import tokenize, tokens_per_byte

@@ -8,7 +8,7 @@ from functools import cached_property
 import torch
 
 from model import GPT
-from pipeline.analysis.novelty import NgramIndex
+from pipeline.data.ngrams import NgramIndex
 from pipeline.data.batches import ValWindows, WindowSampler
 from pipeline.data.shards import Shards
 from pipeline.settings import TrainSettings

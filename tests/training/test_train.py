@@ -16,7 +16,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from pipeline.analysis.novelty import NgramIndex
+from pipeline.data.ngrams import NgramIndex
 from pipeline.data.shards import load_shards
 from pipeline.training import checkpoints
 from pipeline.training.loop import SAMPLES_PER_NOVELTY

@@ -13,7 +13,7 @@ from pipeline.analysis import novelty
 from pipeline.data import shards as shards_module
 from pipeline.data.corpora import CorpusText
 from pipeline.errors import ShardError
-from pipeline.analysis.novelty import NgramIndex, ngram_hashes
+from pipeline.data.ngrams import NgramIndex, ngram_hashes
 from pipeline.data.encoding import tokenize
 from pipeline.data.shards import Shards, load_shards, write_shard
 from tests.conftest import PROJECT_DIR

@@ -9,7 +9,7 @@ import pytest
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from pipeline.analysis.diagnosis import (
+from pipeline.tracking.diagnosis import (
     MEMORIZING_LOSS,
     NOT_LEARNING_LOSS,
     OVERFITTING_MARGIN,

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from mlflow.tracking import MlflowClient
 
-from pipeline import tracking
+from pipeline.tracking.runs import get_run
 
 Curve = list[tuple[int, float]]
 
@@ -99,7 +99,7 @@ def diagnose(train: Curve, val: Curve) -> Diagnosis:
 
 def diagnose_run(client: MlflowClient, run_id: str) -> Diagnosis:
     """diagnose() on a run's logged train_loss and val_loss histories. Raises TrackingError for an unknown run."""
-    tracking.get_run(client, run_id)
+    get_run(client, run_id)
     train = [(m.step, m.value) for m in client.get_metric_history(run_id, "train_loss")]
     val = [(m.step, m.value) for m in client.get_metric_history(run_id, "val_loss")]
     return diagnose(train, val)
@@ -111,7 +111,7 @@ def tag_run(client: MlflowClient, run_id: str, diagnosis: Diagnosis) -> None:
     client.set_tag(run_id, "diagnosis_detail", diagnosis.detail[:5000])
     if diagnosis.overfitting_step is not None:
         client.set_tag(run_id, "overfitting_step", str(diagnosis.overfitting_step))
-    elif "overfitting_step" in tracking.get_run(client, run_id).data.tags:
+    elif "overfitting_step" in get_run(client, run_id).data.tags:
         client.delete_tag(run_id, "overfitting_step")
 
 
