@@ -39,7 +39,8 @@ def main(run_id, model_uri, prompt, max_new_tokens, temperature, top_k, seed, de
         click.echo(prompt + generator.predict([prompt], params=params)[0])
         return
     from pipeline.training.device import pick_device
-    from pipeline.training.sampling import complete, model_from_run
+    from pipeline.tracking.checkpoints import model_from_run
+    from pipeline.training.sampling import complete
 
     torch_device = pick_device(device)
     model = model_from_run(run_id, torch_device)

@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.training import checkpoints
+from pipeline.tracking import checkpoints
 from pipeline.errors import CheckpointError
 from pipeline.files import child_python_path
 from tests.conftest import (TINY_MODEL, assert_one_line_error, free_port, limited, run_command, run_module,

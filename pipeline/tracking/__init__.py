@@ -1,4 +1,5 @@
-"""Everything the lab keeps in MLflow: runs (runs.py) and their metrics (metrics.py)."""
+"""Everything the lab keeps in MLflow: runs (runs.py), their metrics (metrics.py), checkpoints and diagnosis, and
+the models they logged."""
 
 from pipeline.tracking.metrics import MAX_BATCH, MetricBuffer, retry_until_sent, start_system_metrics
 from pipeline.tracking.runs import (

@@ -16,7 +16,7 @@ from pipeline.errors import CheckpointError, ShardError, TrainingError, first_li
 from pipeline.settings import TrainSettings
 from pipeline.tracking import beat, retry_until_sent
 from pipeline.tracking.runs import HEARTBEAT_SECONDS
-from pipeline.training import checkpoints
+from pipeline.tracking import checkpoints
 from pipeline.training.device import is_out_of_memory, memory_used
 from pipeline.training.distributed import World
 from pipeline.training.flops import mfu
@@ -297,7 +297,7 @@ class StepLoop:
     def _log_model(self, step: int) -> str | None:
         """The final weights as the run's LoggedModel (its Models tab), with this step's losses; a store that
         refuses it costs the model, not the run: the final checkpoint is already stored."""
-        from pipeline.tracking.models import LINKED_METRICS, log_generator
+        from pipeline.training.logged_model import LINKED_METRICS, log_generator
 
         sampling = {"max_new_tokens": self.s.sample_tokens, "temperature": self.s.temperature,
                     "top_k": self.s.top_k, "seed": self.s.seed}

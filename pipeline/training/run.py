@@ -25,7 +25,8 @@ from pipeline.data.tokenizer import encoding
 from pipeline.errors import LabError, SettingsError, first_line
 from pipeline.files import PROJECT_DIR
 from pipeline.settings import TrainSettings, short_number
-from pipeline.training import checkpoints, distributed
+from pipeline.training import distributed
+from pipeline.tracking import checkpoints
 from pipeline.training.device import check_model_fits, keep_freed_memory, pick_device
 from pipeline.training.distributed import World
 from pipeline.training.flops import flops_per_token, peak_flops

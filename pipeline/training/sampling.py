@@ -1,4 +1,4 @@
-"""Text from a model: a prompt in, a continuation out, and models loaded back from a run's checkpoint."""
+"""Text from a model: a prompt in, a continuation out."""
 
 from __future__ import annotations
 
@@ -6,9 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from model import GPT, GPTConfig
-from pipeline import tracking
-from pipeline.training import checkpoints
+from model import GPT
 from pipeline.errors import SettingsError
 from pipeline.data.tokenizer import encoding
 
@@ -43,12 +41,3 @@ def completions(model: GPT, prompt: str, count: int, max_new_tokens: int, temper
     rows = out[:, len(prompt_ids):].tolist()
     return [Completion(enc.decode(tokens), tokens) for tokens in rows]
 
-
-def model_from_run(run_id: str, device: torch.device) -> GPT:
-    """The model of a run's last checkpoint."""
-    client = tracking.connect()
-    tracking.get_run(client, run_id)
-    state = checkpoints.load_from_run(run_id)
-    model = GPT(GPTConfig(**state["model_config"]))
-    model.load_state_dict(state["model"])
-    return model.to(device)

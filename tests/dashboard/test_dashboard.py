@@ -17,7 +17,7 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.training import checkpoints
+from pipeline.tracking import checkpoints
 from pipeline.dashboard.app import create_app
 from pipeline.files import child_python_path
 from tests.conftest import PROJECT_DIR, TINY_MODEL_FIELDS, free_port, run_command, wait_for

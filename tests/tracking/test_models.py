@@ -22,7 +22,8 @@ from pipeline.errors import CheckpointError
 from pipeline.settings import TrainSettings
 from pipeline.tracking.models import register
 from pipeline.training.run import train
-from pipeline.training.sampling import complete, model_from_run
+from pipeline.tracking.checkpoints import model_from_run
+from pipeline.training.sampling import complete
 from pipeline.files import child_python_path
 from tests.conftest import (TINY_MODEL, TINY_MODEL_FIELDS, assert_one_line_error, free_port,
                             run_command, run_module, stop_server, wait_until_listening)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.training import checkpoints
+from pipeline.tracking import checkpoints
 from pipeline.files import child_python_path
 from tests.conftest import TINY_MODEL, run_command
 

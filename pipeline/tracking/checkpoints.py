@@ -1,4 +1,5 @@
-"""Checkpoints: everything needed to continue a run exactly, saved atomically, checked and loaded safely.
+"""Checkpoints: everything needed to continue a run exactly, saved atomically, checked and loaded safely; kept as
+the run's MLflow artifacts, and a run's model loaded back from its newest one.
 
 A checkpoint is a plain dict of tensors and primitives (model and optimizer state, step, data position, RNG
 state, settings), so it loads with `torch.load(weights_only=True)`: no pickled code is ever executed. Each file
@@ -17,8 +18,10 @@ from urllib.parse import urlparse
 
 import torch
 
+from model import GPT, GPTConfig
 from pipeline.errors import CheckpointError, first_line
 from pipeline.files import atomic_path, sha256_of
+from pipeline.tracking.runs import connect, get_run
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +120,16 @@ def load_from_run(run_id: str, client=None) -> dict:
             except Exception as error:  # a file missing from the store
                 problems.append(f"{file_name(step)}: {first_line(error)}")
     raise CheckpointError(f"run {run_id} has no usable checkpoint ({problems[0]})")
+
+
+def model_from_run(run_id: str, device: torch.device) -> GPT:
+    """The model of a run's last checkpoint."""
+    client = connect()
+    get_run(client, run_id)
+    state = load_from_run(run_id, client)
+    model = GPT(GPTConfig(**state["model_config"]))
+    model.load_state_dict(state["model"])
+    return model.to(device)
 
 
 def _logged_steps(client, run_id: str) -> list[int]:

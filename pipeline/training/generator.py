@@ -21,7 +21,7 @@ class TextGenerator(PythonModel):
     def load_context(self, context) -> None:
         from model import GPT, GPTConfig
         from pipeline.errors import CheckpointError
-        from pipeline.training import checkpoints
+        from pipeline.tracking import checkpoints
         from pipeline.training.device import pick_device
 
         weights = Path(context.artifacts["weights"])
