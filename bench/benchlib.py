@@ -84,9 +84,9 @@ def quiet_logging() -> None:
 def prepare(settings):
     """Fetch and tokenize settings.corpus into the current corpus cache; its (train, val) splits."""
     from pipeline.data.corpora import fetch
-    from pipeline.data.encoding import tokenize
+    from pipeline.data.sharding import shard_corpus
 
-    shards = tokenize(fetch(settings.corpus).corpus).shards
+    shards = shard_corpus(fetch(settings.corpus).corpus).shards
     return shards, shards.split("train"), shards.split("val")
 
 
@@ -168,7 +168,7 @@ def spread(values) -> str:
 
 
 def cpus() -> int:
-    from pipeline.data.encoding import usable_cpus
+    from pipeline.machine import usable_cpus
 
     return usable_cpus()
 

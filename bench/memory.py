@@ -54,9 +54,9 @@ def train_command(corpus: Path, steps: int) -> list[str]:
 def child_prepare(corpus: str) -> dict:
     from pipeline.data.corpora import fetch
     from pipeline.data.ngrams import NgramIndex
-    from pipeline.data.encoding import tokenize
+    from pipeline.data.sharding import shard_corpus
 
-    shards = tokenize(fetch(corpus).corpus).shards
+    shards = shard_corpus(fetch(corpus).corpus).shards
     index = NgramIndex.load_or_build(shards)
     return {"train_tokens": shards.train_tokens, "val_tokens": shards.val_tokens, "ngrams": len(index)}
 

@@ -88,7 +88,7 @@ def child_profile() -> None:
     imported("import torch", "import torch")
     imported("import mlflow", "import mlflow")
     imported("import the pipeline (click, tiktoken, numpy...)",
-             "from pipeline.training import run, loop; from pipeline import train")
+             "from pipeline.training import trainer, loop; from pipeline import train")
     imported(MLFLOW_STORE_IMPORT, "import mlflow.store.tracking.sqlalchemy_store")
     import mlflow.utils.environment
     from mlflow.tracking import MlflowClient
@@ -96,8 +96,7 @@ def child_profile() -> None:
     from pipeline import tracking
     from pipeline import train as entry
     from pipeline.data.ngrams import NgramIndex
-    from pipeline.training import loop
-    from pipeline.training import run as trainer
+    from pipeline.training import loop, trainer
 
     wrap(tracking, "connect", "MLflow connect (store object, schema check)")
     wrap(trainer, "prepare_corpus", "corpus fetch and tokenize check")

@@ -191,7 +191,7 @@ def measure_report(uri: str, sweep_runs: int) -> float:
     """Seconds to load the sweep's children and write its report (plots and tables) into a temporary folder."""
     from pipeline import tracking
     from pipeline.analysis.comparison import build_report
-    from pipeline.analysis.runs import runs_of_parent
+    from pipeline.analysis.curves import runs_of_parent
 
     client = tracking.client_for(uri)  # as `python -m pipeline.report` makes it
     [parent] = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id],

@@ -6,7 +6,7 @@ Builds a corpus of at least --size-mb MB (10^6 bytes) by repeating TinyStories' 
 $CORPUS_MIRROR (default: ../shared/data beside the repository) in a temporary folder, then runs, each in a
 child process of its own so that its peak RSS is its alone:
 
-  (a) pipeline.data.encoding.tokenize on that file (a fresh temporary cache), what `python -m pipeline.tokenize` does;
+  (a) pipeline.data.sharding.shard_corpus on that file (a fresh temporary cache), what `python -m pipeline.tokenize` does;
   (b) bare `enc.encode_ordinary_batch` over the same text, cut into the same pieces (PIECE_BYTES, at a line
       end) and batched BATCH_PIECES at a time, with tiktoken's default thread count; the tokens are dropped.
 
@@ -55,20 +55,20 @@ def build_corpus(folder: Path, size_mb: float) -> Path:
 
 def child_tokenize(path: Path, cache: Path) -> dict:
     from pipeline.data.corpora import CorpusText
-    from pipeline.data.encoding import tokenize
+    from pipeline.data.sharding import shard_corpus
     from pipeline.data.tokenizer import encoding
 
     encoding()  # tiktoken's files are loaded once per process: not part of the measurement
     corpus = CorpusText("bench", (path,), None, "The", str(path))
     start = time.perf_counter()
-    result = tokenize(corpus, cache=cache)
+    result = shard_corpus(corpus, cache=cache)
     seconds = time.perf_counter() - start
     assert not result.skipped
     return {"seconds": seconds, "tokens": result.shards.train_tokens + result.shards.val_tokens}
 
 
 def child_bare(path: Path) -> dict:
-    from pipeline.data.encoding import BATCH_PIECES, PIECE_BYTES
+    from pipeline.data.sharding import BATCH_PIECES, PIECE_BYTES
     from pipeline.data.tokenizer import encoding
 
     enc = encoding()
@@ -127,7 +127,7 @@ def main() -> int:
         bare = run_child("bare", path, Path(tmp) / "unused")
         project = run_child("tokenize", path, Path(tmp) / "cache")
 
-    rows = [("bare encode_ordinary_batch", bare), ("pipeline tokenize()", project)]
+    rows = [("bare encode_ordinary_batch", bare), ("pipeline shard_corpus()", project)]
     for label, result in rows:
         print(f"{label:28s} {megabytes / result['seconds']:7.2f} MB/s  {result['seconds']:7.1f} s  "
               f"{result['tokens']:>12,} tokens  peak RSS {result['peak_rss'] / 1e6:7.1f} MB")

@@ -2,7 +2,7 @@
 
     python bench/tracking_overhead.py [--steps 100] [--reps 3]
 
-(a) tracked: pipeline.training.run.train() with log_interval 1 (train_loss, lr, grad_norm, tokens_per_sec,
+(a) tracked: pipeline.training.trainer.train() with log_interval 1 (train_loss, lr, grad_norm, tokens_per_sec,
     tokens_seen, mfu, peak_rss_mb every step, buffered into MLflow's SQLite store in a temporary folder, and a log line
     per step through logging as the CLI does, sent to /dev/null; MLflow's system-metrics thread sampling every
     10 s as in every run), eval/sample/checkpoint intervals 0;
@@ -49,7 +49,7 @@ def interleaved(steps: int, warmup: int, rep: int, train_split) -> dict:
     from mlflow.tracking import MlflowClient
 
     from pipeline import tracking
-    from pipeline.training.run import train
+    from pipeline.training.trainer import train
 
     settings = settings_for(steps, f"tracked-{rep}")
     bare = benchlib.BareLoop(settings, train_split)

@@ -33,7 +33,7 @@ def main(parent_run_id, experiment, filter_string, out_dir):
         raise click.UsageError("--filter goes with --experiment")
     from pipeline import tracking
     from pipeline.analysis.comparison import build_report
-    from pipeline.analysis.runs import runs_of_experiment, runs_of_parent
+    from pipeline.analysis.curves import runs_of_experiment, runs_of_parent
 
     client = tracking.connect()
     if parent_run_id:

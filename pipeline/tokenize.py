@@ -3,7 +3,7 @@
 import click
 
 from pipeline.data.corpora import fetch
-from pipeline.data.encoding import tokenize
+from pipeline.data.sharding import shard_corpus
 from pipeline.data.shard_cache import DEFAULT_SHARD_TOKENS, DEFAULT_VAL_FRACTION
 from pipeline.errors import run_cli
 
@@ -40,7 +40,7 @@ def main(corpus, val_fraction, shard_tokens):
     them whatever --val-fraction made them.
     """
     fetched = fetch(corpus)
-    result = tokenize(fetched.corpus, val_fraction=val_fraction, shard_tokens=shard_tokens)
+    result = shard_corpus(fetched.corpus, val_fraction=val_fraction, shard_tokens=shard_tokens)
     shards = result.shards
     state = "already up to date" if result.skipped else "written"
     split = "the source's own val split" if shards.val_fraction is None else f"val fraction {shards.val_fraction}"

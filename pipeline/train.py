@@ -26,7 +26,7 @@ def main(**options):
         resolve(settings.corpus)
     from pipeline.sweeps.study import TrialHandle
     from pipeline.training.state import TrainingInterrupted
-    from pipeline.training.run import train
+    from pipeline.training.trainer import train
 
     try:
         result = train(settings, TrialHandle.from_env())

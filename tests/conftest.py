@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.data.encoding import usable_cpus
+from pipeline.machine import usable_cpus
 from pipeline.files import child_python_path
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]

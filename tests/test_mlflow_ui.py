@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.tracking import run_ui_url
-from pipeline.training.run import train
+from pipeline.training.trainer import train
 from tests.conftest import NO_JOB_RUNNER, free_port, stop_server, wait_until_listening
 from tests.dashboard.test_dashboard import browser  # noqa: F401 (the headless Chromium fixture)
 from tests.tracking.test_models import TINY

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence, TypeVar
 
 from pipeline.analysis.fits import FloorLaw, floor_fit, scaling_fit
-from pipeline.analysis.runs import MODEL_SIZE, RunCurves, count_text, follows, number
+from pipeline.analysis.curves import MODEL_SIZE, RunCurves, count_text, follows, number
 from pipeline.errors import ReportError
 
 T = TypeVar("T")

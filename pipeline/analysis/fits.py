@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.analysis.runs import MODEL_SIZE, RunCurves, number
+from pipeline.analysis.curves import MODEL_SIZE, RunCurves, number
 from pipeline.errors import ReportError, first_line
 
 

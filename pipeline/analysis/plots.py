@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.analysis.fits import PowerLaw, best_loss_by_size, floor_fit, scaling_fit
-from pipeline.analysis.runs import MODEL_SIZE, RunCurves, follows, number, sort_key
+from pipeline.analysis.curves import MODEL_SIZE, RunCurves, follows, number, sort_key
 from pipeline.errors import ReportError
 from pipeline.tracking import PRUNED_TAG
 

@@ -30,7 +30,7 @@ from flask import Flask, jsonify, redirect, render_template, request, url_for
 from model.configs import NAMED_CONFIGS
 from pipeline import tracking
 from pipeline.data.corpora import load_registry
-from pipeline.dashboard import launch, runs
+from pipeline.dashboard import launch, run_list
 from pipeline.dashboard.processes import NotOurProcess, ProcessEnded
 from pipeline.dashboard.supervisor import Dashboard
 from pipeline.errors import LabError
@@ -142,8 +142,8 @@ def create_app(tracking_uri: str | None = None, state_dir: str | Path | None = N
             if entry.get("run_id"):
                 by_run.setdefault(entry["run_id"], entry)
         items = []
-        for run in runs.search(dashboard.client, ids, limit):
-            item = runs.summary(run, names.get(run.info.experiment_id, ""), dashboard.mlflow_url)
+        for run in run_list.search(dashboard.client, ids, limit):
+            item = run_list.summary(run, names.get(run.info.experiment_id, ""), dashboard.mlflow_url)
             entry = by_run.get(run.info.run_id)
             item["process"] = dashboard.process_view(entry) if entry else None
             item["stoppable"] = _stoppable(item)
@@ -161,7 +161,7 @@ def create_app(tracking_uri: str | None = None, state_dir: str | Path | None = N
             run = dashboard.client.get_run(run_id)
         except Exception:
             return _error(f"no run '{run_id}' in {dashboard.tracking_uri}", 404)
-        item = runs.summary(run, dashboard.experiment_name(run.info.experiment_id), dashboard.mlflow_url)
+        item = run_list.summary(run, dashboard.experiment_name(run.info.experiment_id), dashboard.mlflow_url)
         item.update(dashboard.details.of(run))
         item["last_step"] = max((p[0] for p in item["curves"]["train_loss"]), default=None)
         entry = next((e for e in dashboard.processes() if e.get("run_id") == run_id), None)
@@ -176,7 +176,7 @@ def create_app(tracking_uri: str | None = None, state_dir: str | Path | None = N
             started = launch.start_training(dashboard, launch.settings_from_json(payload))
         except LabError as problem:
             return _error(str(problem), 400)
-        started["links"] = {"run": runs.run_url(dashboard.mlflow_url, _experiment_of(started["run_id"]),
+        started["links"] = {"run": run_list.run_url(dashboard.mlflow_url, _experiment_of(started["run_id"]),
                                                 started["run_id"])}
         return jsonify(started), 201
 

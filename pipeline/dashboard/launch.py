@@ -24,7 +24,7 @@ from pipeline.errors import SettingsError
 from pipeline.sweeps.children import train_command
 from pipeline.sweeps.spec import load_sweep
 from pipeline.settings import TrainSettings, setting_type, settings_from_mapping
-from pipeline.training.run import default_run_name
+from pipeline.training.trainer import default_run_name
 
 PATH_CHOICE = ":path"  # the corpus select's "a file or folder" option; the path is in the field corpus_path
 LAUNCHER_TAG = "lab.launcher"

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from pipeline import tracking
-from pipeline.dashboard import runs
+from pipeline.dashboard import run_list
 from pipeline.dashboard.processes import ProcessRegistry
 
 INTERRUPTED = 130  # the exit code of a trainer or sweep stopped by Ctrl-C (SIGINT)
@@ -26,7 +26,7 @@ class Dashboard:
         self.python = python
         self.client = tracking.client_for(tracking_uri)
         self.registry = ProcessRegistry(state_dir)
-        self.details = runs.RunDetails(self.client)
+        self.details = run_list.RunDetails(self.client)
         self._experiment_names: dict[str, str] = {}
 
     def check_store(self) -> None:
@@ -35,7 +35,7 @@ class Dashboard:
 
     def experiment_names(self) -> dict[str, str]:
         """Every experiment's name by id, read afresh (and kept for experiment_name)."""
-        self._experiment_names = runs.experiment_names(self.client)
+        self._experiment_names = run_list.experiment_names(self.client)
         return self._experiment_names
 
     def experiment_name(self, experiment_id: str) -> str:

@@ -3,7 +3,7 @@ lets one process build them while the others wait.
 
 Shards are keyed on content, never on paths, so a moved or re-cloned project keeps them: the tokenizer, each
 source file's split, name and sha256, and the settings that shape the tokens. A setting left unsaid (None)
-accepts whatever value made the existing shards: training calls tokenize(corpus) with no settings, and so
+accepts whatever value made the existing shards: training calls shard_corpus(corpus) with no settings, and so
 keeps the val split that `pipeline.tokenize --val-fraction 0.2` chose.
 """
 

@@ -1,5 +1,5 @@
 """The step loop: optimizer steps over the data stream, with logging, evaluation, samples and checkpoints
-at their intervals. Its inputs are four small bundles (training/state.py) made by training/run.py."""
+at their intervals. Its inputs are four small bundles (training/state.py) made by training/trainer.py."""
 
 from __future__ import annotations
 

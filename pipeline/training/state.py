@@ -1,4 +1,4 @@
-"""What the step loop is given (Model, Data, Plan, Tracked: made by training/run.py) and what a run returns."""
+"""What the step loop is given (Model, Data, Plan, Tracked: made by training/trainer.py) and what a run returns."""
 
 from __future__ import annotations
 

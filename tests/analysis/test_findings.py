@@ -8,7 +8,7 @@ import math
 import pytest
 
 from pipeline.analysis.findings import best_run, find, pick_best
-from pipeline.analysis.runs import MODEL_SIZE, RunCurves
+from pipeline.analysis.curves import MODEL_SIZE, RunCurves
 from pipeline.tracking import PRUNED_TAG
 
 STEPS = list(range(10, 210, 10))

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.errors import TrackingError
 from pipeline.analysis.comparison import build_report
 from pipeline.analysis.fits import fit_power_law
-from pipeline.analysis.runs import runs_of_experiment, runs_of_parent
+from pipeline.analysis.curves import runs_of_experiment, runs_of_parent
 from pipeline.errors import ReportError
 from tests.conftest import assert_one_line_error, run_command, run_module
 

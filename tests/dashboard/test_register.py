@@ -5,7 +5,7 @@ from __future__ import annotations
 from mlflow.tracking import MlflowClient
 
 from pipeline.dashboard.app import create_app
-from pipeline.training.run import train
+from pipeline.training.trainer import train
 from tests.dashboard.test_dashboard import browser, server  # noqa: F401 (a real dashboard and Chromium)
 from tests.tracking.test_models import TINY
 

@@ -7,7 +7,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from pipeline.dashboard.app import create_app
-from pipeline.dashboard.runs import Recent
+from pipeline.dashboard.run_list import Recent
 
 
 def steps(web, run_id: str) -> list[int]:

@@ -14,7 +14,7 @@ from pipeline.data import shards as shards_module
 from pipeline.data.corpora import CorpusText
 from pipeline.errors import ShardError
 from pipeline.data.ngrams import NgramIndex, ngram_hashes
-from pipeline.data.encoding import tokenize
+from pipeline.data.sharding import shard_corpus
 from pipeline.data.shards import Shards, load_shards, write_shard
 from tests.conftest import PROJECT_DIR
 
@@ -157,7 +157,7 @@ def test_queries_touch_only_the_index(tmp_path, monkeypatch):
 
 def test_novelty_of_real_text(tmp_path):
     path = PROJECT_DIR / "corpus" / "tiny.txt"
-    shards = tokenize(CorpusText("tiny_novelty", (path,), None, "The", str(path)), cache=tmp_path).shards
+    shards = shard_corpus(CorpusText("tiny_novelty", (path,), None, "The", str(path)), cache=tmp_path).shards
     train = np.concatenate([np.asarray(s) for s in shards.split("train")])
     unseen = [t for t in range(1000, 50_000) if t not in set(train.tolist())][:20]
     index = NgramIndex.load_or_build(shards)

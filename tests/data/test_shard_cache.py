@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from pipeline.data.corpora import CorpusText, fetch
-from pipeline.data.encoding import tokenize
+from pipeline.data.sharding import shard_corpus
 from pipeline.data.shards import HEADER_BYTES, load_shards
 from pipeline.errors import ShardError
 from pipeline.files import child_python_path
@@ -48,32 +48,32 @@ def flip_a_token(shard: Path) -> bytes:
 
 def test_settings_left_unsaid_keep_what_the_shards_were_made_with(tmp_path):
     source = tokens_file(tmp_path / "notes.txt")
-    chosen = tokenize(corpus_of(source), cache=tmp_path, val_fraction=0.3, shard_tokens=50).shards
+    chosen = shard_corpus(corpus_of(source), cache=tmp_path, val_fraction=0.3, shard_tokens=50).shards
     assert chosen.val_fraction == 0.3 and chosen.tokenizer == "gpt2"
 
-    again = tokenize(corpus_of(source), cache=tmp_path)  # as training calls it
+    again = shard_corpus(corpus_of(source), cache=tmp_path)  # as training calls it
     assert again.skipped
     assert again.shards.val_fraction == 0.3 and again.shards.manifest["key"]["shard_tokens"] == 50
 
     with open(source, "a", encoding="utf-8") as f:
         f.write("A new closing sentence about the loss.\n")
-    changed = tokenize(corpus_of(source), cache=tmp_path)  # a changed source keeps the choice
+    changed = shard_corpus(corpus_of(source), cache=tmp_path)  # a changed source keeps the choice
     assert not changed.skipped
     assert changed.shards.val_fraction == 0.3 and changed.shards.manifest["key"]["shard_tokens"] == 50
 
-    assert tokenize(corpus_of(source), cache=tmp_path, val_fraction=0.3).skipped
-    other = tokenize(corpus_of(source), cache=tmp_path, val_fraction=0.1)  # only an explicit other value
+    assert shard_corpus(corpus_of(source), cache=tmp_path, val_fraction=0.3).skipped
+    other = shard_corpus(corpus_of(source), cache=tmp_path, val_fraction=0.1)  # only an explicit other value
     assert not other.skipped and other.shards.val_fraction == 0.1
     assert other.shards.val_tokens < changed.shards.val_tokens
-    assert tokenize(corpus_of(source), cache=tmp_path).shards.val_fraction == 0.1
+    assert shard_corpus(corpus_of(source), cache=tmp_path).shards.val_fraction == 0.1
 
 
 def test_a_corpus_with_its_own_val_split_has_no_val_fraction(tmp_path):
     train, val = tokens_file(tmp_path / "train.txt"), tokens_file(tmp_path / "val.txt", copies=1)
     corpus = corpus_of(train, val=(val,))
-    shards = tokenize(corpus, cache=tmp_path, val_fraction=0.3).shards
+    shards = shard_corpus(corpus, cache=tmp_path, val_fraction=0.3).shards
     assert shards.val_fraction is None and shards.manifest["split_rule"] == "the source's own validation split"
-    assert tokenize(corpus, cache=tmp_path, val_fraction=0.2).skipped  # no fraction applies to it
+    assert shard_corpus(corpus, cache=tmp_path, val_fraction=0.2).skipped  # no fraction applies to it
 
 
 # ---------------------------------------------------------------- keyed on content, not paths
@@ -81,11 +81,11 @@ def test_a_corpus_with_its_own_val_split_has_no_val_fraction(tmp_path):
 
 def test_a_moved_cache_and_a_copied_corpus_are_recognised_by_content(tmp_path):
     here = tmp_path / "here"
-    first = tokenize(fetch("verdict", cache=here).corpus, cache=here).shards
+    first = shard_corpus(fetch("verdict", cache=here).corpus, cache=here).shards
     assert str(tmp_path) not in json.dumps(first.manifest["key"])
     there = tmp_path / "there"  # the project moved or cloned again, its corpus cache with it
     shutil.move(here, there)
-    moved = tokenize(fetch("verdict", cache=there).corpus, cache=there)
+    moved = shard_corpus(fetch("verdict", cache=there).corpus, cache=there)
     assert moved.skipped and moved.shards.tokens_sha256 == first.tokens_sha256
 
     folder = tmp_path / "notes"
@@ -93,10 +93,10 @@ def test_a_moved_cache_and_a_copied_corpus_are_recognised_by_content(tmp_path):
     tokens_file(folder / "a.txt")
     tokens_file(folder / "sub" / "b.txt", copies=1)
     files = (folder / "a.txt", folder / "sub" / "b.txt")
-    made = tokenize(corpus_of(*files), cache=tmp_path)
+    made = shard_corpus(corpus_of(*files), cache=tmp_path)
     copy = tmp_path / "elsewhere" / "notes"
     shutil.copytree(folder, copy)
-    again = tokenize(corpus_of(*(copy / f.relative_to(folder) for f in files)), cache=tmp_path)
+    again = shard_corpus(corpus_of(*(copy / f.relative_to(folder) for f in files)), cache=tmp_path)
     assert again.skipped and again.shards.manifest == made.shards.manifest
     assert [name for _, name, _ in made.shards.manifest["key"]["sources"]] == ["a.txt", "sub/b.txt"]
 
@@ -116,23 +116,23 @@ def truncate_consistently(shard: Path) -> bytes:
 @pytest.mark.parametrize("damage, fragment", [(flip_a_token, "changed after it was written"),
                                               (truncate_consistently, "its manifest says")])
 def test_a_shard_changed_after_tokenizing_is_refused_then_rebuilt(tmp_path, damage, fragment):
-    first = tokenize(corpus_of(tokens_file(tmp_path / "notes.txt")), cache=tmp_path).shards
+    first = shard_corpus(corpus_of(tokens_file(tmp_path / "notes.txt")), cache=tmp_path).shards
     shard = first.folder / "train_000.bin"
     good = damage(shard)
     with pytest.raises(ShardError, match=fragment) as caught:
         load_shards(first.folder)
     assert str(shard) in str(caught.value)
-    again = tokenize(corpus_of(tmp_path / "notes.txt"), cache=tmp_path)
+    again = shard_corpus(corpus_of(tmp_path / "notes.txt"), cache=tmp_path)
     assert not again.skipped
     assert shard.read_bytes() == good and again.shards.tokens_sha256 == first.tokens_sha256
 
 
 def test_only_shards_whose_mtime_moved_are_hashed(tmp_path):
-    first = tokenize(corpus_of(tokens_file(tmp_path / "notes.txt")), cache=tmp_path).shards
+    first = shard_corpus(corpus_of(tokens_file(tmp_path / "notes.txt")), cache=tmp_path).shards
     shard = first.folder / "val_000.bin"
     stat = shard.stat()
     os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched: same tokens
-    touched = tokenize(corpus_of(tmp_path / "notes.txt"), cache=tmp_path)
+    touched = shard_corpus(corpus_of(tmp_path / "notes.txt"), cache=tmp_path)
     assert touched.skipped
     recorded = json.loads((first.folder / "manifest.json").read_text())["splits"]["val"][0]["mtime_ns"]
     assert recorded == shard.stat().st_mtime_ns == stat.st_mtime_ns + 10**9  # hashed once, then recorded
@@ -141,7 +141,7 @@ def test_only_shards_whose_mtime_moved_are_hashed(tmp_path):
     data = shard.read_bytes()
     shard.write_bytes(data[:-2] + b"\xff\xff")
     os.utime(shard, ns=(stat.st_atime_ns, recorded))
-    assert tokenize(corpus_of(tmp_path / "notes.txt"), cache=tmp_path).skipped
+    assert shard_corpus(corpus_of(tmp_path / "notes.txt"), cache=tmp_path).skipped
 
 
 def test_training_after_a_shard_was_edited_rebuilds_it_at_the_chosen_split(tmp_path, store):
@@ -189,9 +189,9 @@ def test_two_processes_tokenizing_at_once_take_turns(tmp_path):
 
 
 def test_a_cache_where_no_lock_can_be_taken_still_serves_its_shards(tmp_path):
-    first = tokenize(corpus_of(TINY, name="tiny"), cache=tmp_path)
+    first = shard_corpus(corpus_of(TINY, name="tiny"), cache=tmp_path)
     lock = tmp_path / "shards" / "tiny.lock"
     lock.unlink()
     lock.mkdir()  # cannot be opened for writing, as in a read-only cache
-    again = tokenize(corpus_of(TINY, name="tiny"), cache=tmp_path)
+    again = shard_corpus(corpus_of(TINY, name="tiny"), cache=tmp_path)
     assert again.skipped and again.shards.manifest == first.shards.manifest

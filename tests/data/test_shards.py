@@ -15,11 +15,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from pipeline.data import encoding as encoding_module
+from pipeline.data import sharding
 from pipeline.data.shard_cache import DEFAULT_SHARD_TOKENS
 from pipeline.data.corpora import DOCUMENT_SEPARATOR, CorpusText, fetch
 from pipeline.errors import CorpusError, ShardError
-from pipeline.data.encoding import PIECE_BYTES, _SEPARATOR, _encode, _pieces, tokenize
+from pipeline.data.sharding import PIECE_BYTES, _SEPARATOR, _encode, _pieces, shard_corpus
 from pipeline.data.tokenizer import encoding
 from pipeline.data.shards import HEADER_BYTES, MAGIC, VERSION, load_shards, read_shard, write_shard
 from pipeline.files import child_python_path
@@ -66,7 +66,7 @@ def assert_nothing_left(cache: Path, name: str) -> None:
 @pytest.mark.parametrize("name", ["verdict", "tiny"])
 def test_shards_decode_back_to_the_text(name, tmp_path, enc):
     fetched = fetch(name, cache=tmp_path)
-    result = tokenize(fetched.corpus, cache=tmp_path)
+    result = shard_corpus(fetched.corpus, cache=tmp_path)
     assert not result.skipped
     text = fetched.corpus.train[0].read_text(encoding="utf-8")
     assert SEP not in text
@@ -102,9 +102,9 @@ def test_shards_decode_back_to_the_text(name, tmp_path, enc):
 
 
 def test_rerun_is_skipped_and_touches_nothing(tmp_path):
-    first = tokenize(corpus_of(TINY, "tiny"), cache=tmp_path)
+    first = shard_corpus(corpus_of(TINY, "tiny"), cache=tmp_path)
     before = folder_state(first.shards.folder)
-    again = tokenize(corpus_of(TINY, "tiny"), cache=tmp_path)
+    again = shard_corpus(corpus_of(TINY, "tiny"), cache=tmp_path)
     assert again.skipped and not first.skipped
     assert again.shards.manifest == first.shards.manifest
     assert folder_state(again.shards.folder) == before
@@ -113,11 +113,11 @@ def test_rerun_is_skipped_and_touches_nothing(tmp_path):
 def test_changed_input_or_val_fraction_tokenizes_again(tmp_path, enc):
     source = tmp_path / "notes.txt"
     source.write_text(TINY.read_text())
-    first = tokenize(corpus_of(source), cache=tmp_path)
+    first = shard_corpus(corpus_of(source), cache=tmp_path)
 
     with open(source, "a", encoding="utf-8") as f:
         f.write("One more sentence about tokens and the loss.\n")
-    changed = tokenize(corpus_of(source), cache=tmp_path)
+    changed = shard_corpus(corpus_of(source), cache=tmp_path)
     assert not changed.skipped
     assert changed.shards.manifest["key"]["sources"] != first.shards.manifest["key"]["sources"]
     total = changed.shards.train_tokens + changed.shards.val_tokens
@@ -125,20 +125,20 @@ def test_changed_input_or_val_fraction_tokenizes_again(tmp_path, enc):
     text = source.read_text()
     assert decode(enc, changed.shards.split("train")) + decode(enc, changed.shards.split("val")) == text
 
-    wider = tokenize(corpus_of(source), cache=tmp_path, val_fraction=0.3)
+    wider = shard_corpus(corpus_of(source), cache=tmp_path, val_fraction=0.3)
     assert not wider.skipped
     assert wider.shards.manifest["key"]["val_fraction"] == 0.3
     assert wider.shards.val_tokens > changed.shards.val_tokens
-    assert tokenize(corpus_of(source), cache=tmp_path, val_fraction=0.3).skipped
+    assert shard_corpus(corpus_of(source), cache=tmp_path, val_fraction=0.3).skipped
     # the swap leaves only the live folder and its lock file: no staging folder, no retired one
     assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == ["sample", "sample.lock"]
 
 
 def test_damaged_shards_are_tokenized_again(tmp_path):
-    first = tokenize(corpus_of(TINY, "tiny"), cache=tmp_path)
+    first = shard_corpus(corpus_of(TINY, "tiny"), cache=tmp_path)
     shard = first.shards.folder / "train_000.bin"
     shard.write_bytes(shard.read_bytes()[:-2])
-    again = tokenize(corpus_of(TINY, "tiny"), cache=tmp_path)
+    again = shard_corpus(corpus_of(TINY, "tiny"), cache=tmp_path)
     assert not again.skipped
     assert again.shards.tokens_sha256 == first.shards.tokens_sha256
     assert again.shards.manifest["key"] == first.shards.manifest["key"]
@@ -146,13 +146,13 @@ def test_damaged_shards_are_tokenized_again(tmp_path):
     (first.shards.folder / "manifest.json").write_text("{}")  # valid JSON, but lists no shards
     with pytest.raises(ShardError, match="manifest.json"):
         load_shards(first.shards.folder)
-    assert not tokenize(corpus_of(TINY, "tiny"), cache=tmp_path).skipped
+    assert not shard_corpus(corpus_of(TINY, "tiny"), cache=tmp_path).skipped
 
 
 def test_small_shards_concatenate_to_the_one_shard_output(tmp_path):
     corpus = fetch("verdict", cache=tmp_path).corpus
-    whole = tokenize(corpus, cache=tmp_path / "one").shards
-    split = tokenize(corpus, cache=tmp_path / "many", shard_tokens=200).shards
+    whole = shard_corpus(corpus, cache=tmp_path / "one").shards
+    split = shard_corpus(corpus, cache=tmp_path / "many", shard_tokens=200).shards
     for name in ("train", "val"):
         entries = split.manifest["splits"][name]
         assert len(entries) == -(-whole.manifest[f"{name}_tokens"] // 200) > 1
@@ -171,7 +171,7 @@ def test_folder_corpus_puts_eot_between_files(tmp_path, enc):
         (folder / name).write_text(text)
     (folder / "skip.csv").write_text("not,a,document\n")
     corpus = fetch(str(folder), cache=tmp_path).corpus
-    result = tokenize(corpus, cache=tmp_path).shards
+    result = shard_corpus(corpus, cache=tmp_path).shards
     assert decode(enc, result.split("train")) == texts["a.txt"] + SEP + texts["b.md"]
     assert decode(enc, result.split("val")) == texts["sub/c.txt"]
     assert result.manifest["split_rule"] == "the last file (document)"
@@ -183,7 +183,7 @@ def test_folder_corpus_with_many_files_holds_out_the_tail_files(tmp_path, enc):
     texts = [f"Document number {i} says hello to the model. " * 3 for i in range(20)]
     for i, text in enumerate(texts):
         (folder / f"doc{i:02d}.txt").write_text(text)
-    result = tokenize(fetch(str(folder), cache=tmp_path).corpus, cache=tmp_path).shards
+    result = shard_corpus(fetch(str(folder), cache=tmp_path).corpus, cache=tmp_path).shards
     assert result.manifest["split_rule"] == "files (documents) at the tail"
     train_docs = decode(enc, result.split("train")).split(SEP)
     val_docs = decode(enc, result.split("val")).split(SEP)
@@ -196,7 +196,7 @@ def test_folder_corpus_whose_last_file_is_most_of_it_holds_out_only_a_tenth(tmp_
     small, big = "A short note. " * 5, "A long book about language models and their losses. " * 200
     (folder / "a.txt").write_text(small)
     (folder / "b.txt").write_text(big)
-    result = tokenize(fetch(str(folder), cache=tmp_path).corpus, cache=tmp_path).shards
+    result = shard_corpus(fetch(str(folder), cache=tmp_path).corpus, cache=tmp_path).shards
     assert 0.07 < result.val_tokens / (result.train_tokens + result.val_tokens) < 0.13
     assert result.manifest["split_rule"].startswith("within the last file")
     assert decode(enc, result.split("train")) + decode(enc, result.split("val")) == small + SEP + big
@@ -215,7 +215,7 @@ def test_document_file_splits_at_a_document_boundary(tmp_path, enc):
     documents = [f"Story {i}. " + "Once upon a time a small model read a story. " * (3 + i % 5) for i in range(40)]
     path = tmp_path / "stories.txt"
     text = documents_file(path, documents)
-    result = tokenize(corpus_of(path), cache=tmp_path).shards
+    result = shard_corpus(corpus_of(path), cache=tmp_path).shards
     assert result.manifest["split_rule"] == "document boundary near the tail"
     train = np.concatenate(result.split("train"))
     val = np.concatenate(result.split("val"))
@@ -231,7 +231,7 @@ def test_document_file_whose_last_document_is_long_still_gets_a_val_split(tmp_pa
     documents = ["A short first story about a cat.", "A long second story. " + "The dog ran far away. " * 60]
     path = tmp_path / "two.txt"
     text = documents_file(path, documents)
-    result = tokenize(corpus_of(path), cache=tmp_path).shards
+    result = shard_corpus(corpus_of(path), cache=tmp_path).shards
     assert result.val_tokens >= 2
     assert result.manifest["split_rule"] == "the tail, at a word boundary"
     assert decode(enc, result.split("train")) + decode(enc, result.split("val")) == normalised(text)
@@ -249,7 +249,7 @@ def test_separator_at_the_piece_boundary_is_one_eot(tmp_path, enc):
     path = tmp_path / "docs.txt"
     text = documents_file(path, documents)
     assert text.encode()[PIECE_BYTES - 5:PIECE_BYTES + 10] == b"\n" + SEP.encode() + b"\n"
-    result = tokenize(corpus_of(path), cache=tmp_path).shards
+    result = shard_corpus(corpus_of(path), cache=tmp_path).shards
     tokens = np.concatenate(result.split("train") + result.split("val"))
     assert int((tokens == enc.eot_token).sum()) == len(documents)
     assert decode(enc, result.split("train")) + decode(enc, result.split("val")) == normalised(text)
@@ -263,7 +263,7 @@ def test_long_line_of_multibyte_text_round_trips(tmp_path, enc):
     assert data[PIECE_BYTES] & 0xC0 == 0x80  # the first 1 MiB ends inside a character
     path = tmp_path / "line.txt"
     path.write_bytes(data)
-    result = tokenize(corpus_of(path), cache=tmp_path).shards
+    result = shard_corpus(corpus_of(path), cache=tmp_path).shards
     assert decode(enc, result.split("train")) + decode(enc, result.split("val")) == text
 
 
@@ -279,7 +279,7 @@ def test_pieces_of_any_size_give_the_same_documents(parts, piece_bytes):
     enc = encoding()
     text = "".join(parts)
     with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as patch:
-        patch.setattr(encoding_module, "PIECE_BYTES", piece_bytes)
+        patch.setattr(sharding, "PIECE_BYTES", piece_bytes)
         path = Path(tmp) / "t.txt"
         path.write_bytes(text.encode())
         pieces = [piece for piece, _ in _pieces(path, 0, None)]
@@ -313,7 +313,7 @@ def test_empty_file_is_refused(tmp_path):
     path = tmp_path / "empty.txt"
     path.write_bytes(b"")
     with pytest.raises(CorpusError, match="empty"):
-        tokenize(corpus_of(path), cache=tmp_path)
+        shard_corpus(corpus_of(path), cache=tmp_path)
     assert_nothing_left(tmp_path, "sample")
 
 
@@ -332,7 +332,7 @@ def test_not_utf8_names_the_byte_offset(tmp_path, offset):
     data[offset] = 0xFF
     path.write_bytes(data)
     with pytest.raises(CorpusError) as caught:
-        tokenize(corpus_of(path), cache=tmp_path)
+        shard_corpus(corpus_of(path), cache=tmp_path)
     assert f"byte offset {offset}" in str(caught.value)
     assert "0xff" in str(caught.value) and str(path) in str(caught.value)
     assert_nothing_left(tmp_path, "sample")
@@ -343,24 +343,24 @@ def test_cut_off_character_at_the_end_names_its_offset(tmp_path):
     data = bytes(lines_file(path, 5000)) + "€".encode()[:2]  # a 3-byte character missing its last byte
     path.write_bytes(data)
     with pytest.raises(CorpusError, match=f"byte offset {len(data) - 2}"):
-        tokenize(corpus_of(path), cache=tmp_path)
+        shard_corpus(corpus_of(path), cache=tmp_path)
 
 
 def test_val_split_under_two_tokens_is_refused(tmp_path):
     path = tmp_path / "short.txt"
     path.write_text("hello world")  # val is the tail "ld": one token
     with pytest.raises(CorpusError, match=r"val split .* 1 token\(s\)"):
-        tokenize(corpus_of(path), cache=tmp_path)
+        shard_corpus(corpus_of(path), cache=tmp_path)
     assert_nothing_left(tmp_path, "sample")
 
 
 def test_bad_settings_are_refused(tmp_path):
     with pytest.raises(CorpusError, match="val_fraction"):
-        tokenize(corpus_of(TINY), cache=tmp_path, val_fraction=1.0)
+        shard_corpus(corpus_of(TINY), cache=tmp_path, val_fraction=1.0)
     with pytest.raises(CorpusError, match="shard_tokens"):
-        tokenize(corpus_of(TINY), cache=tmp_path, shard_tokens=1)
+        shard_corpus(corpus_of(TINY), cache=tmp_path, shard_tokens=1)
     with pytest.raises(CorpusError, match="not found"):
-        tokenize(corpus_of(tmp_path / "gone.txt"), cache=tmp_path)
+        shard_corpus(corpus_of(tmp_path / "gone.txt"), cache=tmp_path)
 
 
 # ---------------------------------------------------------------- shard files

@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.errors import CheckpointError
 from pipeline.settings import TrainSettings
 from pipeline.tracking.models import register
-from pipeline.training.run import train
+from pipeline.training.trainer import train
 from pipeline.tracking.checkpoints import model_from_run
 from pipeline.training.sampling import complete
 from pipeline.files import child_python_path

@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline import tracking
-from pipeline.training.run import close_run
+from pipeline.training.trainer import close_run
 from pipeline.files import child_python_path
 from tests.conftest import (TINY_MODEL, assert_one_line_error, free_port, run_command, run_module, start_server,
                             stop_server)

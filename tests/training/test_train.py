@@ -24,7 +24,7 @@ from pipeline.tracking.checkpoints import model_from_run
 from pipeline.training.sampling import completions
 from pipeline.errors import CheckpointError
 from pipeline.settings import TrainSettings
-from pipeline.training.run import default_run_name, train
+from pipeline.training.trainer import default_run_name, train
 from pipeline.training.schedule import lr_at, total_steps_for
 from pipeline.files import child_python_path
 from tests.conftest import (PROJECT_DIR, TINY_MODEL, TINY_MODEL_FIELDS, assert_one_line_error, limited,

@@ -1,4 +1,4 @@
-"""Tokenizing a corpus: GPT-2 BPE (tiktoken) into train and val shards, skipped when they are up to date
+"""A corpus's text into token shards: GPT-2 BPE (tiktoken) into train and val shards, skipped when they are up to date
 (shard_cache.py says when).
 
 Text is streamed in pieces cut at line ends, so memory stays bounded whatever the corpus size, and each batch
@@ -28,6 +28,7 @@ from pipeline.data.splitting import split_plan
 from pipeline.data.tokenizer import TOKENIZER, encoding
 from pipeline.errors import CorpusError
 from pipeline.files import cache_root
+from pipeline.machine import usable_cpus
 
 PIECE_BYTES = 1 << 20  # text handed to the tokenizer at a time
 BATCH_PIECES = 16  # pieces encoded together, spread over the cores
@@ -45,17 +46,17 @@ def tokens_per_byte(split: list[np.ndarray], chunk: int = 1 << 20) -> float:
 
 
 @dataclass(frozen=True)
-class TokenizeResult:
+class ShardingResult:
     shards: Shards
     skipped: bool  # True when the shards were already up to date
 
 
-def tokenize(
+def shard_corpus(
     corpus: CorpusText,
     cache: Path | None = None,
     val_fraction: float | None = None,
     shard_tokens: int | None = None,
-) -> TokenizeResult:
+) -> ShardingResult:
     """Tokenize a local corpus into train and val shards, unless shards of the same content and settings exist.
 
     A setting left None accepts existing shards whatever value made them; a new build then takes the value of
@@ -77,7 +78,7 @@ def tokenize(
         if existing:
             if existing.stamps_changed:
                 record_stamps(existing)
-            return TokenizeResult(existing, skipped=True)
+            return ShardingResult(existing, skipped=True)
         key = build_key(folder, wanted)
         enc = encoding()
         if corpus.val:
@@ -90,7 +91,7 @@ def tokenize(
         except OSError as error:  # a full disk, a read-only folder: the old shards, if any, are untouched
             raise CorpusError(f"could not write the shards of {corpus.name} to {folder}: "
                               f"{error.strerror or error}") from None
-    return TokenizeResult(shards, skipped=False)
+    return ShardingResult(shards, skipped=False)
 
 
 def _write_shards(enc, corpus: CorpusText, plan: dict, split_rule: str, key: dict, folder: Path) -> Shards:
@@ -199,11 +200,6 @@ def _encode_text(enc, text: str) -> np.ndarray:
     if hasattr(enc, "encode_to_numpy"):  # tiktoken >= 0.9: no Python list of ints in between
         return enc.encode_to_numpy(text, allowed_special=allowed)
     return np.array(enc.encode(text, allowed_special=allowed), dtype=np.uint32)
-
-
-def usable_cpus() -> int:
-    """The cores this process may run on (os.cpu_count() counts the machine's, even where fewer are allowed)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _pieces(path: Path, start: int, end: int | None) -> Iterator[tuple[str, int]]:

@@ -19,7 +19,7 @@ from pipeline import tracking
 from pipeline.tracking.diagnosis import diagnose_run, tag_run
 from pipeline.data.batches import ValWindows, WindowSampler
 from pipeline.data.corpora import fetch
-from pipeline.data.encoding import tokenize, tokens_per_byte
+from pipeline.data.sharding import shard_corpus, tokens_per_byte
 from pipeline.data.shards import Shards
 from pipeline.data.tokenizer import encoding
 from pipeline.errors import LabError, SettingsError, first_line
@@ -169,11 +169,11 @@ def prepare_corpus(spec: str, world: World) -> Corpus:
     done (and a file lock keeps machines that share a disk from doing it twice)."""
     if world.local_rank == 0:
         fetched = fetch(spec)
-        tokenized = tokenize(fetched.corpus)
+        tokenized = shard_corpus(fetched.corpus)
     world.wait_for_all()
     if world.local_rank != 0:
         fetched = fetch(spec)
-        tokenized = tokenize(fetched.corpus)
+        tokenized = shard_corpus(fetched.corpus)
     if fetched.action not in ("already present", "local"):
         log.info("corpus %s: %s", fetched.corpus.name, fetched.action)
     name = fetched.corpus.name
