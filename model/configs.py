@@ -43,10 +43,6 @@ class UnknownConfigError(ValueError):
     """A config name or file that does not describe a GPTConfig."""
 
 
-def config_fields() -> list[str]:
-    return [f.name for f in fields(GPTConfig)]
-
-
 def load_config(name_or_path: str) -> GPTConfig:
     """A named size (nano, small, medium) or a YAML file of GPTConfig fields (missing ones keep defaults)."""
     if name_or_path in NAMED_CONFIGS:

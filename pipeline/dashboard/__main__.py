@@ -6,7 +6,7 @@ import logging
 
 import click
 
-from pipeline.dashboard.servers import LOOPBACK, check_port
+from pipeline.dashboard.servers import DEFAULT_PORT, LOOPBACK, check_port
 from pipeline.errors import run_cli
 from pipeline.sweeps.spec import EXPERIMENTS_PATH
 
@@ -16,7 +16,7 @@ from pipeline.sweeps.spec import EXPERIMENTS_PATH
               help="Address to listen on. WARNING: the page starts processes on this machine and has no login; "
                    "anything but 127.0.0.1 lets everyone who can reach this address do that. Pair another host "
                    "with --allowed-hosts and a firewall.")
-@click.option("--port", default=5173, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on.")
+@click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on.")
 @click.option("--mlflow-url", default="http://127.0.0.1:5000", show_default=True,
               help="The MLflow UI, for the links to each run's page and to the compare view.")
 @click.option("--state-dir", default=".dashboard", show_default=True, type=click.Path(file_okay=False),

@@ -32,14 +32,13 @@ from pipeline import tracking
 from pipeline.data.corpora import load_registry
 from pipeline.dashboard import launch, run_list
 from pipeline.dashboard.processes import NotOurProcess, ProcessEnded
+from pipeline.dashboard.servers import LOOPBACK
 from pipeline.dashboard.supervisor import Dashboard
 from pipeline.errors import LabError
 from pipeline.sweeps.spec import EXPERIMENTS_PATH, load_sweeps
 from pipeline.settings import MODEL_FIELDS, TrainSettings, setting_type
+from pipeline.tracking.runs import LOCAL_UI
 
-DEFAULT_PORT = 5173
-DEFAULT_MLFLOW_URL = "http://127.0.0.1:5000"
-LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 RUN_ID = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
 # The fields the form shows up front; every other TrainSettings field is under "More settings".
 MAIN_FIELDS = ("config", "corpus", "epochs", "max_steps", "lr", "batch_size", "context_length")
@@ -48,7 +47,7 @@ HIDDEN_FIELDS = ("resume",)  # resuming is a button on a stopped run
 
 def create_app(tracking_uri: str | None = None, state_dir: str | Path | None = None,
                workdir: str | Path | None = None, experiments_path: str | Path | None = None,
-               mlflow_url: str = DEFAULT_MLFLOW_URL, allowed_hosts: list[str] | tuple[str, ...] = (),
+               mlflow_url: str = LOCAL_UI, allowed_hosts: list[str] | tuple[str, ...] = (),
                python: str | None = None) -> Flask:
     """The launcher app on a tracking store (default: the trainer's own, tracking.tracking_uri()).
 
@@ -65,7 +64,7 @@ def create_app(tracking_uri: str | None = None, state_dir: str | Path | None = N
         python=python or sys.executable,
     )
     dashboard.check_store()
-    hosts = {h.strip().lower().strip("[]") for h in allowed_hosts if h.strip()} | set(LOOPBACK_HOSTS)
+    hosts = {h.strip().lower().strip("[]") for h in allowed_hosts if h.strip()} | set(LOOPBACK)
 
     app = Flask(__name__)
     app.json.sort_keys = False

@@ -4,15 +4,13 @@ every poll."""
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections import OrderedDict
-from urllib.parse import quote
 
 from mlflow.tracking import MlflowClient
 
-from pipeline.tracking import run_ui_url, ui_url
+from pipeline.tracking import run_ui_url
 from pipeline.tracking.models import model_of
 from pipeline.tracking.samples import SampleReader
 
@@ -27,13 +25,6 @@ KEPT_FINISHED = 100  # finished runs whose curves and sample stay in memory: ~15
 
 def run_url(mlflow_url: str, experiment_id: str, run_id: str) -> str:
     return run_ui_url(experiment_id, run_id, base=mlflow_url)
-
-
-def compare_url(mlflow_url: str, run_ids: list[str], experiment_ids: list[str]) -> str:
-    """MLflow's compare view: #/compare-runs?runs=[...]&experiments=[...] (JSON lists, as its UI writes them)."""
-    runs = quote(json.dumps(list(dict.fromkeys(run_ids)), separators=(",", ":")))
-    experiments = quote(json.dumps(sorted(set(experiment_ids)), separators=(",", ":")))
-    return ui_url(f"compare-runs?runs={runs}&experiments={experiments}", base=mlflow_url)
 
 
 def experiment_names(client: MlflowClient) -> dict[str, str]:

@@ -21,6 +21,7 @@ from pipeline.errors import LabError, run_cli
 from pipeline.dashboard.keeper import GRACE_SECONDS
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+DEFAULT_PORT = 5173  # the launcher page's; run-dashboard.sh starts it there too
 
 
 def check_port(host: str, port: int, option: str = "--port", label: str = "") -> None:

@@ -120,7 +120,6 @@ class ListSweep(_Sweep):
     runs: Annotated[list[dict[str, Any]], Field(min_length=1)]
 
 
-SweepSpec = Annotated[Union[GridSweep, RandomSweep, BayesSweep, ListSweep], Field(discriminator="method")]
 MODELS = {"grid": GridSweep, "random": RandomSweep, "bayes": BayesSweep, "list": ListSweep}
 
 # what a key must be, for the messages of keys given wrongly or left out
