@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.analysis import novelty
+from pipeline.data import ngrams
 from pipeline.data import shards as shards_module
 from pipeline.data.corpora import CorpusText
 from pipeline.errors import ShardError
@@ -123,8 +123,8 @@ def test_a_damaged_index_is_rebuilt(two_shards):
 def test_chunks_and_buckets_give_the_same_index(tmp_path, monkeypatch):
     train = [random_tokens(20_000, 4), random_tokens(7, 5), random_tokens(9_000, 6)]  # one shard shorter than n
     whole = NgramIndex.load_or_build(make_shards(tmp_path / "whole", train))
-    monkeypatch.setattr(novelty, "CHUNK_TOKENS", 1_000)
-    monkeypatch.setattr(novelty, "BUCKET_HASHES", 3_000)  # 16 buckets
+    monkeypatch.setattr(ngrams, "CHUNK_TOKENS", 1_000)
+    monkeypatch.setattr(ngrams, "BUCKET_HASHES", 3_000)  # 16 buckets
     pieces = NgramIndex.load_or_build(make_shards(tmp_path / "pieces", train))
     assert np.array_equal(np.asarray(whole.hashes), np.asarray(pieces.hashes))
     assert np.all(np.diff(np.asarray(pieces.hashes)) > 0)  # sorted and unique
@@ -172,6 +172,6 @@ def test_an_unwritable_folder_is_a_shard_error(two_shards, monkeypatch):
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(novelty.tempfile, "mkdtemp", refuse)
+    monkeypatch.setattr(ngrams.tempfile, "mkdtemp", refuse)
     with pytest.raises(ShardError, match="cannot write the 8-gram index"):
         NgramIndex.load_or_build(shards)

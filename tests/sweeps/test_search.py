@@ -16,7 +16,8 @@ from pipeline.sweeps import study as studies
 from pipeline.sweeps.runner import run_sweep
 from pipeline.sweeps.spec import load_sweep, load_sweeps
 from tests.conftest import assert_one_line_error, run_command, run_module
-from tests.sweeps.test_sweeps import TINY_BASE, children_of, write_sweeps
+from tests.sweeps.test_runner import children_of
+from tests.sweeps.test_spec import TINY_BASE, write_sweeps
 
 LOG_LR = {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2}
 
