@@ -44,7 +44,8 @@ class UnknownConfigError(ValueError):
 
 
 def load_config(name_or_path: str) -> GPTConfig:
-    """A named size (nano, small, medium) or a YAML file of GPTConfig fields (missing ones keep defaults)."""
+    """A named size (nano, small, medium) or a YAML file of GPTConfig fields (at least one; missing ones keep
+    defaults)."""
     if name_or_path in NAMED_CONFIGS:
         return NAMED_CONFIGS[name_or_path]
     path = Path(name_or_path)
@@ -54,9 +55,12 @@ def load_config(name_or_path: str) -> GPTConfig:
     if not path.is_file():
         raise UnknownConfigError(f"config file not found: {path}")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise UnknownConfigError(f"config file {path} is not valid YAML: {error}".splitlines()[0]) from None
+    if values is None or values == {}:  # an empty file would train the default shape: almost always a mistake
+        raise UnknownConfigError(f"config file {path} sets no GPTConfig field (known: "
+                                 f"{', '.join(f.name for f in fields(GPTConfig))})")
     if not isinstance(values, dict):
         raise UnknownConfigError(f"config file {path} must hold a mapping of GPTConfig fields")
     return with_overrides(GPTConfig(), values, source=str(path))

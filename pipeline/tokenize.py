@@ -8,31 +8,32 @@ from pipeline.data.shard_cache import DEFAULT_SHARD_TOKENS, DEFAULT_VAL_FRACTION
 from pipeline.errors import run_cli
 
 
-class OptionalNumber(click.ParamType):
-    """A number, or empty for "not given": how `mlflow run` passes a parameter left at its default ""."""
+class Optional(click.ParamType):
+    """A value of the inner type, or empty for "not given": how `mlflow run` passes a parameter left at its
+    default ""."""
 
-    def __init__(self, kind: type):
-        self.kind, self.name = kind, kind.__name__
+    def __init__(self, inner: click.ParamType):
+        self.inner, self.name = inner, inner.name
 
     def convert(self, value, param, ctx):
         if value is None or (isinstance(value, str) and not value.strip()):
             return None
-        try:
-            return self.kind(value)
-        except (TypeError, ValueError):
-            self.fail(f"{value!r} is not a {self.name}", param, ctx)
+        return self.inner.convert(value, param, ctx)
 
 
 @click.command()
 @click.option("--corpus", default="verdict", show_default=True,
               help="Corpus name from corpus/registry.yaml, or a path to a text file or folder.")
-@click.option("--val-fraction", type=OptionalNumber(float), default=None,
+@click.option("--val-fraction", type=Optional(click.FLOAT), default=None,
               help="Share of the text held out for validation, where the source has no validation split. "
                    f"[default: what the existing shards used, else {DEFAULT_VAL_FRACTION}]")
-@click.option("--shard-tokens", type=OptionalNumber(int), default=None,
+@click.option("--shard-tokens", type=Optional(click.INT), default=None,
               help="Tokens per .bin shard file. "
                    f"[default: what the existing shards used, else {DEFAULT_SHARD_TOKENS}]")
-def main(corpus, val_fraction, shard_tokens):
+@click.option("--gutenberg", type=Optional(click.Choice(["trim", "keep"])), default=None,
+              help="A Project Gutenberg book: trim keeps only what lies between its START and END markers, keep "
+                   "tokenizes its licence header and footer too. [default: what the existing shards used, else trim]")
+def main(corpus, val_fraction, shard_tokens, gutenberg):
     """Tokenize a corpus with tiktoken's GPT-2 BPE into corpus/shards/CORPUS/.
 
     Downloads the corpus first if needed. Writes train_NNN.bin and val_NNN.bin (llm.c format: a 256 x int32
@@ -40,8 +41,12 @@ def main(corpus, val_fraction, shard_tokens):
     them whatever --val-fraction made them.
     """
     fetched = fetch(corpus)
-    result = shard_corpus(fetched.corpus, val_fraction=val_fraction, shard_tokens=shard_tokens)
+    trim = None if gutenberg is None else gutenberg == "trim"
+    result = shard_corpus(fetched.corpus, val_fraction=val_fraction, shard_tokens=shard_tokens,
+                          trim_gutenberg=trim)
     shards = result.shards
+    if shards.manifest.get("cleaning"):
+        click.echo(shards.manifest["cleaning"])
     state = "already up to date" if result.skipped else "written"
     split = "the source's own val split" if shards.val_fraction is None else f"val fraction {shards.val_fraction}"
     click.echo(f"{shards.manifest['corpus']}: {state} in {shards.folder} "

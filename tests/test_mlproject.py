@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
+from packaging.version import Version
 from packaging.utils import canonicalize_name
 
 from tests.conftest import PROJECT_DIR, wait_for
@@ -105,27 +107,59 @@ def requirements(lines) -> dict[str, Requirement]:
     return {canonicalize_name(r.name): r for r in parsed}
 
 
+def constraints() -> dict[str, Requirement]:
+    return requirements(line.strip() for line in (PROJECT_DIR / "constraints.txt").read_text().splitlines()
+                        if line.strip() and not line.startswith("#"))
+
+
+def installed_closure(root: str, extras: set[str]) -> dict[str, str]:
+    """Every distribution that installing root[extras] pulls in here, with its installed version (the project
+    itself and pip's own tools left out, as `pip freeze` leaves them out)."""
+    found: dict[str, str] = {}
+    seen: set[tuple[str, frozenset[str]]] = set()
+    wanted = [(root, frozenset(extras))]
+    while wanted:
+        name, asked = wanted.pop()
+        for line in metadata.distribution(name).requires or []:
+            requirement = Requirement(line)
+            if requirement.marker and not any(requirement.marker.evaluate({"extra": e}) for e in asked | {""}):
+                continue
+            found[canonicalize_name(requirement.name)] = metadata.version(requirement.name)
+            step = (canonicalize_name(requirement.name), frozenset(requirement.extras))
+            if step not in seen:  # mlflow and mlflow[auth] are two steps: the extra pulls in more
+                seen.add(step)
+                wanted.append((requirement.name, step[1]))
+    return {k: v for k, v in found.items() if k not in ("pip", "setuptools", "wheel")}
+
+
+def test_constraints_pin_exactly_what_the_test_install_brings():
+    """A newcomer's install is the set this suite ran with: every package `pip install -e '.[test,server]'`
+    pulls in is pinned in constraints.txt at the installed version, and nothing else is."""
+    pulled_in = installed_closure("gpt-pretraining-lab", {"test", "server"})
+    pins = constraints()
+    assert set(pins) == set(pulled_in), (set(pulled_in) - set(pins), set(pins) - set(pulled_in))
+    for name, version in pulled_in.items():
+        [pin] = pins[name].specifier
+        assert pin.operator == "==" and Version(pin.version) == Version(Version(version).public), name  # torch 2.13.0+cpu
+
+
 def test_conda_env_lists_pyprojects_dependencies_with_the_constraints_pins():
     """`mlflow run` with conda builds conda.yaml: the dependencies pip installs from pyproject.toml, each pinned
-    as constraints.txt pins it (what CI tests against), on a Python pyproject.toml allows."""
+    as constraints.txt pins it (what CI tests against), inside the range pyproject.toml allows, on a Python it
+    allows."""
     tomllib = pytest.importorskip("tomllib", reason="tomllib is in Python's standard library from 3.11")
     project = tomllib.loads((PROJECT_DIR / "pyproject.toml").read_text())["project"]
     needed = requirements(project["dependencies"])
-    extras = requirements(line for deps in project["optional-dependencies"].values() for line in deps)
-    pins = requirements(line.strip() for line in (PROJECT_DIR / "constraints.txt").read_text().splitlines()
-                        if line.strip() and not line.startswith("#"))
+    pins = constraints()
     conda = yaml.safe_load((PROJECT_DIR / "conda.yaml").read_text())["dependencies"]
     [pip_section] = [d["pip"] for d in conda if isinstance(d, dict)]
     [python] = [d.split("=", 1)[1] for d in conda if isinstance(d, str) and d.startswith("python=")]
     built = requirements(pip_section)
 
     assert set(built) == set(needed)
-    assert set(pins) <= set(needed) | set(extras)  # no pin of a package nothing installs
     for name, requirement in needed.items():
-        expected = pins[name].specifier if name in pins else requirement.specifier
-        assert built[name].specifier == expected, name
+        assert built[name].specifier == pins[name].specifier, name
         assert built[name].extras == requirement.extras, name
-        if name in pins:  # a pin inside the range pyproject.toml allows
-            [pin] = pins[name].specifier
-            assert requirement.specifier.contains(pin.version), name
+        [pin] = pins[name].specifier
+        assert requirement.specifier.contains(pin.version), name
     assert SpecifierSet(project["requires-python"]).contains(python)

@@ -134,3 +134,13 @@ def test_a_command_leaves_its_objects_to_the_os_at_exit():
                             env={**os.environ, "PYTHONPATH": child_python_path()}, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "frozen at exit: True"
+
+
+@pytest.mark.parametrize("text", ["", "# n_layer: 4\n", "{}\n"])
+def test_a_model_yaml_that_sets_no_field_is_refused(tmp_path, text):
+    # an empty file would train the default shape without a word: almost always a mistake
+    path = tmp_path / "model.yaml"
+    path.write_text(text)
+    result = run_module("pipeline.train", "--config", str(path), "--corpus", "tiny", "--max-steps", "1")
+    errors = result.stderr.splitlines()
+    assert result.returncode == 2 and len(errors) == 1 and "sets no GPTConfig field" in errors[0], errors

@@ -26,7 +26,7 @@ from pipeline.memo import file_sha256
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FORMAT = 2
+MANIFEST_FORMAT = 3  # 3: a byte order mark and Gutenberg's licence are no longer tokens
 DEFAULT_VAL_FRACTION = 0.1
 DEFAULT_SHARD_TOKENS = 100_000_000
 
@@ -36,9 +36,12 @@ def check_setting(name: str, value) -> None:
         raise CorpusError(f"val_fraction must be between 0 and 1, got {value}")
     if name == "shard_tokens" and not (isinstance(value, int) and not isinstance(value, bool) and value >= 2):
         raise CorpusError(f"shard_tokens must be at least 2, got {value}")
+    if name == "trim_gutenberg" and not isinstance(value, bool):
+        raise CorpusError(f"trim_gutenberg must be true or false, got {value}")
 
 
-def wanted_key(corpus: CorpusText, tokenizer: str, val_fraction: float | None, shard_tokens: int | None) -> dict:
+def wanted_key(corpus: CorpusText, tokenizer: str, val_fraction: float | None, shard_tokens: int | None,
+               trim_gutenberg: bool | None = None) -> dict:
     """What existing shards must match to be reused: their content, and only the settings asked for."""
     key = {"format": MANIFEST_FORMAT, "tokenizer": tokenizer, "sources": source_list(corpus)}
     if corpus.val:
@@ -47,6 +50,8 @@ def wanted_key(corpus: CorpusText, tokenizer: str, val_fraction: float | None, s
         key["val_fraction"] = val_fraction
     if shard_tokens is not None:
         key["shard_tokens"] = shard_tokens
+    if trim_gutenberg is not None:
+        key["trim_gutenberg"] = trim_gutenberg
     return key
 
 
@@ -77,7 +82,8 @@ def build_key(folder: Path, wanted: dict) -> dict:
         recorded = None
     recorded = recorded if isinstance(recorded, dict) else {}
     key = dict(wanted)
-    for name, default in (("val_fraction", DEFAULT_VAL_FRACTION), ("shard_tokens", DEFAULT_SHARD_TOKENS)):
+    for name, default in (("val_fraction", DEFAULT_VAL_FRACTION), ("shard_tokens", DEFAULT_SHARD_TOKENS),
+                          ("trim_gutenberg", True)):
         if name not in key:
             try:
                 check_setting(name, recorded.get(name))

@@ -21,6 +21,7 @@ from typing import Iterator
 import numpy as np
 from tqdm import tqdm
 
+from pipeline.data.cleaning import extents_note, text_extent
 from pipeline.data.corpora import DOCUMENT_SEPARATOR, CorpusText
 from pipeline.data.shard_cache import build_key, build_lock, check_setting, record_stamps, reusable, wanted_key
 from pipeline.data.shards import Shards, ShardWriter, load_shards
@@ -56,6 +57,7 @@ def shard_corpus(
     cache: Path | None = None,
     val_fraction: float | None = None,
     shard_tokens: int | None = None,
+    trim_gutenberg: bool | None = None,
 ) -> ShardingResult:
     """Tokenize a local corpus into train and val shards, unless shards of the same content and settings exist.
 
@@ -63,7 +65,8 @@ def shard_corpus(
     the shards it replaces, else the default. Processes calling this at once take turns: one builds, the
     others then reuse.
     """
-    for name, value in (("val_fraction", val_fraction), ("shard_tokens", shard_tokens)):
+    for name, value in (("val_fraction", val_fraction), ("shard_tokens", shard_tokens),
+                        ("trim_gutenberg", trim_gutenberg)):
         if value is not None:
             check_setting(name, value)
     folder = (cache or cache_root()) / "shards" / corpus.name
@@ -72,7 +75,7 @@ def shard_corpus(
             raise CorpusError(f"corpus file not found: {path}")
         if path.stat().st_size == 0:
             raise CorpusError(f"corpus file {path} is empty")
-    wanted = wanted_key(corpus, TOKENIZER, val_fraction, shard_tokens)
+    wanted = wanted_key(corpus, TOKENIZER, val_fraction, shard_tokens, trim_gutenberg)
     with build_lock(folder):
         existing = reusable(folder, wanted)  # built meanwhile, maybe, by the process we waited for
         if existing:
@@ -81,25 +84,28 @@ def shard_corpus(
             return ShardingResult(existing, skipped=True)
         key = build_key(folder, wanted)
         enc = encoding()
+        extents = {split: [text_extent(p, key["trim_gutenberg"]) for p in paths]
+                   for split, paths in (("train", corpus.train), ("val", corpus.val or ()))}
         if corpus.val:
-            plan = {"train": [(p, 0, None) for p in corpus.train], "val": [(p, 0, None) for p in corpus.val]}
+            plan = {split: [(e.path, e.start, e.end) for e in extents[split]] for split in ("train", "val")}
             split_rule = "the source's own validation split"
         else:
-            plan, split_rule = split_plan(corpus.train, key["val_fraction"])
+            plan, split_rule = split_plan(extents["train"], key["val_fraction"])
+        note = extents_note(extents["train"] + extents["val"])
         try:
-            shards = _write_shards(enc, corpus, plan, split_rule, key, folder)
+            shards = _write_shards(enc, corpus, plan, split_rule, key, folder, note)
         except OSError as error:  # a full disk, a read-only folder: the old shards, if any, are untouched
             raise CorpusError(f"could not write the shards of {corpus.name} to {folder}: "
                               f"{error.strerror or error}") from None
     return ShardingResult(shards, skipped=False)
 
 
-def _write_shards(enc, corpus: CorpusText, plan: dict, split_rule: str, key: dict, folder: Path) -> Shards:
+def _write_shards(enc, corpus: CorpusText, plan: dict, split_rule: str, key: dict, folder: Path,
+                  note: str | None) -> Shards:
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{corpus.name}."))
     try:
-        total_bytes = sum((end if end is not None else p.stat().st_size) - start
-                          for parts in plan.values() for p, start, end in parts)
+        total_bytes = sum(end - start for parts in plan.values() for _, start, end in parts)
         splits = {}
         with tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"tokenize {corpus.name}",
                   disable=None) as bar:
@@ -116,6 +122,7 @@ def _write_shards(enc, corpus: CorpusText, plan: dict, split_rule: str, key: dic
             "source": corpus.source,
             "key": key,
             "split_rule": split_rule,
+            "cleaning": note,
             "splits": splits,
             "train_tokens": counts["train"],
             "val_tokens": counts["val"],
@@ -202,10 +209,9 @@ def _encode_text(enc, text: str) -> np.ndarray:
     return np.array(enc.encode(text, allowed_special=allowed), dtype=np.uint32)
 
 
-def _pieces(path: Path, start: int, end: int | None) -> Iterator[tuple[str, int]]:
+def _pieces(path: Path, start: int, end: int) -> Iterator[tuple[str, int]]:
     """(text, bytes) pieces of path[start:end], cut after a newline so no line is split.
     A line longer than a piece is cut after a separator or at a character boundary instead."""
-    end = path.stat().st_size if end is None else end
     with open(path, "rb") as f:
         f.seek(start)
         offset, carry = start, b""

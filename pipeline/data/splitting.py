@@ -3,41 +3,40 @@ document or word boundary near the tail of the last file."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from pipeline.data.cleaning import Extent
 from pipeline.data.corpora import DOCUMENT_SEPARATOR
 
 
-def split_plan(files: tuple[Path, ...], val_fraction: float) -> tuple[dict, str]:
+def split_plan(extents: list[Extent], val_fraction: float) -> tuple[dict, str]:
     """Byte ranges of the train and val splits: whole files where there are several (unless the last file alone
     is over twice val_fraction), else within the one file at the first document boundary past the split point,
     else at the first whitespace past it."""
-    sizes = [p.stat().st_size for p in files]
+    sizes = [e.size for e in extents]
     total = sum(sizes)
-    if len(files) > 1:
+    whole = [(e.path, e.start, e.end) for e in extents]
+    if len(extents) > 1:
         start = 0
         for index, size in enumerate(sizes):
             if start >= total * (1 - val_fraction) and index > 0:
-                return ({"train": [(p, 0, None) for p in files[:index]],
-                         "val": [(p, 0, None) for p in files[index:]]}, "files (documents) at the tail")
+                return {"train": whole[:index], "val": whole[index:]}, "files (documents) at the tail"
             start += size
         if sizes[-1] <= 2 * val_fraction * total:
-            return ({"train": [(p, 0, None) for p in files[:-1]], "val": [(files[-1], 0, None)]},
-                    "the last file (document)")
+            return {"train": whole[:-1], "val": whole[-1:]}, "the last file (document)"
         # the last file alone is far more than val_fraction: hold out only its tail
-        cut, rule = _cut_point(files[-1], int(total * (1 - val_fraction)) - (total - sizes[-1]))
-        return ({"train": [(p, 0, None) for p in files[:-1]] + [(files[-1], 0, cut)],
-                 "val": [(files[-1], cut, None)]}, f"within the last file: {rule}")
-    path = files[0]
-    cut, rule = _cut_point(path, int(total * (1 - val_fraction)))
-    return {"train": [(path, 0, cut)], "val": [(path, cut, None)]}, rule
+        last = extents[-1]
+        cut, rule = _cut_point(last, last.start + int(total * (1 - val_fraction)) - (total - sizes[-1]))
+        return ({"train": whole[:-1] + [(last.path, last.start, cut)], "val": [(last.path, cut, last.end)]},
+                f"within the last file: {rule}")
+    [only] = extents
+    cut, rule = _cut_point(only, only.start + int(total * (1 - val_fraction)))
+    return {"train": [(only.path, only.start, cut)], "val": [(only.path, cut, only.end)]}, rule
 
 
-def _cut_point(path: Path, target: int) -> tuple[int, str]:
+def _cut_point(extent: Extent, target: int) -> tuple[int, str]:
     marker = DOCUMENT_SEPARATOR.encode()
-    with open(path, "rb") as f:
+    with open(extent.path, "rb") as f:
         f.seek(target)
-        window = f.read(1 << 22)
+        window = f.read(min(1 << 22, extent.end - target))
     found = window.find(marker)
     if found >= 0:
         cut = found + len(marker)
@@ -49,7 +48,7 @@ def _cut_point(path: Path, target: int) -> tuple[int, str]:
             return target + offset, "the tail, at a word boundary"
     while target > 0 and window and (window[0] & 0xC0) == 0x80:  # never inside a multi-byte character
         target -= 1
-        with open(path, "rb") as f:
+        with open(extent.path, "rb") as f:
             f.seek(target)
             window = f.read(1)
     return target, "the tail"

@@ -96,13 +96,28 @@ SYSTEM_METRICS_SECONDS = 10.0  # MLflow's own default; $MLFLOW_SYSTEM_METRICS_SA
 
 def start_system_metrics(run_id: str, resumed: bool):
     """MLflow's system metrics (CPU, memory, disk, network; GPU utilisation and memory through nvidia-ml-py)
-    sampled every 10 s by a thread of its own, into the run's System metrics tab; stop it with .finish()."""
+    sampled every 10 s by a thread of its own, into the run's System metrics tab, plus one sample when it starts
+    and one when .finish() stops it: a run shorter than the interval still has its tab filled."""
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # its start and stop are not news
     try:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-        monitor = SystemMetricsMonitor(run_id, sampling_interval=SYSTEM_METRICS_SECONDS, resume_logging=resumed,
-                                       tracking_uri=tracking_uri())
+        class Monitor(SystemMetricsMonitor):
+            def sample_now(self) -> None:
+                self.collect_metrics()
+                self.publish_metrics(self.aggregate_metrics())
+                self.mlflow_logger.flush()
+
+            def finish(self) -> None:
+                super().finish()  # MLflow's thread drops the interval it was in when told to stop
+                try:
+                    self.sample_now()
+                except Exception as error:  # a store gone away: the run's own end reports that
+                    log.warning("no last system metrics sample (%s)", first_line(error))
+
+        monitor = Monitor(run_id, sampling_interval=SYSTEM_METRICS_SECONDS, resume_logging=resumed,
+                          tracking_uri=tracking_uri())
+        monitor.sample_now()
     except Exception as error:  # psutil missing, a store that is away: the run goes on without them
         log.warning("no system metrics for this run (%s)", first_line(error))
         return None

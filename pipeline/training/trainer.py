@@ -176,6 +176,8 @@ def prepare_corpus(spec: str, world: World) -> Corpus:
         tokenized = shard_corpus(fetched.corpus)
     if fetched.action not in ("already present", "local"):
         log.info("corpus %s: %s", fetched.corpus.name, fetched.action)
+    if not tokenized.skipped and tokenized.shards.manifest.get("cleaning"):
+        log.info("%s", tokenized.shards.manifest["cleaning"])
     name = fetched.corpus.name
     label = name.split("-")[0] if fetched.action == "local" else name
     return Corpus(name, label, fetched.corpus.source, fetched.corpus.prompt, tokenized.shards)

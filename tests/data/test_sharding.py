@@ -82,11 +82,12 @@ def test_shards_decode_back_to_the_text(name, tmp_path, enc):
     assert manifest["val_tokens"] == sum(len(s) for s in val) == result.shards.val_tokens
     assert 0.07 < manifest["val_tokens"] / (manifest["train_tokens"] + manifest["val_tokens"]) < 0.13
     assert manifest["key"] == {
-        "format": 2,
+        "format": 3,
         "tokenizer": "gpt2",
         "sources": [["train", fetched.corpus.train[0].name, hashlib.sha256(text.encode()).hexdigest()]],
         "val_fraction": 0.1,
         "shard_tokens": DEFAULT_SHARD_TOKENS,
+        "trim_gutenberg": True,
     }
     assert result.shards.val_fraction == 0.1 and result.shards.tokenizer == "gpt2"
     for split in ("train", "val"):
@@ -283,7 +284,7 @@ def test_pieces_of_any_size_give_the_same_documents(parts, piece_bytes):
         patch.setattr(sharding, "PIECE_BYTES", piece_bytes)
         path = Path(tmp) / "t.txt"
         path.write_bytes(text.encode())
-        pieces = [piece for piece, _ in _pieces(path, 0, None)]
+        pieces = [piece for piece, _ in _pieces(path, 0, path.stat().st_size)]
     assert "".join(pieces) == text
     tokens = np.concatenate([_encode(enc, [p]) for p in pieces] or [np.empty(0, np.uint16)])
     assert enc.decode(tokens.tolist()) == normalised(text)
