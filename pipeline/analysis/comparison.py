@@ -26,10 +26,10 @@ from mlflow.tracking import MlflowClient
 
 from pipeline import tracking
 from pipeline.analysis import plots
-from pipeline.tracking.diagnosis import diagnose
+from pipeline.analysis.curves import MODEL_SIZE, RunCurves, load_runs, number, sort_key, swept_params
 from pipeline.analysis.findings import Findings, find
 from pipeline.analysis.fits import PowerLaw
-from pipeline.analysis.curves import MODEL_SIZE, RunCurves, load_runs, number, sort_key, swept_params
+from pipeline.tracking.diagnosis import diagnose
 from pipeline.tracking.samples import SampleReader
 
 # the params shown in the table, as logged by the trainer

@@ -15,8 +15,8 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from pipeline import tracking
-from pipeline.tracking.diagnosis import diagnose
 from pipeline.errors import ReportError, TrackingError, first_line
+from pipeline.tracking.diagnosis import diagnose
 
 Curve = list[tuple[int, float]]
 

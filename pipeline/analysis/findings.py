@@ -12,8 +12,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence, TypeVar
 
-from pipeline.analysis.fits import FloorLaw, floor_fit, scaling_fit
 from pipeline.analysis.curves import MODEL_SIZE, RunCurves, count_text, follows, number
+from pipeline.analysis.fits import FloorLaw, floor_fit, scaling_fit
 from pipeline.errors import ReportError
 
 T = TypeVar("T")

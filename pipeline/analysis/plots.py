@@ -9,8 +9,8 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.analysis.fits import PowerLaw, best_loss_by_size, floor_fit, scaling_fit
 from pipeline.analysis.curves import MODEL_SIZE, RunCurves, follows, number, sort_key
+from pipeline.analysis.fits import PowerLaw, best_loss_by_size, floor_fit, scaling_fit
 from pipeline.errors import ReportError
 from pipeline.tracking import PRUNED_TAG
 

@@ -14,9 +14,8 @@ import torch
 
 from pipeline.errors import CheckpointError, ShardError, TrainingError, first_line
 from pipeline.settings import TrainSettings
-from pipeline.tracking import beat, retry_until_sent
+from pipeline.tracking import beat, checkpoints, retry_until_sent
 from pipeline.tracking.runs import HEARTBEAT_SECONDS
-from pipeline.tracking import checkpoints
 from pipeline.training.device import is_out_of_memory, memory_used
 from pipeline.training.distributed import World
 from pipeline.training.flops import mfu

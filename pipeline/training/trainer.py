@@ -16,7 +16,6 @@ from torch.nn.parallel import DistributedDataParallel
 
 from model import GPT
 from pipeline import tracking
-from pipeline.tracking.diagnosis import diagnose_run, tag_run
 from pipeline.data.batches import ValWindows, WindowSampler
 from pipeline.data.corpora import fetch
 from pipeline.data.sharding import shard_corpus, tokens_per_byte
@@ -25,8 +24,9 @@ from pipeline.data.tokenizer import encoding
 from pipeline.errors import LabError, SettingsError, first_line
 from pipeline.files import PROJECT_DIR
 from pipeline.settings import TrainSettings, short_number
-from pipeline.training import distributed
 from pipeline.tracking import checkpoints
+from pipeline.tracking.diagnosis import diagnose_run, tag_run
+from pipeline.training import distributed
 from pipeline.training.device import check_model_fits, keep_freed_memory, pick_device
 from pipeline.training.distributed import World
 from pipeline.training.flops import flops_per_token, peak_flops
