@@ -105,7 +105,8 @@ class BareLoop:
         from pipeline.training.distributed import World
         from pipeline.training.loop import StepLoop
         from pipeline.training.state import Data, Model, Plan, Tracked
-        from pipeline.training.schedule import make_optimizer, total_steps_for
+        from pipeline.training.optimizer import make_optimizer
+        from pipeline.training.schedule import total_steps_for
 
         self.s = settings
         self.device = pick_device(settings.device)

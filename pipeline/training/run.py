@@ -31,7 +31,7 @@ from pipeline.training.distributed import World
 from pipeline.training.flops import flops_per_token, peak_flops
 from pipeline.training.loop import StepLoop
 from pipeline.training.state import Data, Model, Plan, Tracked, TrainingInterrupted, TrainResult
-from pipeline.training.schedule import make_optimizer
+from pipeline.training.optimizer import make_optimizer
 
 log = logging.getLogger(__name__)
 
