@@ -55,9 +55,7 @@ class StepLoop:
         self.step = 0
         self.train_loss, self.val_loss = float("nan"), None
         self.pruned_at = self.model_id = None
-        # tokens/sec over the steps since the last log: evaluation, samples and checkpoints at a log step come
-        # after the window closes, so they are not counted as training time
-        self.window_started, self.window_tokens = 0.0, 0
+        self.window_started, self.window_tokens = 0.0, 0  # tokens/sec over the steps since the last log
 
     def run(self, start_step: int) -> TrainResult:
         """As nanoGPT's loop: each step trains, then logs, evaluates, samples and checkpoints when they fall due.
@@ -182,6 +180,8 @@ class StepLoop:
             self.checkpoint(self.step)
 
     def _between_steps(self, logged: bool) -> None:
+        """Buffered metrics out when due, the heartbeat; after a log step the speed window starts again here, so
+        that the evaluation, sample and checkpoint just done are not counted as training time."""
         if self.main:
             self.metrics.maybe_flush()
             self._keep_heartbeat()
