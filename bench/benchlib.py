@@ -104,8 +104,9 @@ class BareLoop:
         from pipeline.training.device import pick_device
         from pipeline.training.distributed import World
         from pipeline.training.loop import StepLoop
-        from pipeline.training.state import Data, Model, Plan, Tracked
-        from pipeline.training.schedule import make_optimizer, total_steps_for
+        from pipeline.training.state import Data, Learner, Plan, Tracked
+        from pipeline.training.optimizer import make_optimizer
+        from pipeline.training.schedule import total_steps_for
 
         self.s = settings
         self.device = pick_device(settings.device)
@@ -116,11 +117,10 @@ class BareLoop:
         self.model = GPT(config).to(self.device)
         self.optimizer = make_optimizer(self.model, settings, self.device)
         self.step_model = step_model(self.model) if step_model else self.model
-        parts = Model.on(self.device, self.model, self.step_model, self.optimizer)  # bf16 autocast on CUDA
-        self.autocast, self.scaler = parts.autocast, parts.scaler
+        self.learner = Learner.on(self.device, self.model, self.step_model, self.optimizer)  # bf16 autocast on CUDA
         self.tokens_per_step = settings.batch_size * settings.grad_accum * self.sampler.length
-        plan = Plan(self.total_steps, self.tokens_per_step, 0.0, 0.0)
-        self.loop = StepLoop(settings, World(), self.device, parts, Data(self.sampler, None, ""), plan,
+        self.plan = Plan(self.total_steps, self.tokens_per_step, 0.0, 0.0, epochs=0.0, train_tokens=0)
+        self.loop = StepLoop(settings, World(), self.device, self.learner, Data(self.sampler, None, ""), self.plan,
                              Tracked(None, "", None, -1))
         self.step_model.train()
         self.step = 0

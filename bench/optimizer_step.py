@@ -32,7 +32,7 @@ def main() -> int:
 
     from model import GPT
     from pipeline.settings import TrainSettings
-    from pipeline.training.schedule import make_optimizer
+    from pipeline.training.optimizer import make_optimizer
 
     benchlib.header(f"optimizer step: the lab's AdamW against torch.optim.AdamW, {args.config}, {args.device}")
     device = torch.device(args.device)

@@ -7,7 +7,7 @@ import logging
 import math
 import signal
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, replace
 
 import torch
@@ -21,7 +21,7 @@ from pipeline.training.distributed import World
 from pipeline.training.flops import mfu
 from pipeline.training.sampling import completions
 from pipeline.training.schedule import lr_at
-from pipeline.training.state import Data, Model, Plan, Tracked, TrainingInterrupted, TrainResult
+from pipeline.training.state import Data, Learner, Plan, Tracked, TrainingInterrupted, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +33,12 @@ SAMPLES_PER_NOVELTY = 4
 class StepLoop:
     """Runs the steps from a start step to the plan's last; only rank 0 evaluates, samples, logs and checkpoints."""
 
-    def __init__(self, settings: TrainSettings, world: World, device: torch.device, model: Model, data: Data,
+    def __init__(self, settings: TrainSettings, world: World, device: torch.device, learner: Learner, data: Data,
                  plan: Plan, tracked: Tracked, trial=None):
-        self.s = settings
+        self.settings = settings
         self.world = world
         self.device = device
-        self.m = model
+        self.learner = learner
         self.data = data
         self.plan = plan
         self.tracked = tracked
@@ -51,103 +51,146 @@ class StepLoop:
         # a trial of a bayes sweep (should_stop(evaluation, val_loss) -> bool) reports its val loss and stops when
         # the sweep's pruner says it is behind; given by the caller, as training knows nothing of sweeps
         self.trial = trial if self.main else None
+        self.step = 0
+        self.train_loss, self.val_loss = float("nan"), None
+        self.pruned_at = self.model_id = None
+        self.window_started, self.window_tokens = 0.0, 0  # tokens/sec over the steps since the last log
 
     def run(self, start_step: int) -> TrainResult:
-        previous_handlers = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-        train_loss, val_loss, step = float("nan"), None, start_step
-        pruned_at = model_id = None
-        total_steps, tokens_per_step = self.plan.total_steps, self.plan.tokens_per_step
+        """As nanoGPT's loop: each step trains, then logs, evaluates, samples and checkpoints when they fall due.
+        It ends after the last step, when a sweep prunes the run, or on Ctrl-C/SIGTERM (TrainingInterrupted)."""
+        self.step = start_step
         try:
-            # tokens/sec over the steps since the last log; evaluation, samples and checkpoints at a log step
-            # come after the window closes, so they are not counted as training time
-            window_started, window_tokens = time.perf_counter(), 0
-            self.m.step_model.train()
-            while step < total_steps:
-                lr = lr_at(step, self.s, total_steps)
-                try:
-                    loss_sum, grad_norm = self.train_step(step, lr)
-                except (RuntimeError, MemoryError) as error:
-                    if not (is_out_of_memory(error) and step == start_step and self._halve_micro_batch()):
-                        raise
-                    continue
-                s = self.s
-                step += 1
-                window_tokens += tokens_per_step
-
-                is_last = step == total_steps
-                logs_now = is_last or (s.log_interval and step % s.log_interval == 0)
-                # On one CPU process reading the loss every step costs no sync; elsewhere only when logging.
-                if logs_now or (self.device.type == "cpu" and not self.world.active):
-                    train_loss = self.world.mean(loss_sum).item()
-                    if not math.isfinite(train_loss):
-                        raise TrainingError(
-                            f"loss became {train_loss} at step {step}: lower --lr or raise --warmup-steps"
-                        )
-                if logs_now and self.main:
-                    if self.device.type == "cuda":  # kernels run asynchronously: wait for them to read the clock
-                        torch.cuda.synchronize(self.device)
-                    tokens_per_sec = window_tokens / (time.perf_counter() - window_started)
-                    self.metrics.log(step, train_loss=train_loss, lr=lr, grad_norm=float(grad_norm),
-                                     tokens_per_sec=tokens_per_sec, tokens_seen=step * tokens_per_step,
-                                     mfu=mfu(tokens_per_sec, self.plan.flops_per_token, self.plan.peak_flops_per_sec),
-                                     **memory_used(self.device))
-                    log.info("step %d/%d  loss %.4f  lr %.2e  %s tok/s", step, total_steps, train_loss, lr,
-                             f"{tokens_per_sec:,.0f}")
-                    if not self.estimated:
-                        self._estimate(step, tokens_per_sec)
-                evaluating = is_last or (s.eval_interval and step % s.eval_interval == 0)
-                behind = False
-                if self.main and evaluating:
-                    val_loss = self._evaluate()
-                    val_bpb = val_loss * self.data.val_tokens_per_byte / math.log(2)
-                    self.metrics.log(step, val_loss=val_loss, val_perplexity=math.exp(min(val_loss, 50.0)),
-                                     val_bpb=val_bpb)
-                    log.info("step %d  val_loss %.4f  val_bpb %.4f", step, val_loss, val_bpb)
-                    behind = self.trial is not None and not is_last and self.trial.should_stop(
-                        step // s.eval_interval, val_loss)
-                if evaluating and self.world.any(behind):
-                    log.info("pruned at step %d: its val loss is behind the earlier trials' there", step)
-                    pruned_at = step
+            with self._stop_on_signals():
+                self.learner.step_model.train()
+                self.window_started = time.perf_counter()
+                while self.step < self.plan.total_steps:
+                    lr, loss_sum, grad_norm = self._train_step_fitting_memory(first_step=start_step)
+                    self.step += 1
+                    self.window_tokens += self.plan.tokens_per_step
+                    logs_now = self._due(self.settings.log_interval)
+                    self._read_loss(loss_sum, logs_now)
+                    if logs_now and self.main:
+                        self._log_step(lr, grad_norm)
+                    if self._due(self.settings.eval_interval) and self._evaluate_or_prune():
+                        break  # the sweep's pruner stopped this trial: it is behind the earlier ones
+                    if self._due(self.settings.sample_interval) and self.main:
+                        self.sample(self.step)
+                    stopping = self.world.any(self.stop_requested)
                     if self.main:
-                        retry_until_sent(self.metrics.flush, "the run's metrics")
-                    break
-                if self.main and (is_last or (s.sample_interval and step % s.sample_interval == 0)):
-                    self._sample(step)
-                stopping = self.world.any(self.stop_requested)
-                if self.main and (stopping or is_last):
-                    self._checkpoint(step, must_arrive=True)
-                    retry_until_sent(self.metrics.flush, "the run's metrics")
-                    if is_last:
-                        model_id = self._log_model(step)
-                elif self.main and s.checkpoint_interval and step % s.checkpoint_interval == 0:
-                    self._checkpoint(step)
-                if stopping and not is_last:
-                    raise TrainingInterrupted(self.tracked.run_id, step)
-                if self.main:
-                    self.metrics.maybe_flush()
-                    self._keep_heartbeat()
-                if logs_now:
-                    window_started, window_tokens = time.perf_counter(), 0
+                        self._checkpoint_when_due(stopping)
+                    if stopping and not self._is_last():
+                        raise TrainingInterrupted(self.tracked.run_id, self.step)
+                    self._between_steps(logs_now)
         except (RuntimeError, MemoryError) as error:
             if not is_out_of_memory(error):
                 raise
-            tried = " even with the micro-batch halved" if self.oom_adjusted else ""
-            raise TrainingError(
-                f"out of memory at step {step + 1}{tried}: lower --batch-size (raise --grad-accum to keep the "
-                "effective batch) or --context-length"
-            ) from None
+            raise self._out_of_memory() from None
+        finally:
+            if self.main:
+                self.metrics.flush()
+        return TrainResult(self.main, self.tracked.run_id, self.step, self.step * self.plan.tokens_per_step,
+                           self.train_loss, self.val_loss, "FINISHED", pruned_at=self.pruned_at,
+                           model_id=self.model_id)
+
+    def _is_last(self) -> bool:
+        return self.step == self.plan.total_steps
+
+    def _due(self, interval: int) -> bool:
+        """Whether a thing done every interval steps (0: never) is done at this step; everything is at the last."""
+        return self._is_last() or bool(interval and self.step % interval == 0)
+
+    @contextmanager
+    def _stop_on_signals(self):
+        """Ctrl-C and SIGTERM ask for a stop after the step, with a checkpoint; the handlers before come back."""
+        previous_handlers = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
         finally:
             for sig, handler in previous_handlers.items():
                 signal.signal(sig, handler)
-            if self.main:
-                self.metrics.flush()
-        return TrainResult(self.main, self.tracked.run_id, step, step * tokens_per_step, train_loss, val_loss,
-                           "FINISHED", pruned_at=pruned_at, model_id=model_id)
+
+    def _train_step_fitting_memory(self, first_step: int) -> tuple[float, torch.Tensor, torch.Tensor]:
+        """train_step at this step's lr; out of memory in the run's first step halves the micro-batch, once."""
+        lr = lr_at(self.step, self.settings, self.plan.total_steps)
+        while True:
+            try:
+                return lr, *self.train_step(self.step, lr)
+            except (RuntimeError, MemoryError) as error:
+                if not (is_out_of_memory(error) and self.step == first_step and self._halve_micro_batch()):
+                    raise
+
+    def _out_of_memory(self) -> TrainingError:
+        tried = " even with the micro-batch halved" if self.oom_adjusted else ""
+        return TrainingError(f"out of memory at step {self.step + 1}{tried}: lower --batch-size (raise --grad-accum "
+                             "to keep the effective batch) or --context-length")
+
+    def _read_loss(self, loss_sum: torch.Tensor, logs_now: bool) -> None:
+        # On one CPU process reading the loss every step costs no sync; elsewhere only when logging.
+        if logs_now or (self.device.type == "cpu" and not self.world.active):
+            self.train_loss = self.world.mean(loss_sum).item()
+            if not math.isfinite(self.train_loss):
+                raise TrainingError(
+                    f"loss became {self.train_loss} at step {self.step}: lower --lr or raise --warmup-steps"
+                )
+
+    def _log_step(self, lr: float, grad_norm: torch.Tensor) -> None:
+        if self.device.type == "cuda":  # kernels run asynchronously: wait for them to read the clock
+            torch.cuda.synchronize(self.device)
+        tokens_per_sec = self.window_tokens / (time.perf_counter() - self.window_started)
+        step, plan = self.step, self.plan
+        self.metrics.log(step, train_loss=self.train_loss, lr=lr, grad_norm=float(grad_norm),
+                         tokens_per_sec=tokens_per_sec, tokens_seen=step * plan.tokens_per_step,
+                         mfu=mfu(tokens_per_sec, plan.flops_per_token, plan.peak_flops_per_sec),
+                         **memory_used(self.device))
+        log.info("step %d/%d  loss %.4f  lr %.2e  %s tok/s", step, plan.total_steps, self.train_loss, lr,
+                 f"{tokens_per_sec:,.0f}")
+        if not self.estimated:
+            self._estimate(step, tokens_per_sec)
+
+    def _evaluate_or_prune(self) -> bool:
+        """Rank 0 evaluates and logs the val loss; True when a bayes sweep's pruner finds the trial behind."""
+        behind = False
+        if self.main:
+            self.val_loss = self.evaluate()
+            val_bpb = self.val_loss * self.data.val_tokens_per_byte / math.log(2)
+            self.metrics.log(self.step, val_loss=self.val_loss, val_perplexity=math.exp(min(self.val_loss, 50.0)),
+                             val_bpb=val_bpb)
+            log.info("step %d  val_loss %.4f  val_bpb %.4f", self.step, self.val_loss, val_bpb)
+            behind = self.trial is not None and not self._is_last() and self.trial.should_stop(
+                self.step // self.settings.eval_interval, self.val_loss)
+        if not self.world.any(behind):
+            return False
+        log.info("pruned at step %d: its val loss is behind the earlier trials' there", self.step)
+        self.pruned_at = self.step
+        if self.main:
+            retry_until_sent(self.metrics.flush, "the run's metrics")
+        return True
+
+    def _checkpoint_when_due(self, stopping: bool) -> None:
+        """The last step and a stop store a checkpoint that must arrive (the last also the model); other steps
+        one at its interval, skipped while the tracking store is away."""
+        if stopping or self._is_last():
+            self.checkpoint(self.step, must_arrive=True)
+            retry_until_sent(self.metrics.flush, "the run's metrics")
+            if self._is_last():
+                self.model_id = self.log_model(self.step)
+        elif self.settings.checkpoint_interval and self.step % self.settings.checkpoint_interval == 0:
+            self.checkpoint(self.step)
+
+    def _between_steps(self, logged: bool) -> None:
+        """Buffered metrics out when due, the heartbeat; after a log step the speed window starts again here, so
+        that the evaluation, sample and checkpoint just done are not counted as training time."""
+        if self.main:
+            self.metrics.maybe_flush()
+            self._keep_heartbeat()
+        if logged:
+            self.window_started, self.window_tokens = time.perf_counter(), 0
 
     def train_step(self, step: int, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step over the step's windows; returns the mean loss and the gradient norm (on device)."""
-        s, m = self.s, self.m
-        for group in m.optimizer.param_groups:
+        s, learner = self.settings, self.learner
+        for group in learner.optimizer.param_groups:
             group["lr"] = lr
         windows_per_step = s.batch_size * s.grad_accum
         micro_batches = self.world.share_of_step(windows_per_step, s.batch_size)
@@ -157,38 +200,39 @@ class StepLoop:
             x, y = self.data.sampler.batch(step * windows_per_step + offset, count)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             last_micro = index == len(micro_batches) - 1
-            sync = m.step_model.no_sync() if self.world.active and not last_micro else nullcontext()
-            with sync, m.autocast:
-                _, loss = m.step_model(x, y)
+            sync = learner.step_model.no_sync() if self.world.active and not last_micro else nullcontext()
+            with sync, learner.autocast:
+                _, loss = learner.step_model(x, y)
                 # each window weighs the same; DDP then averages the processes' gradients
                 loss = loss * (count / my_windows)
-            (m.scaler.scale(loss) if m.scaler else loss).backward()
+            (learner.scaler.scale(loss) if learner.scaler else loss).backward()
             loss_sum += loss.detach()
-        if m.scaler:
-            m.scaler.unscale_(m.optimizer)
+        if learner.scaler:
+            learner.scaler.unscale_(learner.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(
-            m.model.parameters(), s.grad_clip if s.grad_clip > 0 else float("inf")
+            learner.model.parameters(), s.grad_clip if s.grad_clip > 0 else float("inf")
         )
-        if m.scaler:
-            m.scaler.step(m.optimizer)
-            m.scaler.update()
+        if learner.scaler:
+            learner.scaler.step(learner.optimizer)
+            learner.scaler.update()
         else:
-            m.optimizer.step()
-        m.optimizer.zero_grad()
+            learner.optimizer.step()
+        learner.optimizer.zero_grad()
         return loss_sum, grad_norm
 
     def _halve_micro_batch(self) -> bool:
         """Out of memory in the first step: halve the micro-batch and double gradient accumulation, once, so
         the effective batch (and the windows of every step) stay the same. False when that was done already."""
-        s = self.s
+        s = self.settings
         if self.oom_adjusted or self.world.active or s.batch_size < 2 or s.batch_size % 2:
             return False
         self.oom_adjusted = True
-        self.m.optimizer.zero_grad()
+        self.learner.optimizer.zero_grad()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        self.s = replace(s, batch_size=s.batch_size // 2, grad_accum=s.grad_accum * 2)
-        change = f"batch_size {s.batch_size} -> {self.s.batch_size}, grad_accum {s.grad_accum} -> {self.s.grad_accum}"
+        self.settings = replace(s, batch_size=s.batch_size // 2, grad_accum=s.grad_accum * 2)
+        halved = self.settings
+        change = f"batch_size {s.batch_size} -> {halved.batch_size}, grad_accum {s.grad_accum} -> {halved.grad_accum}"
         log.warning("out of memory in the first step: %s (the effective batch is unchanged)", change)
         if self.main:
             self.tracked.client.set_tag(self.tracked.run_id, "lab.oom_adjusted", change)
@@ -221,14 +265,15 @@ class StepLoop:
                     signal.Signals(signum).name)
 
     @torch.no_grad()
-    def _evaluate(self) -> float:
-        step_model, val, batch = self.m.step_model, self.data.val, self.s.batch_size
+    def evaluate(self) -> float:
+        """The mean loss over the fixed val windows."""
+        step_model, val, batch = self.learner.step_model, self.data.val, self.settings.batch_size
         step_model.eval()
         total, count = 0.0, 0
         for start in range(0, len(val), batch):
             x = val.x[start : start + batch].to(self.device)
             y = val.y[start : start + batch].to(self.device)
-            with self.m.autocast:
+            with self.learner.autocast:
                 _, loss = step_model(x, y)
             total += loss.item() * len(x)
             count += len(x)
@@ -236,13 +281,14 @@ class StepLoop:
         return total / count
 
     @torch.no_grad()
-    def _sample(self, step: int) -> None:
+    def sample(self, step: int) -> None:
+        """Continue the prompt, score the continuations' novelty and store the first one in the run."""
         if step <= self.tracked.skip_through:
             return
-        prompt = self.data.prompt
-        with self.m.autocast:
-            drawn = completions(self.m.model, prompt, SAMPLES_PER_NOVELTY, self.s.sample_tokens, self.s.temperature,
-                                self.s.top_k, seed=self.s.seed + step, device=self.device)
+        s, prompt = self.settings, self.data.prompt
+        with self.learner.autocast:
+            drawn = completions(self.learner.model, prompt, SAMPLES_PER_NOVELTY, s.sample_tokens, s.temperature,
+                                s.top_k, seed=s.seed + step, device=self.device)
         generation = drawn[0].text
         try:
             scores = [self.data.ngrams.novelty(completion.tokens) for completion in drawn]
@@ -265,21 +311,21 @@ class StepLoop:
         except Exception as error:
             log.warning("sample at step %d not stored (%s)", step, first_line(error))
 
-    def _checkpoint(self, step: int, must_arrive: bool = False) -> None:
+    def checkpoint(self, step: int, must_arrive: bool = False) -> None:
         """Store a checkpoint in the run. A full disk stops training (CheckpointError); a tracking store that is
         away only skips it, unless it must arrive (the last step, or a stop), when it is retried."""
-        m = self.m
+        learner = self.learner
         state = {
-            "model": m.model.state_dict(),
-            "optimizer": m.optimizer.state_dict(),
+            "model": learner.model.state_dict(),
+            "optimizer": learner.optimizer.state_dict(),
             "step": step,
-            "position": step * self.s.batch_size * self.s.grad_accum,
+            "position": step * self.settings.batch_size * self.settings.grad_accum,
             "rng": torch.get_rng_state(),
             # dropout masks on a GPU come from its own generators; fp16 runs also carry the loss scale
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
-            "scaler": m.scaler.state_dict() if m.scaler else {},
-            "settings": asdict(self.s),
-            "model_config": asdict(m.model.config),
+            "scaler": learner.scaler.state_dict() if learner.scaler else {},
+            "settings": asdict(self.settings),
+            "model_config": asdict(learner.model.config),
         }
         self.metrics.flush()
         client, run_id = self.tracked.client, self.tracked.run_id
@@ -293,18 +339,18 @@ class StepLoop:
         except Exception as error:
             log.warning("checkpoint of step %d not stored (%s); the next one will be", step, first_line(error))
 
-    def _log_model(self, step: int) -> str | None:
+    def log_model(self, step: int) -> str | None:
         """The final weights as the run's LoggedModel (its Models tab), with this step's losses; a store that
         refuses it costs the model, not the run: the final checkpoint is already stored."""
         from pipeline.training.logged_model import LINKED_METRICS, log_generator
 
-        sampling = {"max_new_tokens": self.s.sample_tokens, "temperature": self.s.temperature,
-                    "top_k": self.s.top_k, "seed": self.s.seed}
+        sampling = {"max_new_tokens": self.settings.sample_tokens, "temperature": self.settings.temperature,
+                    "top_k": self.settings.top_k, "seed": self.settings.seed}
         latest = self.metrics.latest
         linked = [latest[key] for key in LINKED_METRICS if key in latest and latest[key].step == step]
         try:
-            return log_generator(self.tracked.client, self.tracked.run_id, step, self.m.model.state_dict(),
-                                 asdict(self.m.model.config), sampling, linked)
+            return log_generator(self.tracked.client, self.tracked.run_id, step, self.learner.model.state_dict(),
+                                 asdict(self.learner.model.config), sampling, linked)
         except Exception as error:
             log.warning("the model of step %d was not logged (%s); its checkpoint was", step, first_line(error))
             return None

@@ -4,7 +4,7 @@ small optimizer of our own.
 Why not `torch.optim.AdamW` itself: any `torch.optim.Optimizer` imports `torch._dynamo` when it is made and at
 its first step, about a second of every run's start on a laptop CPU (a third of importing torch and MLflow),
 though a run never compiles its optimizer. The update is torch's, so a step is bit for bit the same, and the
-state dict has torch's layout, so checkpoints load into either.
+state dict has torch's layout, so checkpoints load into either. `make_optimizer` gives it a run's groups.
 """
 
 from __future__ import annotations
@@ -13,6 +13,9 @@ from collections.abc import Iterable
 
 import torch
 from torch.optim.adamw import adamw
+
+from model import GPT
+from pipeline.settings import TrainSettings
 
 # torch.optim.AdamW's group keys, saved alongside ours so that torch's AdamW can load our state dicts
 TORCH_GROUP_FLAGS = {"amsgrad": False, "maximize": False, "foreach": None, "capturable": False,
@@ -90,3 +93,13 @@ class AdamW:
                 "exp_avg": state["exp_avg"].to(device=p.device, dtype=p.dtype, copy=True),
                 "exp_avg_sq": state["exp_avg_sq"].to(device=p.device, dtype=p.dtype, copy=True),
             }
+
+
+def make_optimizer(model: GPT, settings: TrainSettings, device: torch.device) -> AdamW:
+    """AdamW with weight decay on weight matrices only: biases, LayerNorm gains are left alone."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": settings.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return AdamW(groups, lr=settings.lr, betas=(settings.beta1, settings.beta2), fused=device.type == "cuda")

@@ -1,14 +1,10 @@
-"""How long a run trains and how fast it learns: the step budget, the learning rate at each step, the optimizer."""
+"""How long a run trains and how fast it learns: the step budget and the learning rate at each step."""
 
 from __future__ import annotations
 
 import math
 
-import torch
-
-from model import GPT
 from pipeline.settings import TrainSettings
-from pipeline.training.optimizer import AdamW
 
 
 def total_steps_for(settings: TrainSettings, n_windows: int, window_length: int) -> int:
@@ -39,12 +35,3 @@ def lr_at(step: int, settings: TrainSettings, total_steps: int) -> float:
     progress = (step - warmup) / max(1, total_steps - 1 - warmup)
     return settings.min_lr + 0.5 * (1 + math.cos(math.pi * min(1.0, progress))) * (settings.lr - settings.min_lr)
 
-
-def make_optimizer(model: GPT, settings: TrainSettings, device: torch.device) -> AdamW:
-    """AdamW with weight decay on weight matrices only: biases, LayerNorm gains are left alone."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": settings.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    return AdamW(groups, lr=settings.lr, betas=(settings.beta1, settings.beta2), fused=device.type == "cuda")

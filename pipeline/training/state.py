@@ -1,4 +1,4 @@
-"""What the step loop is given (Model, Data, Plan, Tracked: made by training/trainer.py) and what a run returns."""
+"""What the step loop is given (Learner, Data, Plan, Tracked: made by training/trainer.py) and what a run returns."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ class TrainingInterrupted(Exception):
 
 
 @dataclass
-class Model:
+class Learner:
     """The model, the module the steps call (compiled and/or DDP-wrapped), its optimizer and its precision."""
 
     model: GPT
@@ -53,7 +53,7 @@ class Model:
     scaler: torch.amp.GradScaler | None
 
     @classmethod
-    def on(cls, device: torch.device, model: GPT, step_model, optimizer) -> "Model":
+    def on(cls, device: torch.device, model: GPT, step_model, optimizer) -> "Learner":
         autocast, scaler = mixed_precision(device)
         return cls(model, step_model, optimizer, autocast, scaler)
 

@@ -31,8 +31,8 @@ from pipeline.training.device import check_model_fits, keep_freed_memory, pick_d
 from pipeline.training.distributed import World
 from pipeline.training.flops import flops_per_token, peak_flops
 from pipeline.training.loop import StepLoop
-from pipeline.training.state import Data, Model, Plan, Tracked, TrainingInterrupted, TrainResult
-from pipeline.training.schedule import make_optimizer
+from pipeline.training.state import Data, Learner, Plan, Tracked, TrainingInterrupted, TrainResult
+from pipeline.training.optimizer import make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +78,10 @@ def _train(settings: TrainSettings, world: World, trial) -> TrainResult:
     corpus = prepare_corpus(settings.corpus, world)
     data = prepare_data(settings, corpus, model_config.context_length, world)
     # The CPU probe draws random matrices: measure before seeding, so it cannot shift the run's random stream.
-    peak, peak_source = peak_flops(device) if world.is_main else (0.0, "")
-    model, start_step = build_model(settings, model_config, device, world, resume_state)
+    peak = peak_flops(device) if world.is_main else (0.0, "")  # (FLOP/s of one process, where that comes from)
+    learner, start_step = build_model(settings, model_config, device, world, resume_state)
     plan = Plan.make(settings, data.sampler, world, flops_per_token(model_config, data.sampler.length),
-                     peak * world.world_size, corpus.shards.train_tokens)
+                     peak[0] * world.world_size, corpus.shards.train_tokens)
 
     tracked = open_run(settings, corpus, world, client, resume_state)
     status, error = tracking.STATUS_FAILED, None
@@ -89,19 +89,18 @@ def _train(settings: TrainSettings, world: World, trial) -> TrainResult:
                       if world.is_main else None)
     try:
         if world.is_main and resume_state is None:
-            _log_run_inputs(client, tracked.run_id, settings, model, corpus, data, plan, device, world,
-                            peak, peak_source)
+            log_run_inputs(tracked, settings, learner, corpus, data, plan, world, device, peak)
         if world.is_main:
-            n_params = model.model.num_params()
+            n_params = learner.model.num_params()
             log.info("run %s: %s, %s parameters (%s non-embedding), %d steps of %d tokens on %s%s", tracked.run_id,
-                     settings.config, f"{n_params:,}", f"{model.model.num_params(non_embedding=True):,}",
+                     settings.config, f"{n_params:,}", f"{learner.model.num_params(non_embedding=True):,}",
                      plan.total_steps, plan.tokens_per_step, device,
                      f" x {world.world_size} processes" if world.active else "")
             log.info("plan: %s", plan.describe())
             log.info("MLflow UI: %s", tracked.ui_url)
-        if resume_state is not None and model.scaler is not None and resume_state.get("scaler"):
-            model.scaler.load_state_dict(resume_state["scaler"])
-        result = StepLoop(settings, world, device, model, data, plan, tracked, trial).run(start_step)
+        if resume_state is not None and learner.scaler is not None and resume_state.get("scaler"):
+            learner.scaler.load_state_dict(resume_state["scaler"])
+        result = StepLoop(settings, world, device, learner, data, plan, tracked, trial).run(start_step)
         if world.is_main and result.pruned_at is not None:
             client.set_tag(tracked.run_id, tracking.PRUNED_TAG, str(result.pruned_at))
         if world.is_main and settings.register and result.model_id:
@@ -200,7 +199,7 @@ def prepare_data(settings: TrainSettings, corpus: Corpus, context_length: int, w
 
 
 def build_model(settings: TrainSettings, model_config, device: torch.device, world: World,
-                resume_state: dict | None) -> tuple[Model, int]:
+                resume_state: dict | None) -> tuple[Learner, int]:
     """The seeded model and its optimizer, restored from the checkpoint when resuming; and the first step."""
     check_model_fits(model_config, device)
     torch.manual_seed(settings.seed)
@@ -217,7 +216,7 @@ def build_model(settings: TrainSettings, model_config, device: torch.device, wor
     step_model = torch.compile(model) if settings.compile else model
     if world.active:
         step_model = DistributedDataParallel(step_model, device_ids=[device.index] if device.type == "cuda" else None)
-    return Model.on(device, model, step_model, optimizer), start_step
+    return Learner.on(device, model, step_model, optimizer), start_step
 
 
 def open_run(settings: TrainSettings, corpus: Corpus, world: World, client, resume_state: dict | None) -> Tracked:
@@ -270,13 +269,15 @@ def default_run_name(settings: TrainSettings, corpus_label: str) -> str:
     return f"{config_label}-{corpus_label}-lr{short_number(settings.lr)}"
 
 
-def _log_run_inputs(client, run_id: str, settings: TrainSettings, model: Model, corpus: Corpus, data: Data,
-                    plan: Plan, device: torch.device, world: World, peak: float, peak_source: str) -> None:
-    """Every setting, the resolved model, the corpus and its shards, and the machine, as params and a dataset."""
-    shards = corpus.shards
+def log_run_inputs(tracked: Tracked, settings: TrainSettings, learner: Learner, corpus: Corpus, data: Data,
+                   plan: Plan, world: World, device: torch.device, peak: tuple[float, str]) -> None:
+    """Every setting, the resolved model, the corpus and its shards, and the machine (peak: one process's FLOP/s
+    and where that comes from, as flops.peak_flops gives them), as params and a dataset."""
+    client, run_id, shards = tracked.client, tracked.run_id, corpus.shards
+    peak_flops_per_sec, peak_source = peak
     tracking.log_params_once(client, run_id, {
         **settings.as_params(),
-        **{k: str(v) for k, v in asdict(model.model.config).items()},
+        **{k: str(v) for k, v in asdict(learner.model.config).items()},
         "corpus_name": corpus.name,
         "shards_sha256": shards.tokens_sha256,
         "train_tokens": str(shards.train_tokens),
@@ -290,11 +291,11 @@ def _log_run_inputs(client, run_id: str, settings: TrainSettings, model: Model, 
         "total_steps": str(plan.total_steps),
         "tokens_per_step": str(plan.tokens_per_step),
         "world_size": str(world.world_size),
-        "n_params": str(model.model.num_params()),
-        "n_params_non_embedding": str(model.model.num_params(non_embedding=True)),
+        "n_params": str(learner.model.num_params()),
+        "n_params_non_embedding": str(learner.model.num_params(non_embedding=True)),
         "device": str(device),
         "flops_per_token": f"{plan.flops_per_token:.4g}",
-        "peak_flops": f"{peak:.4g}",
+        "peak_flops": f"{peak_flops_per_sec:.4g}",
         "peak_flops_source": peak_source,
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),

@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -315,8 +314,11 @@ def test_the_page_starts_a_run_draws_its_curve_and_sample_and_stops_another(serv
     assert not final["browser-long"]["stop"] and not final["browser-tiny"]["stop"]
     assert final["browser-tiny"]["points"] == 20
 
+    polled = browser.find_element(By.ID, "updated").text
     browser.execute_script("window.scrollTo(0, 0)")
-    time.sleep(0.3)  # let the last poll paint
+    # the screenshot once the page is at its top and a poll since has painted it (the poll's time stamp moved)
+    WebDriverWait(browser, 300, 0.2).until(lambda d: d.execute_script("return window.scrollY") == 0 and (
+        (stamp := d.find_element(By.ID, "updated").text) != polled and stamp.startswith("updated ")))
     shot = tmp_path / "dashboard.png"
     browser.save_screenshot(str(shot))
     print(f"screenshot: {shot}")

@@ -93,7 +93,7 @@ def test_a_training_step_never_imports_torch_dynamo():
 import sys, torch
 from model import GPT, GPTConfig
 from pipeline.settings import TrainSettings
-from pipeline.training.schedule import make_optimizer
+from pipeline.training.optimizer import make_optimizer
 model = GPT(GPTConfig(vocab_size=64, context_length=8, n_layer=1, n_head=2, n_embd=16))
 optimizer = make_optimizer(model, TrainSettings(), torch.device("cpu"))
 _, loss = model(torch.zeros(1, 8, dtype=torch.long), torch.zeros(1, 8, dtype=torch.long))
