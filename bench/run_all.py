@@ -104,7 +104,8 @@ def main() -> int:
     parser.add_argument("--only", nargs="+", choices=names, metavar="NAME", help=f"run only these ({', '.join(names)})")
     parser.add_argument("--skip", nargs="+", choices=names, metavar="NAME", default=[], help="leave these out")
     parser.add_argument("--write-table", nargs="?", const=TABLE, type=Path, metavar="PATH",
-                        help=f"rewrite the rows of the benchmarks run in PATH (default {TABLE.relative_to(BENCH_DIR.parent)})")
+                        help="after running, rewrite their rows (value, date, machine) in PATH "
+                             f"(default {TABLE.relative_to(BENCH_DIR.parent)})")
     args = parser.parse_args()
 
     rows = []
