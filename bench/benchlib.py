@@ -188,8 +188,11 @@ def header(title: str) -> None:
           f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA'}, {load_average()}")
 
 
-def verdict(checks: list[tuple[str, bool]]) -> int:
-    """Print one PASS/MISSED line per (description, passed) and return the exit code: 1 when any missed."""
+def verdict(checks: list[tuple[str, bool]], result: str | None = None) -> int:
+    """Print one PASS/MISSED line per (description, passed), then `result: <short value>` (the line run_all.py
+    writes into docs/benchmarks.md), and return the exit code: 1 when any missed."""
     for description, passed in checks:
         print(f"{'PASS  ' if passed else 'MISSED'} {description}")
+    if result is not None:
+        print(f"result: {result}", flush=True)
     return 0 if all(passed for _, passed in checks) else 1

@@ -100,7 +100,7 @@ def main() -> int:
             print("   no CUDA GPU here: CPU only")
         from pipeline.training.flops import flops_per_token, mfu, peak_flops
 
-        checks = []
+        checks, summary = [], []
         with benchlib.scratch("bench-compile-"):
             _, train_split, _ = benchlib.prepare(settings_for("cpu"))
             for device in devices:
@@ -110,6 +110,7 @@ def main() -> int:
                 if "error" in r:
                     print(f"{device}: torch.compile FAILED on this machine: {r['error']}")
                     checks.append((f"torch.compile works on {device}", False))
+                    summary.append(f"{device}: compile failed")
                     continue
                 speedup = r["eager"] / r["compiled"]
                 cpu_speedup = r["eager_cpu"] / r["compiled_cpu"]
@@ -138,9 +139,10 @@ def main() -> int:
                 print(f"{device}: MFU eager {mfu(r['tokens_per_step'] / r['eager'], per_token, peak):.1%}, compiled "
                       f"{mfu(r['tokens_per_step'] / r['compiled'], per_token, peak):.1%} of {peak / 1e9:,.0f} GFLOP/s "
                       f"({source}; {per_token / 1e6:.1f} MFLOP per token)")
+                summary.append(f"{device}: eager {speedup:.2f}x the compiled step time, compile {r['compile']:.0f} s")
                 checks.append((f"{device}: compiled loss within {LOSS_TOLERANCE:.0%} of eager at every step "
                                f"(largest gap {r['loss_gap']:.2e}); no speed target", r["loss_gap"] <= LOSS_TOLERANCE))
-    return benchlib.verdict(checks)
+    return benchlib.verdict(checks, result="; ".join(summary) or "no device measured")
 
 
 if __name__ == "__main__":

@@ -88,7 +88,7 @@ def main() -> int:
         (f"kept/glibc tokens/s {speedup:.2f}x (target at least {MIN_SPEEDUP}x)", speedup >= MIN_SPEEDUP),
         (f"kept/glibc peak RSS {growth:.2f}x (target at most {MAX_RSS_GROWTH}x)", growth <= MAX_RSS_GROWTH),
         (f"the same loss in every run ({', '.join(f'{loss:.4f}' for loss in sorted(losses))})", len(losses) == 1),
-    ])
+    ], result=f"{speedup:.2f}x tokens/s, {growth:.2f}x peak RSS")
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ def main() -> int:
     return benchlib.verdict([
         ("the search's best lr is within a factor of two of the grid's", 0.5 <= search_lr / grid_lr <= 2.0),
         ("the search trains fewer tokens in all than the grid", search_tokens < grid_tokens),
-    ])
+    ], result=f"{search_tokens / grid_tokens:.2f}x the tokens, best lr {search_lr / grid_lr:.2f}x the grid's")
 
 
 if __name__ == "__main__":

@@ -165,7 +165,9 @@ def main() -> int:
         checks.append((f"{label} corpus: RSS {100 * (current - 1):+.1f}% (peak {100 * (peak - 1):+.1f}%) from step "
                        f"{EARLY_STEP} to {args.steps} (target within {MAX_LENGTH_GROWTH:.0%})",
                        max(current, peak) <= 1 + MAX_LENGTH_GROWTH))
-    return benchlib.verdict(checks)
+    length = max(results[label]["rss"][args.steps][i] / results[label]["rss"][EARLY_STEP][i]
+                 for label in ("small", "large") for i in (0, 1))
+    return benchlib.verdict(checks, result=f"{corpus_ratio:.3f}x; {length:.3f}x")
 
 
 if __name__ == "__main__":

@@ -69,7 +69,7 @@ def main() -> int:
     return benchlib.verdict([
         (f"the lab's step {lab / theirs:.2f}x torch's (target at most {MAX_RATIO}x)", lab <= MAX_RATIO * theirs),
         ("the same weights after the same steps, bit for bit", same),
-    ])
+    ], result=f"{lab / theirs:.2f}x ({args.config}), {'same' if same else 'different'} weights")
 
 
 if __name__ == "__main__":

@@ -302,7 +302,8 @@ def main() -> int:
          times["curves"] < MAX_SECONDS and times["curves"] <= MAX_RATIO * times["reference"]),
         (f"report of a {args.sweep_runs}-run sweep under {MAX_REPORT_SECONDS:g} s", report < MAX_REPORT_SECONDS),
         (f"dashboard RSS flat while polling (within {MAX_RSS_GROWTH:.0%})", growth <= MAX_RSS_GROWTH),
-    ])
+    ], result=f"list {times['run list'] / times['reference']:.2f}x, curves "
+              f"{times['curves'] / times['reference']:.2f}x, report {report:.1f} s, RSS {growth:+.1%}")
 
 
 if __name__ == "__main__":

@@ -141,6 +141,7 @@ def main() -> int:
         failures.append(f"peak RSS {project['peak_rss'] / 1e6:.0f} MB is not below {MAX_RSS_BYTES / 1e6:.0f} MB")
     for failure in failures:
         print(f"MISSED: {failure}")
+    print(f"result: {ratio:.2f}x, peak RSS {project['peak_rss'] / 1e6:.0f} MB ({megabytes:.0f} MB)", flush=True)
     return 1 if failures else 0
 
 

@@ -127,7 +127,7 @@ def main() -> int:
         (f"tracked step {100 * (ratio - 1):+.1f}% against bare (target at most +{MAX_SLOWDOWN * 100:.0f}%)",
          ratio <= 1 + MAX_SLOWDOWN),
         (f"same loss tracked and bare at every step (largest gap {gap:.2g})", gap < 1e-4),
-    ])
+    ], result=f"{ratio:.3f}x")
 
 
 if __name__ == "__main__":
