@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from model.configs import GPT2_VOCAB_SIZE, GPTConfig
+from model.configs import GPTConfig
 
 
 class CausalSelfAttention(nn.Module):
@@ -140,13 +140,15 @@ class GPT(nn.Module):
         temperature: float = 1.0,
         top_k: int | None = None,
         generator: torch.Generator | None = None,
+        vocab_size: int | None = None,
     ) -> torch.Tensor:
-        """Extend idx (B, T) by sampling one token at a time; the context slides once it is full."""
+        """Extend idx (B, T) by sampling one token at a time; the context slides once it is full. vocab_size: the
+        tokenizer's real vocabulary, whose ids alone are drawn (None: every row of the padded embedding)."""
         for _ in range(max_new_tokens):
             idx_cond = idx[:, -self.config.context_length :]
             logits, _ = self(idx_cond)
             logits = logits[:, -1, :]
-            logits[:, GPT2_VOCAB_SIZE:] = float("-inf")  # padding rows are not tokens
+            logits[:, vocab_size:] = float("-inf")  # padding rows are not tokens
             if temperature <= 0:  # greedy
                 next_token = logits.argmax(dim=-1, keepdim=True)
             else:

@@ -43,8 +43,8 @@ def main(run_id, model_uri, prompt, max_new_tokens, temperature, top_k, seed, de
     from pipeline.training.sampling import complete
 
     torch_device = pick_device(device)
-    model = model_from_run(run_id, torch_device)
-    click.echo(prompt + complete(model, prompt, max_new_tokens, temperature, top_k, seed, torch_device).text)
+    model, enc = model_from_run(run_id, torch_device)
+    click.echo(prompt + complete(model, enc, prompt, max_new_tokens, temperature, top_k, seed, torch_device).text)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from model import GPTConfig
 
 MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "context_length", "dropout")
+MAX_BPE_TOKENS = 65535  # a bpe:N's end-of-text token is id N, and shards hold uint16 ids
 
 
 def _setting(default, help: str, **extra):
@@ -31,6 +32,9 @@ class TrainSettings:
     # what to train on
     config: str = _setting("nano", "Model size: nano, small, medium, or a YAML file of GPTConfig fields.")
     corpus: str = _setting("verdict", "Corpus name from corpus/registry.yaml, or a path to a text file or folder.")
+    tokenizer: str = _setting("gpt2", "gpt2 (tiktoken's GPT-2 BPE, 50,257 tokens), bytes (256 byte tokens + "
+                                      "end-of-text) or bpe:N (a byte-level BPE of N tokens, 256 to 65535, learned "
+                                      "from the corpus's train split).")
     # budget: the one given, or the first reached of those given (0 = not set); with none given, one epoch
     epochs: float = _setting(0.0, "Passes over every window start of the train split (fractions allowed; "
                                   "one epoch when no budget is given).")
@@ -97,13 +101,17 @@ class TrainSettings:
 
     def model_config(self) -> "GPTConfig":
         """The named (or YAML) config with this run's overrides applied and checked."""
-        from model import UnknownConfigError, load_config, with_overrides
+        from model import GPTConfig, UnknownConfigError, load_config, with_overrides
+        from model.configs import padded_vocab_size
 
         try:
             config = with_overrides(load_config(self.config), self.model_overrides(), source="overrides")
         except UnknownConfigError as error:
             raise SettingsError(str(error)) from None
-        _check_model(config)
+        vocab = tokenizer_vocab_size(self.tokenizer)
+        if config.vocab_size == GPTConfig().vocab_size:  # the named sizes' GPT-2 vocabulary: the tokenizer's instead
+            config = replace(config, vocab_size=padded_vocab_size(vocab))
+        _check_model(config, vocab)
         return config
 
     def validate(self) -> "TrainSettings":
@@ -139,14 +147,29 @@ class TrainSettings:
         return {k: _param_text(v) for k, v in asdict(self).items() if k not in MODEL_FIELDS}
 
 
-def _check_model(config: "GPTConfig") -> None:
+def tokenizer_vocab_size(spec: str) -> int:
+    """The token ids a tokenizer spec has, end-of-text included (the model's embedding holds at least these);
+    SettingsError for a spec that names no tokenizer."""
     from model.configs import GPT2_VOCAB_SIZE
 
+    if spec == "gpt2":
+        return GPT2_VOCAB_SIZE
+    if spec == "bytes":
+        return 256 + 1
+    kind, _, count = spec.partition(":")
+    # digits written as int() writes them: "bpe:0300" would name a second shard folder for the same tokenizer
+    if kind == "bpe" and count.isdigit() and str(int(count)) == count and 256 <= int(count) <= MAX_BPE_TOKENS:
+        return int(count) + 1
+    raise SettingsError(f"unknown tokenizer '{spec}': give gpt2, bytes, or bpe:N with N from 256 to "
+                        f"{MAX_BPE_TOKENS}")
+
+
+def _check_model(config: "GPTConfig", vocab: int) -> None:
     for name in ("n_layer", "n_head", "n_embd", "context_length"):
         if getattr(config, name) < 1:
             raise SettingsError(f"{name} must be at least 1, got {getattr(config, name)}")
-    if config.vocab_size < GPT2_VOCAB_SIZE:
-        raise SettingsError(f"vocab_size must hold the tokenizer's {GPT2_VOCAB_SIZE} tokens, got {config.vocab_size}")
+    if config.vocab_size < vocab:
+        raise SettingsError(f"vocab_size must hold the tokenizer's {vocab} tokens, got {config.vocab_size}")
     if config.n_embd % config.n_head:
         raise SettingsError(f"n_embd ({config.n_embd}) must be a multiple of n_head ({config.n_head})")
     if not 0 <= config.dropout < 1:

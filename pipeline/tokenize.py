@@ -1,4 +1,5 @@
-"""`python -m pipeline.tokenize`: GPT-2 BPE tokens of a corpus, in memmapped .bin shards."""
+"""`python -m pipeline.tokenize`: a corpus's tokens (GPT-2 BPE, bytes or a BPE learned from it), in memmapped .bin
+shards."""
 
 import click
 
@@ -6,6 +7,7 @@ from pipeline.data.corpora import fetch
 from pipeline.data.sharding import shard_corpus
 from pipeline.data.shard_cache import DEFAULT_SHARD_TOKENS, DEFAULT_VAL_FRACTION
 from pipeline.errors import run_cli
+from pipeline.settings import TrainSettings, tokenizer_vocab_size
 
 
 class Optional(click.ParamType):
@@ -33,24 +35,27 @@ class Optional(click.ParamType):
 @click.option("--gutenberg", type=Optional(click.Choice(["trim", "keep"])), default=None,
               help="A Project Gutenberg book: trim keeps only what lies between its START and END markers, keep "
                    "tokenizes its licence header and footer too. [default: what the existing shards used, else trim]")
-def main(corpus, val_fraction, shard_tokens, gutenberg):
-    """Tokenize a corpus with tiktoken's GPT-2 BPE into corpus/shards/CORPUS/.
+@click.option("--tokenizer", default=TrainSettings.tokenizer, show_default=True,
+              help=TrainSettings.__dataclass_fields__["tokenizer"].metadata["help"])
+def main(corpus, val_fraction, shard_tokens, gutenberg, tokenizer):
+    """Tokenize a corpus into corpus/shards/CORPUS/ (CORPUS.bpe-N/ and CORPUS.bytes/ for the other tokenizers).
 
     Downloads the corpus first if needed. Writes train_NNN.bin and val_NNN.bin (llm.c format: a 256 x int32
     header, then uint16 tokens) and manifest.json. Does nothing when the shards are up to date; training reuses
     them whatever --val-fraction made them.
     """
+    tokenizer_vocab_size(tokenizer)  # a misspelt tokenizer is refused before any download
     fetched = fetch(corpus)
     trim = None if gutenberg is None else gutenberg == "trim"
     result = shard_corpus(fetched.corpus, val_fraction=val_fraction, shard_tokens=shard_tokens,
-                          trim_gutenberg=trim)
+                          trim_gutenberg=trim, tokenizer=tokenizer)
     shards = result.shards
     if shards.manifest.get("cleaning"):
         click.echo(shards.manifest["cleaning"])
     state = "already up to date" if result.skipped else "written"
     split = "the source's own val split" if shards.val_fraction is None else f"val fraction {shards.val_fraction}"
     click.echo(f"{shards.manifest['corpus']}: {state} in {shards.folder} "
-               f"({shards.train_tokens:,} train tokens, {shards.val_tokens:,} val tokens; {split})")
+               f"({shards.train_tokens:,} train tokens, {shards.val_tokens:,} val tokens of {tokenizer}; {split})")
 
 
 if __name__ == "__main__":

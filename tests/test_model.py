@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from model import GPT, NAMED_CONFIGS, GPTConfig, UnknownConfigError, load_config, with_overrides
-from model.gpt import GPT2_VOCAB_SIZE
+from model.configs import GPT2_VOCAB_SIZE
 
 SMALL = GPTConfig(n_layer=2, n_head=2, n_embd=32, context_length=16)
 
@@ -69,10 +69,11 @@ def test_greedy_generation_is_deterministic_and_never_emits_padding_ids():
     with torch.no_grad():
         model.lm_head.weight[GPT2_VOCAB_SIZE:] = 10.0  # make the padding rows the likeliest
     start = torch.tensor([[1, 2, 3]])
-    a = model.generate(start, 20, temperature=0)
-    b = model.generate(start, 20, temperature=0)
+    a = model.generate(start, 20, temperature=0, vocab_size=GPT2_VOCAB_SIZE)
+    b = model.generate(start, 20, temperature=0, vocab_size=GPT2_VOCAB_SIZE)
     assert torch.equal(a, b) and a.shape == (1, 23)
-    sampled = model.generate(start, 20, temperature=1.0, top_k=5, generator=torch.Generator().manual_seed(1))
+    sampled = model.generate(start, 20, temperature=1.0, top_k=5, generator=torch.Generator().manual_seed(1),
+                             vocab_size=GPT2_VOCAB_SIZE)
     assert sampled.max().item() < GPT2_VOCAB_SIZE
 
 
@@ -83,7 +84,8 @@ def test_top_k_sampling_draws_every_one_of_the_k_likeliest_tokens_and_no_other()
     with torch.no_grad():
         likeliest = set(model(start[:1])[0][0, -1, :GPT2_VOCAB_SIZE].topk(3).indices.tolist())
     # An untrained model's logits are nearly flat: a draw outside the three would come almost every time
-    drawn = model.generate(start, 1, temperature=1.0, top_k=3, generator=torch.Generator().manual_seed(1))[:, -1]
+    drawn = model.generate(start, 1, temperature=1.0, top_k=3, generator=torch.Generator().manual_seed(1),
+                           vocab_size=GPT2_VOCAB_SIZE)[:, -1]
     assert set(drawn.tolist()) == likeliest
 
 

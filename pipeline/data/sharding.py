@@ -1,5 +1,6 @@
-"""A corpus's text into token shards: GPT-2 BPE (tiktoken) into train and val shards, skipped when they are up to date
-(shard_cache.py says when).
+"""A corpus's text into token shards: the run's tokenizer (tiktoken) into train and val shards, skipped when they are
+up to date (shard_cache.py says when). A tokenizer learned from the corpus (bpe:N) is learned from the train split
+alone, so no val text shapes it, and is kept beside the shards.
 
 Text is streamed in pieces cut at line ends, so memory stays bounded whatever the corpus size, and each batch
 of pieces is encoded on every core with tiktoken.
@@ -26,20 +27,22 @@ from pipeline.data.corpora import DOCUMENT_SEPARATOR, CorpusText
 from pipeline.data.shard_cache import build_key, build_lock, check_setting, record_stamps, reusable, wanted_key
 from pipeline.data.shards import Shards, ShardWriter, load_shards
 from pipeline.data.splitting import split_plan
-from pipeline.data.tokenizer import TOKENIZER, encoding
+from pipeline.data.bpe import train_bpe
+from pipeline.data.tokenizer import RANKS_FILE, TOKENIZER, encoding_for, ranks_data
 from pipeline.errors import CorpusError
 from pipeline.files import cache_root
 from pipeline.machine import usable_cpus
+from pipeline.settings import tokenizer_vocab_size
 
 PIECE_BYTES = 1 << 20  # text handed to the tokenizer at a time
 BATCH_PIECES = 16  # pieces encoded together, spread over the cores
 _SEPARATOR = re.compile(r"\n?" + re.escape(DOCUMENT_SEPARATOR) + r"\n?")
 
 
-def tokens_per_byte(split: list[np.ndarray], chunk: int = 1 << 20) -> float:
-    """Tokens per byte of UTF-8 text in a split's shards: how val_loss (nats per token) becomes bits per byte.
-    Decoded a chunk at a time (a token's bytes do not depend on its neighbours), so memory stays small."""
-    enc = encoding()
+def tokens_per_byte(split: list[np.ndarray], enc, chunk: int = 1 << 20) -> float:
+    """Tokens per byte of UTF-8 text in a split's shards (made with enc): how val_loss (nats per token) becomes
+    bits per byte. Decoded a chunk at a time (a token's bytes do not depend on its neighbours), so memory stays
+    small."""
     tokens = sum(len(shard) for shard in split)
     text_bytes = sum(len(enc.decode_bytes(shard[start : start + chunk].tolist()))
                      for shard in split for start in range(0, len(shard), chunk))
@@ -58,8 +61,10 @@ def shard_corpus(
     val_fraction: float | None = None,
     shard_tokens: int | None = None,
     trim_gutenberg: bool | None = None,
+    tokenizer: str = TOKENIZER,
 ) -> ShardingResult:
     """Tokenize a local corpus into train and val shards, unless shards of the same content and settings exist.
+    Each tokenizer has its own folder, so switching between them rebuilds nothing.
 
     A setting left None accepts existing shards whatever value made them; a new build then takes the value of
     the shards it replaces, else the default. Processes calling this at once take turns: one builds, the
@@ -69,13 +74,14 @@ def shard_corpus(
                         ("trim_gutenberg", trim_gutenberg)):
         if value is not None:
             check_setting(name, value)
-    folder = (cache or cache_root()) / "shards" / corpus.name
+    n_vocab = tokenizer_vocab_size(tokenizer)
+    folder = shard_folder(cache or cache_root(), corpus.name, tokenizer)
     for path in corpus.train + (corpus.val or ()):
         if not path.is_file():
             raise CorpusError(f"corpus file not found: {path}")
         if path.stat().st_size == 0:
             raise CorpusError(f"corpus file {path} is empty")
-    wanted = wanted_key(corpus, TOKENIZER, val_fraction, shard_tokens, trim_gutenberg)
+    wanted = wanted_key(corpus, tokenizer, val_fraction, shard_tokens, trim_gutenberg)
     with build_lock(folder):
         existing = reusable(folder, wanted)  # built meanwhile, maybe, by the process we waited for
         if existing:
@@ -83,7 +89,6 @@ def shard_corpus(
                 record_stamps(existing)
             return ShardingResult(existing, skipped=True)
         key = build_key(folder, wanted)
-        enc = encoding()
         extents = {split: [text_extent(p, key["trim_gutenberg"]) for p in paths]
                    for split, paths in (("train", corpus.train), ("val", corpus.val or ()))}
         if corpus.val:
@@ -92,12 +97,29 @@ def shard_corpus(
         else:
             plan, split_rule = split_plan(extents["train"], key["val_fraction"])
         note = extents_note(extents["train"] + extents["val"])
+        ranks = None
+        if tokenizer.startswith("bpe:"):
+            ranks = ranks_data(train_bpe(_train_texts(plan["train"]), n_vocab - 1))
+        enc = encoding_for(tokenizer, ranks)
         try:
             shards = _write_shards(enc, corpus, plan, split_rule, key, folder, note)
         except OSError as error:  # a full disk, a read-only folder: the old shards, if any, are untouched
             raise CorpusError(f"could not write the shards of {corpus.name} to {folder}: "
                               f"{error.strerror or error}") from None
     return ShardingResult(shards, skipped=False)
+
+
+def shard_folder(cache: Path, corpus_name: str, tokenizer: str) -> Path:
+    """shards/NAME for GPT-2's tokens (as before tokenizers could be chosen), shards/NAME.bpe-4096 for others."""
+    suffix = "" if tokenizer == TOKENIZER else "." + tokenizer.replace(":", "-")
+    return cache / "shards" / f"{corpus_name}{suffix}"
+
+
+def _train_texts(parts) -> Iterator[str]:
+    """The train split's text, document by document within each piece: what a learned BPE is trained on."""
+    for path, start, end in parts:
+        for piece, _ in _pieces(path, start, end):
+            yield from (text for text in piece.split(DOCUMENT_SEPARATOR) if text)
 
 
 def _write_shards(enc, corpus: CorpusText, plan: dict, split_rule: str, key: dict, folder: Path,
@@ -117,10 +139,16 @@ def _write_shards(enc, corpus: CorpusText, plan: dict, split_rule: str, key: dic
                 raise CorpusError(
                     f"the {split} split of {corpus.name} has {count} token(s); each split needs at least 2"
                 )
+        tokenizer_sha256 = None
+        if key["tokenizer"] != TOKENIZER:  # GPT-2's is kept once per machine by tokenizer.py
+            ranks = ranks_data(enc._mergeable_ranks)
+            (staging / RANKS_FILE).write_bytes(ranks)
+            tokenizer_sha256 = hashlib.sha256(ranks).hexdigest()
         manifest = {
             "corpus": corpus.name,
             "source": corpus.source,
             "key": key,
+            "tokenizer_sha256": tokenizer_sha256,
             "split_rule": split_rule,
             "cleaning": note,
             "splits": splits,

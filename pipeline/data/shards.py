@@ -1,7 +1,8 @@
 """llm.c-style .bin token shards: writing them, and reading them back without loading them whole.
 
 A shard is a header of 256 int32 (magic 20240520, version 1, token count) followed by the tokens as uint16.
-A corpus's shards live in `<cache>/shards/<corpus>/` as train_NNN.bin, val_NNN.bin and manifest.json.
+A corpus's shards live in `<cache>/shards/<corpus>/` (`<corpus>.bpe-4096/` for tokenizers other than GPT-2's)
+as train_NNN.bin, val_NNN.bin and manifest.json, with a learned tokenizer's ranks in tokenizer.tiktoken.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.data.tokenizer import RANKS_FILE, TOKENIZER, encoding_for
 from pipeline.errors import ShardError
 from pipeline.files import atomic_path
 
@@ -114,6 +116,24 @@ class Shards:
     @property
     def tokenizer(self) -> str:
         return self.manifest["key"]["tokenizer"]
+
+    def tokenizer_ranks(self) -> bytes | None:
+        """The ranks file of the tokenizer that made these shards (None for GPT-2's, which tiktoken keeps),
+        checked against the manifest's sha256."""
+        if self.tokenizer == TOKENIZER:
+            return None
+        path = self.folder / RANKS_FILE
+        try:
+            data = path.read_bytes()
+        except OSError:
+            raise ShardError(f"{path} is missing: tokenize the corpus again") from None
+        if hashlib.sha256(data).hexdigest() != self.manifest.get("tokenizer_sha256"):
+            raise ShardError(f"{path} differs from the one that made these shards: tokenize the corpus again")
+        return data
+
+    def encoding(self):
+        """The tiktoken encoding these shards were made with: what reads their tokens back."""
+        return encoding_for(self.tokenizer, self.tokenizer_ranks())
 
     @property
     def val_fraction(self) -> float | None:

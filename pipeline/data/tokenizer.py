@@ -1,4 +1,8 @@
-"""GPT-2's BPE tokenizer (tiktoken), kept per machine in the corpus cache once built.
+"""The tokenizers a run can use, all encoded and decoded by tiktoken: GPT-2's BPE (`gpt2`), the 256 bytes
+(`bytes`), or a byte-level BPE learned from a corpus (`bpe:N`, bpe.py; its ranks are kept beside its shards).
+Each has end-of-text as its last id.
+
+GPT-2's BPE is kept per machine in the corpus cache once built.
 
 tiktoken builds GPT-2's encoding from its two original files at every start (0.17-0.24 s here, a tenth of a
 short run's own cost). The first start keeps the result: its token ranks in tiktoken's `.tiktoken` format (byte
@@ -16,8 +20,42 @@ from pathlib import Path
 from pipeline.errors import CorpusError
 from pipeline.files import atomic_path, cache_root
 from pipeline.memo import remembered
+from pipeline.settings import tokenizer_vocab_size
 
-TOKENIZER = "gpt2"
+TOKENIZER = "gpt2"  # the default
+END_OF_TEXT = "<|endoftext|>"
+RANKS_FILE = "tokenizer.tiktoken"  # a learned tokenizer's ranks, in its shard folder
+# GPT-2's pre-tokenizer: a learned BPE splits text as GPT-2 does (and as HF's ByteLevel pre-tokenizer does)
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+def encoding_for(spec: str, ranks: bytes | None = None):
+    """The tiktoken encoding of a tokenizer spec; bpe:N needs its ranks (ranks_data's bytes, kept in RANKS_FILE).
+    End-of-text is id N for bpe:N whether or not the corpus had enough text for N - 256 merges."""
+    if spec == TOKENIZER:
+        return encoding()
+    import tiktoken
+
+    n_vocab = tokenizer_vocab_size(spec)
+    if ranks is None and spec != "bytes":
+        raise CorpusError(f"tokenizer {spec} was given without its ranks ({RANKS_FILE})")
+    table = read_ranks(ranks) if ranks is not None else {bytes([b]): b for b in range(256)}
+    return tiktoken.Encoding(spec, pat_str=GPT2_PATTERN, mergeable_ranks=table,
+                             special_tokens={END_OF_TEXT: n_vocab - 1})
+
+
+def ranks_data(ranks: dict[bytes, int]) -> bytes:
+    """Ranks in tiktoken's `.tiktoken` format: one `base64(token) rank` line per token, in rank order."""
+    ordered = sorted(ranks.items(), key=lambda item: item[1])
+    return b"".join(base64.b64encode(token) + b" %d\n" % rank for token, rank in ordered)
+
+
+def read_ranks(data: bytes) -> dict[bytes, int]:
+    ranks = {}
+    for line in data.splitlines():
+        token, rank = line.split()
+        ranks[base64.b64decode(token)] = int(rank)
+    return ranks
 
 
 @functools.cache
@@ -44,11 +82,7 @@ def _read(path: Path, shape: dict):
         return None
     if hashlib.sha256(data).hexdigest() != shape["sha256"]:
         return None
-    ranks = {}
-    for line in data.splitlines():
-        token, rank = line.split()
-        ranks[base64.b64decode(token)] = int(rank)
-    return tiktoken.Encoding(TOKENIZER, pat_str=shape["pat_str"], mergeable_ranks=ranks,
+    return tiktoken.Encoding(TOKENIZER, pat_str=shape["pat_str"], mergeable_ranks=read_ranks(data),
                              special_tokens=shape["special_tokens"], explicit_n_vocab=shape["n_vocab"])
 
 
@@ -66,8 +100,7 @@ def _build():
 
 def _keep(enc, path: Path) -> dict:
     """Write enc's ranks to path; what else it takes to build enc again, with the file's sha256."""
-    ranks = sorted(enc._mergeable_ranks.items(), key=lambda item: item[1])
-    data = b"".join(base64.b64encode(token) + b" %d\n" % rank for token, rank in ranks)
+    data = ranks_data(enc._mergeable_ranks)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:

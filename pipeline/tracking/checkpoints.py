@@ -2,9 +2,10 @@
 the run's MLflow artifacts, and a run's model loaded back from its newest one.
 
 A checkpoint is a plain dict of tensors and primitives (model and optimizer state, step, data position, RNG
-state, settings), so it loads with `torch.load(weights_only=True)`: no pickled code is ever executed. Each file
-has its sha256 beside it (`.sha256`); a run keeps its newest KEEP checkpoints, so when the newest turns out
-truncated or corrupt, resuming falls back to the one before.
+state, settings, the tokenizer's spec and a learned one's ranks), so it loads with
+`torch.load(weights_only=True)`: no pickled code is ever executed. Each file has its sha256 beside it
+(`.sha256`); a run keeps its newest KEEP checkpoints, so when the newest turns out truncated or corrupt,
+resuming falls back to the one before.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from urllib.parse import urlparse
 import torch
 
 from model import GPT, GPTConfig
+from pipeline.data.shards import Shards
+from pipeline.data.tokenizer import TOKENIZER, encoding_for
 from pipeline.errors import CheckpointError, first_line
 from pipeline.files import atomic_path, sha256_of
 from pipeline.tracking.runs import connect, get_run
@@ -122,14 +125,26 @@ def load_from_run(run_id: str, client=None) -> dict:
     raise CheckpointError(f"run {run_id} has no usable checkpoint ({problems[0]})")
 
 
-def model_from_run(run_id: str, device: torch.device) -> GPT:
-    """The model of a run's last checkpoint."""
+def model_from_run(run_id: str, device: torch.device):
+    """The model of a run's last checkpoint, and the tiktoken encoding it reads and writes."""
     client = connect()
     get_run(client, run_id)
     state = load_from_run(run_id, client)
     model = GPT(GPTConfig(**state["model_config"]))
     model.load_state_dict(state["model"])
-    return model.to(device)
+    return model.to(device), encoding_from_state(state.get("tokenizer"))
+
+
+def tokenizer_state(shards: Shards) -> dict:
+    """What rebuilds a run's tokenizer anywhere: its spec, and the ranks of one learned from the corpus (text)."""
+    ranks = shards.tokenizer_ranks()
+    return {"spec": shards.tokenizer, "ranks": "" if ranks is None else ranks.decode()}
+
+
+def encoding_from_state(tokenizer: dict | None):
+    """The encoding tokenizer_state describes; GPT-2's for checkpoints from before the tokenizer was a choice."""
+    tokenizer = tokenizer or {"spec": TOKENIZER, "ranks": ""}
+    return encoding_for(tokenizer["spec"], tokenizer["ranks"].encode() or None)
 
 
 def _logged_steps(client, run_id: str) -> list[int]:

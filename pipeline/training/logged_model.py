@@ -32,9 +32,10 @@ LINKED_METRICS = ("train_loss", "val_loss", "val_bpb")  # a model's metrics: tho
 
 
 def log_generator(client, run_id: str, step: int, weights: dict, model_config: dict, sampling: dict,
-                  metrics: list[Metric]) -> str:
+                  metrics: list[Metric], tokenizer: dict) -> str:
     """Log the weights as a LoggedModel of the run at step, with the run's params and the given metric points
-    (as the run logged them) linked to it, so that search_logged_models can rank models; returns its id."""
+    (as the run logged them) linked to it, so that search_logged_models can rank models; returns its id.
+    tokenizer: checkpoints.tokenizer_state's spec and ranks; a learned tokenizer's ranks travel as an artifact."""
     run = client.get_run(run_id)
     model = client.create_logged_model(run.info.experiment_id, name=MODEL_NAME, source_run_id=run_id,
                                        params=run.data.params, model_type="text-generation")
@@ -42,13 +43,18 @@ def log_generator(client, run_id: str, step: int, weights: dict, model_config: d
         weights_path = Path(folder) / "weights.pt"
         checkpoints.save(weights_path, {"model": weights, "step": step})
         config_path = Path(folder) / "config.json"
-        config_path.write_text(json.dumps({"model": model_config, "sampling": sampling}, indent=1))
+        config_path.write_text(json.dumps({"model": model_config, "sampling": sampling,
+                                           "tokenizer": tokenizer["spec"]}, indent=1))
+        artifacts = {"weights": str(weights_path), "weights_sha256": f"{weights_path}.sha256",
+                     "config": str(config_path)}
+        if tokenizer["ranks"]:
+            artifacts["tokenizer"] = str(Path(folder) / "tokenizer.tiktoken")
+            Path(artifacts["tokenizer"]).write_text(tokenizer["ranks"])
         with warnings.catch_warnings():  # no input example on purpose: MLflow would run the model to check it
             warnings.filterwarnings("ignore", message=".*input example was not provided", category=UserWarning)
             mlflow.pyfunc.log_model(
                 name=MODEL_NAME, model_id=model.model_id, python_model=str(GENERATOR_CODE),
-                artifacts={"weights": str(weights_path), "weights_sha256": f"{weights_path}.sha256",
-                           "config": str(config_path)},
+                artifacts=artifacts,
                 signature=SIGNATURE, pip_requirements=PIP_REQUIREMENTS,
                 model_config={"device": "auto"},  # load_model(uri, model_config={"device": "cpu"}) picks another
             )

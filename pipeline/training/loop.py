@@ -287,8 +287,8 @@ class StepLoop:
             return
         s, prompt = self.settings, self.data.prompt
         with self.learner.autocast:
-            drawn = completions(self.learner.model, prompt, SAMPLES_PER_NOVELTY, s.sample_tokens, s.temperature,
-                                s.top_k, seed=s.seed + step, device=self.device)
+            drawn = completions(self.learner.model, self.data.encoding, prompt, SAMPLES_PER_NOVELTY, s.sample_tokens,
+                                s.temperature, s.top_k, seed=s.seed + step, device=self.device)
         generation = drawn[0].text
         try:
             scores = [self.data.ngrams.novelty(completion.tokens) for completion in drawn]
@@ -326,6 +326,7 @@ class StepLoop:
             "scaler": learner.scaler.state_dict() if learner.scaler else {},
             "settings": asdict(self.settings),
             "model_config": asdict(learner.model.config),
+            "tokenizer": checkpoints.tokenizer_state(self.data.shards),  # generate decodes with it
         }
         self.metrics.flush()
         client, run_id = self.tracked.client, self.tracked.run_id
@@ -350,7 +351,8 @@ class StepLoop:
         linked = [latest[key] for key in LINKED_METRICS if key in latest and latest[key].step == step]
         try:
             return log_generator(self.tracked.client, self.tracked.run_id, step, self.learner.model.state_dict(),
-                                 asdict(self.learner.model.config), sampling, linked)
+                                 asdict(self.learner.model.config), sampling, linked,
+                                 checkpoints.tokenizer_state(self.data.shards))
         except Exception as error:
             log.warning("the model of step %d was not logged (%s); its checkpoint was", step, first_line(error))
             return None

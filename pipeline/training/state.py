@@ -67,6 +67,12 @@ class Data:
     shards: Shards | None = None
 
     @cached_property
+    def encoding(self):
+        """The tiktoken encoding of the run's tokenizer, as the shards keep it: prompts and samples are read and
+        written with it."""
+        return self.shards.encoding()
+
+    @cached_property
     def ngrams(self) -> NgramIndex:
         """The train split's 8-grams (how much of a sample is copied), loaded or built when the first sample
         needs them: a run that samples nothing never pays for them."""

@@ -20,7 +20,6 @@ from pipeline.data.batches import ValWindows, WindowSampler
 from pipeline.data.corpora import fetch
 from pipeline.data.sharding import shard_corpus, tokens_per_byte
 from pipeline.data.shards import Shards
-from pipeline.data.tokenizer import encoding
 from pipeline.errors import LabError, SettingsError, first_line
 from pipeline.files import PROJECT_DIR
 from pipeline.settings import TrainSettings, short_number
@@ -75,7 +74,7 @@ def _train(settings: TrainSettings, world: World, trial) -> TrainResult:
         keep_freed_memory()
     model_config = settings.model_config()
 
-    corpus = prepare_corpus(settings.corpus, world)
+    corpus = prepare_corpus(settings.corpus, world, settings.tokenizer)
     data = prepare_data(settings, corpus, model_config.context_length, world)
     # The CPU probe draws random matrices: measure before seeding, so it cannot shift the run's random stream.
     peak = peak_flops(device) if world.is_main else (0.0, "")  # (FLOP/s of one process, where that comes from)
@@ -163,16 +162,16 @@ def _settings_to_run(settings: TrainSettings, world: World, client) -> tuple[Tra
     return settings, resume_state
 
 
-def prepare_corpus(spec: str, world: World) -> Corpus:
+def prepare_corpus(spec: str, world: World, tokenizer: str = "gpt2") -> Corpus:
     """Phase one: download and tokenize the corpus; one process per machine does it, the others then find it
     done (and a file lock keeps machines that share a disk from doing it twice)."""
     if world.local_rank == 0:
         fetched = fetch(spec)
-        tokenized = shard_corpus(fetched.corpus)
+        tokenized = shard_corpus(fetched.corpus, tokenizer=tokenizer)
     world.wait_for_all()
     if world.local_rank != 0:
         fetched = fetch(spec)
-        tokenized = shard_corpus(fetched.corpus)
+        tokenized = shard_corpus(fetched.corpus, tokenizer=tokenizer)
     if fetched.action not in ("already present", "local"):
         log.info("corpus %s: %s", fetched.corpus.name, fetched.action)
     if not tokenized.skipped and tokenized.shards.manifest.get("cleaning"):
@@ -185,7 +184,7 @@ def prepare_corpus(spec: str, world: World) -> Corpus:
 def prepare_data(settings: TrainSettings, corpus: Corpus, context_length: int, world: World) -> Data:
     """The train windows, the fixed validation windows and the prompt of the run's samples."""
     prompt = settings.prompt or corpus.prompt
-    prompt_tokens = len(encoding().encode_ordinary(prompt))
+    prompt_tokens = len(corpus.shards.encoding().encode_ordinary(prompt))
     if prompt_tokens >= context_length:
         raise SettingsError(f"prompt has {prompt_tokens} tokens; it must be shorter than the context "
                             f"({context_length})")
@@ -194,7 +193,8 @@ def prepare_data(settings: TrainSettings, corpus: Corpus, context_length: int, w
     if sampler.length < context_length and world.is_main:
         log.warning("the train split has %d tokens, fewer than the context (%d) + 1: windows shrink to %d",
                     corpus.shards.train_tokens, context_length, sampler.length)
-    val_tokens_per_byte = tokens_per_byte(corpus.shards.split("val")) if world.is_main else 1.0
+    val_tokens_per_byte = (tokens_per_byte(corpus.shards.split("val"), corpus.shards.encoding()) if world.is_main
+                           else 1.0)
     return Data(sampler, val, prompt, val_tokens_per_byte, corpus.shards)
 
 

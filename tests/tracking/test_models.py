@@ -76,8 +76,8 @@ def test_a_finished_run_logs_a_model_linked_to_its_step_and_metrics_that_predict
     generator = mlflow.pyfunc.load_model(model.model_uri)
     completions = generator.predict([PROMPT, "The"], params=PARAMS)
     assert len(completions) == 2 and all(isinstance(c, str) and c for c in completions)
-    checkpoint_model = model_from_run(good.run_id, torch.device("cpu"))
-    expected = complete(checkpoint_model, PROMPT, 6, 0.8, 40, 7, torch.device("cpu")).text
+    checkpoint_model, enc = model_from_run(good.run_id, torch.device("cpu"))
+    expected = complete(checkpoint_model, enc, PROMPT, 6, 0.8, 40, 7, torch.device("cpu")).text
     assert completions[0] == expected
     defaults = generator.predict([PROMPT])  # the run's own sampling settings
     assert len(defaults) == 1 and defaults[0]

@@ -83,8 +83,8 @@ def test_loss_falls_on_tiny_and_the_run_records_everything(store):
     assert checkpoint["step"] == 40 and checkpoint["settings"]["lr"] == 1e-2
 
     # the last sample's novelty is the mean over the four continuations drawn with that step's seed
-    model = model_from_run(result.run_id, torch.device("cpu"))
-    drawn = completions(model, "A language model", SAMPLES_PER_NOVELTY, 8, TINY.temperature, TINY.top_k,
+    model, enc = model_from_run(result.run_id, torch.device("cpu"))
+    drawn = completions(model, enc, "A language model", SAMPLES_PER_NOVELTY, 8, TINY.temperature, TINY.top_k,
                         TINY.seed + 40, torch.device("cpu"))
     assert rows[-1]["generation"] == drawn[0].text
     index = NgramIndex.load_or_build(load_shards(Path(os.environ["CORPUS_CACHE"]) / "shards" / "tiny"))
