@@ -24,7 +24,7 @@ from pipeline.data.sharding import PIECE_BYTES, _SEPARATOR, _encode, _pieces, sh
 from pipeline.data.tokenizer import encoding
 from pipeline.data.shards import load_shards, read_shard
 from pipeline.files import child_python_path
-from tests.conftest import PROJECT_DIR, assert_one_line_error, run_command, run_module
+from tests.conftest import PROJECT_DIR, SHARED_DATA, assert_one_line_error, run_command, run_module
 
 SEP = DOCUMENT_SEPARATOR
 TINY = PROJECT_DIR / "corpus" / "tiny.txt"
@@ -409,3 +409,60 @@ def test_cli_truncated_shard_is_a_clear_error_and_tokenize_repairs_it(tmp_path):
     assert again.returncode == 0, again.stderr
     assert "tiny: written in" in again.stdout
     assert len(load_shards(folder).split("val")[0]) > 0
+
+
+# ---------------------------------------------------------------- tokenizers other than GPT-2's
+
+
+def test_two_tokenizers_keep_their_own_shards_and_neither_rebuilds_the_other(tmp_path):
+    verdict = corpus_of(SHARED_DATA / "the-verdict.txt", "verdict")
+    gpt2 = shard_corpus(verdict, cache=tmp_path)
+    bpe = shard_corpus(verdict, cache=tmp_path, tokenizer="bpe:300")
+    assert (gpt2.shards.folder.name, bpe.shards.folder.name) == ("verdict", "verdict.bpe-300")
+    before = {s.folder: folder_state(s.folder) for s in (gpt2.shards, bpe.shards)}
+    for tokenizer in ("gpt2", "bpe:300", "gpt2"):
+        assert shard_corpus(verdict, cache=tmp_path, tokenizer=tokenizer).skipped
+    assert {folder: folder_state(folder) for folder in before} == before
+
+    enc = bpe.shards.encoding()
+    assert enc.n_vocab == 301 and bpe.shards.tokenizer == "bpe:300"
+    text = (SHARED_DATA / "the-verdict.txt").read_text()
+    assert decode(enc, bpe.shards.split("train")) + decode(enc, bpe.shards.split("val")) == text
+    assert bpe.shards.train_tokens + bpe.shards.val_tokens > VERDICT_TOKENS  # 300 tokens cover less than 50,257
+    assert max(int(s.max()) for s in bpe.shards.split("train")) < 301
+    manifest = bpe.shards.manifest
+    assert manifest["tokenizer_sha256"] == hashlib.sha256((bpe.shards.folder / "tokenizer.tiktoken").read_bytes()
+                                                          ).hexdigest()
+
+
+def test_bytes_shards_hold_the_texts_bytes(tmp_path):
+    shards = shard_corpus(corpus_of(TINY, "tiny"), cache=tmp_path, tokenizer="bytes").shards
+    assert shards.folder.name == "tiny.bytes"
+    assert shards.train_tokens + shards.val_tokens == len(TINY.read_bytes())
+    assert decode(shards.encoding(), shards.split("train")) + decode(shards.encoding(), shards.split("val")) \
+        == TINY.read_text()
+
+
+@pytest.mark.parametrize("in_train", [False, True])
+def test_a_learned_bpe_sees_no_val_text(tmp_path, in_train):
+    """A word that fills the val split is one token only where the train split has it too."""
+    train, val = tmp_path / "train.txt", tmp_path / "val.txt"
+    story = (SHARED_DATA / "the-verdict.txt").read_text()[:4000]
+    train.write_text(story + (" quixotry" * 300 if in_train else ""))
+    val.write_text(" quixotry" * 300)
+    corpus = CorpusText(f"split{int(in_train)}", (train,), (val,), "The", str(train))
+    enc = shard_corpus(corpus, cache=tmp_path, tokenizer="bpe:400").shards.encoding()
+    assert (len(enc.encode_ordinary(" quixotry")) == 1) == in_train
+
+
+def test_a_changed_tokenizer_file_is_refused(tmp_path):
+    shards = shard_corpus(corpus_of(TINY, "tiny"), cache=tmp_path, tokenizer="bpe:260").shards
+    (shards.folder / "tokenizer.tiktoken").write_bytes(b"")
+    with pytest.raises(ShardError, match="tokenize the corpus again"):
+        shards.encoding()
+
+
+@pytest.mark.parametrize("tokenizer", ["bpe:3", "bpe:x", "bpe:70000", "bpe:0300", "sentencepiece"])
+def test_cli_an_unknown_tokenizer_is_one_line(tokenizer):
+    assert_one_line_error(run_module("pipeline.tokenize", "--corpus", str(TINY), "--tokenizer", tokenizer),
+                          f"unknown tokenizer '{tokenizer}'")
