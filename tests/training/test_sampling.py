@@ -1,0 +1,84 @@
+"""A run trained on a learned tokenizer (bpe:300) reads and writes text with it everywhere: its embedding is
+sized to it, and its checkpoint, its logged model and that model served all give the same continuation. Real
+tiny runs on the-verdict, a real store, a real `mlflow models serve`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from model.configs import padded_vocab_size
+from pipeline.settings import TrainSettings
+from pipeline.tracking.checkpoints import model_from_run
+from pipeline.training.sampling import complete
+from pipeline.training.trainer import train
+from pipeline.files import child_python_path
+from tests.conftest import (TINY_MODEL, TINY_MODEL_FIELDS, assert_one_line_error, free_port, run_command,
+                            run_module, stop_server, wait_until_listening)
+
+BPE = TrainSettings(corpus="verdict", tokenizer="bpe:300", epochs=100, max_steps=6, lr=1e-2, warmup_steps=2,
+                    log_interval=1, eval_interval=6, sample_interval=6, sample_tokens=8, checkpoint_interval=0,
+                    **TINY_MODEL_FIELDS)
+PROMPT = "I HAD always thought"
+PARAMS = {"max_new_tokens": 12, "temperature": 0.8, "top_k": 40, "seed": 7}
+
+
+def test_a_bpe_run_generates_the_same_text_from_its_checkpoint_and_its_logged_model(store, tmp_path):
+    result = train(BPE)
+    run = MlflowClient(store).get_run(result.run_id)
+    assert run.data.params["tokenizer"] == "bpe:300" and run.data.params["vocab_size"] == str(padded_vocab_size(301))
+    # a 300-token BPE cuts English finer than GPT-2's 50,257 tokens (about 0.23 tokens a byte on this text)
+    assert 0.4 < float(run.data.params["val_tokens_per_byte"]) < 0.9
+
+    model, enc = model_from_run(result.run_id, torch.device("cpu"))
+    assert model.transformer.wte.weight.shape[0] == padded_vocab_size(301) == 320 and enc.n_vocab == 301
+    expected = complete(model, enc, PROMPT, 12, 0.8, 40, 7, torch.device("cpu"))
+    assert all(token < 301 for token in expected.tokens) and expected.text
+
+    generated = run_module("pipeline.generate", "--run-id", result.run_id, "--prompt", PROMPT,
+                           "--max-new-tokens", "12", "--seed", "7", cwd=tmp_path)
+    assert generated.returncode == 0, generated.stderr
+    assert generated.stdout.rstrip("\n") == PROMPT + expected.text
+
+    assert mlflow.pyfunc.load_model(f"models:/{result.model_id}").predict([PROMPT], params=PARAMS) == [expected.text]
+
+
+@pytest.mark.slow
+def test_a_served_bpe_model_decodes_with_its_own_tokenizer(store, tmp_path):
+    trained = run_command("pipeline.train", "--corpus", "verdict", "--tokenizer", "bpe:300", *TINY_MODEL,
+                          "--max-steps", "4", "--sample-interval", "0", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    uri = next(line for line in trained.stdout.splitlines() if line.startswith("model: ")).split()[1]
+    expected = mlflow.pyfunc.load_model(uri).predict([PROMPT], params=PARAMS)[0]
+
+    port = free_port()
+    mlflow_cli = Path(sys.executable).parent / "mlflow"
+    env = {**os.environ, "PYTHONPATH": child_python_path(), "MLFLOW_TRACKING_URI": store,
+           "PATH": f"{mlflow_cli.parent}{os.pathsep}{os.environ['PATH']}"}
+    server = subprocess.Popen([str(mlflow_cli), "models", "serve", "-m", uri, "--env-manager", "local",
+                               "-h", "127.0.0.1", "-p", str(port)], cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_until_listening(server, port)
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
+                                         data=json.dumps({"inputs": [PROMPT], "params": PARAMS}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            assert json.loads(response.read()) == {"predictions": [expected]}
+    finally:
+        stop_server(server)
+
+
+def test_resuming_with_another_tokenizer_is_one_line(store, tmp_path):
+    result = train(BPE)
+    resumed = run_command("pipeline.train", "--resume", result.run_id, "--tokenizer", "bytes", cwd=tmp_path)
+    assert_one_line_error(resumed, "--tokenizer", f"continues run {result.run_id} with its own settings")
