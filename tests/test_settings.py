@@ -112,6 +112,10 @@ def test_blank_names_mean_not_given():
     (["pipeline.train", "--corpus", "/no/such/file.txt"], "corpus path not found"),
     (["pipeline.train", "--config", "huge"], "unknown config 'huge'"),
     (["pipeline.train", "--n-embd", "33", "--n-head", "2"], "must be a multiple of n_head"),
+    (["pipeline.train", "--tokenizer", "bpe:3"], "unknown tokenizer 'bpe:3'"),
+    (["pipeline.train", "--tokenizer", "bpe:x"], "unknown tokenizer 'bpe:x'"),
+    (["pipeline.train", "--tokenizer", "bpe:70000"], "unknown tokenizer 'bpe:70000'"),
+    (["pipeline.train", "--tokenizer", "wordpiece"], "unknown tokenizer 'wordpiece'"),
     (["pipeline.sweep", "--name", "no-such-sweep"], "unknown sweep 'no-such-sweep'"),
 ])
 def test_options_are_parsed_and_checked_without_loading_torch_or_mlflow(args, message):
@@ -144,3 +148,17 @@ def test_a_model_yaml_that_sets_no_field_is_refused(tmp_path, text):
     result = run_module("pipeline.train", "--config", str(path), "--corpus", "tiny", "--max-steps", "1")
     errors = result.stderr.splitlines()
     assert result.returncode == 2 and len(errors) == 1 and "sets no GPTConfig field" in errors[0], errors
+
+
+@pytest.mark.parametrize("tokenizer, rows", [("gpt2", 50304), ("bytes", 320), ("bpe:256", 320), ("bpe:300", 320),
+                                             ("bpe:4096", 4160), ("bpe:65535", 65536)])
+def test_the_embedding_is_the_tokenizers_vocabulary_padded_to_64(tokenizer, rows):
+    assert TrainSettings(tokenizer=tokenizer).validate().model_config().vocab_size == rows
+
+
+def test_a_yaml_vocabulary_smaller_than_the_tokenizers_is_refused(tmp_path):
+    path = tmp_path / "model.yaml"
+    path.write_text("vocab_size: 300\n")
+    assert TrainSettings(config=str(path), tokenizer="bytes").model_config().vocab_size == 300
+    with pytest.raises(SettingsError, match="hold the tokenizer's 50257 tokens"):
+        TrainSettings(config=str(path)).validate()
