@@ -27,7 +27,7 @@ from mlflow.tracking import MlflowClient
 from pipeline import tracking
 from pipeline.analysis import plots
 from pipeline.analysis.curves import MODEL_SIZE, RunCurves, load_runs, number, sort_key, swept_params
-from pipeline.analysis.findings import Findings, find
+from pipeline.analysis.findings import Findings, comparable_metric, find
 from pipeline.analysis.fits import PowerLaw
 from pipeline.tracking.diagnosis import diagnose
 from pipeline.tracking.samples import SampleReader
@@ -62,7 +62,8 @@ class Report:
 def build_report(client: MlflowClient, runs: pd.DataFrame | Sequence[str], out_dir: Path,
                  parent_run_id: str | None = None, metric: str = "val_loss", goal: str = "minimize") -> Report:
     """Write the findings, plots and tables of runs to out_dir; when parent_run_id is given, also log them as its
-    artifacts under report/ and store the findings on it. `metric` and `goal` pick the best run.
+    artifacts under report/ and store the findings on it. `metric` and `goal` pick the best run (val_bpb for
+    val_loss where the runs' tokenizers differ).
     Raises ReportError when there are no runs, TrackingError for an unknown run."""
     if parent_run_id:
         tracking.get_run(client, parent_run_id)
@@ -72,6 +73,7 @@ def build_report(client: MlflowClient, runs: pd.DataFrame | Sequence[str], out_d
     out_dir.mkdir(parents=True, exist_ok=True)
     files = []
 
+    metric = comparable_metric(metric, (run.value("tokenizer") for run in loaded))
     findings = find(loaded, swept, metric, goal)
     table = run_table(loaded, swept)
     table.to_csv(out_dir / "runs.csv", index=False)

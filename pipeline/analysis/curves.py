@@ -27,7 +27,7 @@ MODEL_SIZE_PARAMS = ("config", "n_layer", "n_head", "n_embd", MODEL_SIZE)
 # Model size leads: a scaling sweep also sets each size's own lr, and its axis is still N.
 SWEEP_PREFERENCE = (MODEL_SIZE, "lr", "context_length", "batch_size", "grad_accum", "max_tokens", "max_steps",
                     "epochs", "min_lr", "warmup_steps", "weight_decay", "dropout", "grad_clip", "beta1", "beta2",
-                    "stride", "seed", "corpus")
+                    "stride", "seed", "corpus", "tokenizer")
 TAG_FALLBACKS = {"config": "lab.config", "corpus": "lab.corpus"}
 
 

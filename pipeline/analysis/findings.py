@@ -67,6 +67,15 @@ def find(runs: Sequence[RunCurves], swept: Sequence[str], metric: str = "val_los
     return Findings(tuple(lines), facts)
 
 
+def comparable_metric(metric: str, tokenizers: Iterable[str | None]) -> str:
+    """The metric that compares runs: val_loss is in nats per token, and runs on different tokenizers cut the
+    text into different tokens, so they compare by val_bpb (bits per byte of the same val text) instead.
+    tokenizers: each run's `tokenizer` param (None for runs from before it was logged: GPT-2's)."""
+    if metric == "val_loss" and len({tokenizer or "gpt2" for tokenizer in tokenizers}) > 1:
+        return "val_bpb"
+    return metric
+
+
 def pick_best(candidates: Iterable[T], value_of: Callable[[T], float | None], goal: str = "minimize") -> T | None:
     """The candidate whose finite value is lowest (goal minimize) or highest (maximize); None when none has one.
     The one rule behind a sweep's lab.best_run tag and its report's best run."""

@@ -18,7 +18,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from pipeline import tracking
-from pipeline.analysis.findings import Findings, pick_best
+from pipeline.analysis.findings import Findings, comparable_metric, pick_best
 from pipeline.files import PROJECT_DIR
 from pipeline.errors import SettingsError
 from pipeline.sweeps.children import CHILD_ROLE, ChildOutcome, create_child, point_command, run_child
@@ -129,9 +129,12 @@ def _run_points(client: MlflowClient, sweep: Sweep, parent_id: str, experiment_i
 
 
 def best_child(client: MlflowClient, sweep: Sweep, children) -> ChildOutcome | None:
-    """The FINISHED child, not pruned, with the best last value of the sweep's metric for its goal."""
+    """The FINISHED child, not pruned, with the best last value of the sweep's metric for its goal (val_bpb for
+    val_loss where the children's tokenizers differ)."""
     finished = [child for child in children if child.status == "FINISHED" and not child.pruned]
-    return pick_best(finished, lambda child: client.get_run(child.run_id).data.metrics.get(sweep.metric), sweep.goal)
+    runs = {child.run_id: client.get_run(child.run_id).data for child in finished}
+    metric = comparable_metric(sweep.metric, (run.params.get("tokenizer") for run in runs.values()))
+    return pick_best(finished, lambda child: runs[child.run_id].metrics.get(metric), sweep.goal)
 
 
 def _finished_children(client: MlflowClient, sweep: Sweep) -> dict[str, str]:

@@ -4,10 +4,11 @@ what to change when they do not."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
-from pipeline.analysis.findings import best_run, find, pick_best
+from pipeline.analysis.findings import best_run, comparable_metric, find, pick_best
 from pipeline.analysis.curves import MODEL_SIZE, RunCurves
 from pipeline.tracking import PRUNED_TAG
 
@@ -143,3 +144,16 @@ def test_the_best_run_is_the_finished_one_with_the_best_finite_value_for_the_goa
     assert best_run(runs, goal="maximize").name == "high"
     assert best_run(runs[2:]) is None
     assert pick_best([], lambda value: value) is None
+
+
+def test_runs_on_different_tokenizers_are_compared_by_bits_per_byte():
+    # bpe:4096's lower loss per token is no better model: each of its tokens holds fewer bytes of text
+    curve = [(s, 5.0) for s in STEPS]
+    gpt2 = replace(run("gpt2", {"tokenizer": "gpt2"}, curve, [(STEPS[-1], 4.0)]), metrics={"val_bpb": 1.9})
+    bpe = replace(run("bpe", {"tokenizer": "bpe:4096"}, curve, [(STEPS[-1], 3.0)]), metrics={"val_bpb": 2.1})
+    metric = comparable_metric("val_loss", [r.value("tokenizer") for r in (gpt2, bpe)])
+    assert metric == "val_bpb" and best_run([gpt2, bpe], metric).name == "gpt2"
+    assert best_run([gpt2, bpe], "val_loss").name == "bpe"
+    # GPT-2's runs from before the param was logged compare with GPT-2's runs by val_loss, as before
+    assert comparable_metric("val_loss", ["gpt2", None]) == "val_loss"
+    assert comparable_metric("train_loss", ["gpt2", "bytes"]) == "train_loss"
