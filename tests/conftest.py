@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import shutil
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -182,6 +184,28 @@ def start_server(folder: Path, port: int) -> subprocess.Popen:
         start_new_session=True,
     )
     return wait_until_listening(process, port)
+
+
+def serve_model(uri: str, store: str, cwd: Path) -> tuple[subprocess.Popen, int]:
+    """A real `mlflow models serve` of a logged model, from this virtualenv, answering on its port; stop it with
+    stop_server."""
+    port = free_port()
+    mlflow_cli = Path(sys.executable).parent / "mlflow"
+    # as from the activated virtualenv: MLflow starts its `uvicorn` by name
+    env = {**os.environ, "PYTHONPATH": child_python_path(), "MLFLOW_TRACKING_URI": store,
+           "PATH": f"{mlflow_cli.parent}{os.pathsep}{os.environ['PATH']}"}
+    process = subprocess.Popen([str(mlflow_cli), "models", "serve", "-m", uri, "--env-manager", "local",
+                                "-h", "127.0.0.1", "-p", str(port)], cwd=cwd, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    return wait_until_listening(process, port), port
+
+
+def post_invocation(port: int, body: dict) -> dict:
+    """A served model's answer to body (an HTTPError for a refusal)."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=300) as response:
+        return json.loads(response.read())
 
 
 def wait_until_listening(process: subprocess.Popen, port: int) -> subprocess.Popen:

@@ -3,13 +3,8 @@ registered by name, refused when tampered with. Real store, real tiny runs, a re
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
 import urllib.error
-import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,9 +19,8 @@ from pipeline.tracking.models import register
 from pipeline.training.trainer import train
 from pipeline.tracking.checkpoints import model_from_run
 from pipeline.training.sampling import complete
-from pipeline.files import child_python_path
-from tests.conftest import (TINY_MODEL, TINY_MODEL_FIELDS, assert_one_line_error, free_port,
-                            run_command, run_module, stop_server, wait_until_listening)
+from tests.conftest import (TINY_MODEL, TINY_MODEL_FIELDS, assert_one_line_error, post_invocation, run_command,
+                            run_module, serve_model, stop_server)
 
 TINY = TrainSettings(corpus="tiny", epochs=100, max_steps=20, lr=1e-2, min_lr=1e-3, warmup_steps=2,
                      log_interval=1, eval_interval=10, sample_interval=0, checkpoint_interval=0,
@@ -104,20 +98,12 @@ def test_the_model_is_served_answers_a_post_and_is_refused_once_tampered_with(st
     assert generated.returncode == 0, generated.stderr
     assert generated.stdout.rstrip("\n") == PROMPT + expected
 
-    port = free_port()
-    mlflow_cli = Path(sys.executable).parent / "mlflow"
-    # as from the activated virtualenv: MLflow starts its `uvicorn` by name
-    env = {**os.environ, "PYTHONPATH": child_python_path(), "MLFLOW_TRACKING_URI": store,
-           "PATH": f"{mlflow_cli.parent}{os.pathsep}{os.environ['PATH']}"}
-    server = subprocess.Popen([str(mlflow_cli), "models", "serve", "-m", uri, "--env-manager", "local",
-                               "-h", "127.0.0.1", "-p", str(port)], cwd=tmp_path, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    server, port = serve_model(uri, store, tmp_path)
     try:
-        wait_until_listening(server, port)
-        answer = _post(port, {"inputs": [PROMPT], "params": PARAMS})
+        answer = post_invocation(port, {"inputs": [PROMPT], "params": PARAMS})
         assert answer == {"predictions": [expected]}
         with pytest.raises(urllib.error.HTTPError) as refused:  # longer than the 32-token context
-            _post(port, {"inputs": ["word " * 40], "params": PARAMS})
+            post_invocation(port, {"inputs": ["word " * 40], "params": PARAMS})
         assert refused.value.code == 400 and "longer than the model's context" in refused.value.read().decode()
     finally:
         stop_server(server)
@@ -142,9 +128,3 @@ def test_model_options_are_checked_in_one_line(store, tmp_path):
     with pytest.raises(Exception, match="has no logged model"):
         register(client, bare, "x")
 
-
-def _post(port: int, body: dict) -> dict:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=300) as response:
-        return json.loads(response.read())

@@ -4,13 +4,6 @@ tiny runs on the-verdict, a real store, a real `mlflow models serve`."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import urllib.request
-from pathlib import Path
-
 import mlflow
 import pytest
 import torch
@@ -21,9 +14,8 @@ from pipeline.settings import TrainSettings
 from pipeline.tracking.checkpoints import model_from_run
 from pipeline.training.sampling import complete
 from pipeline.training.trainer import train
-from pipeline.files import child_python_path
-from tests.conftest import (TINY_MODEL, TINY_MODEL_FIELDS, assert_one_line_error, free_port, run_command,
-                            run_module, stop_server, wait_until_listening)
+from tests.conftest import (TINY_MODEL, TINY_MODEL_FIELDS, assert_one_line_error, post_invocation, run_command,
+                            run_module, serve_model, stop_server)
 
 BPE = TrainSettings(corpus="verdict", tokenizer="bpe:300", epochs=100, max_steps=6, lr=1e-2, warmup_steps=2,
                     log_interval=1, eval_interval=6, sample_interval=6, sample_tokens=8, checkpoint_interval=0,
@@ -60,20 +52,9 @@ def test_a_served_bpe_model_decodes_with_its_own_tokenizer(store, tmp_path):
     uri = next(line for line in trained.stdout.splitlines() if line.startswith("model: ")).split()[1]
     expected = mlflow.pyfunc.load_model(uri).predict([PROMPT], params=PARAMS)[0]
 
-    port = free_port()
-    mlflow_cli = Path(sys.executable).parent / "mlflow"
-    env = {**os.environ, "PYTHONPATH": child_python_path(), "MLFLOW_TRACKING_URI": store,
-           "PATH": f"{mlflow_cli.parent}{os.pathsep}{os.environ['PATH']}"}
-    server = subprocess.Popen([str(mlflow_cli), "models", "serve", "-m", uri, "--env-manager", "local",
-                               "-h", "127.0.0.1", "-p", str(port)], cwd=tmp_path, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    server, port = serve_model(uri, store, tmp_path)
     try:
-        wait_until_listening(server, port)
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
-                                         data=json.dumps({"inputs": [PROMPT], "params": PARAMS}).encode(),
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=60) as response:
-            assert json.loads(response.read()) == {"predictions": [expected]}
+        assert post_invocation(port, {"inputs": [PROMPT], "params": PARAMS}) == {"predictions": [expected]}
     finally:
         stop_server(server)
 
