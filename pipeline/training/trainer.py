@@ -7,9 +7,7 @@ SIGTERM, FAILED on any error. Under torchrun every process calls `train`; rank 0
 from __future__ import annotations
 
 import logging
-import platform
-import subprocess
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -19,10 +17,8 @@ from pipeline import tracking
 from pipeline.data.batches import ValWindows, WindowSampler
 from pipeline.data.corpora import fetch
 from pipeline.data.sharding import shard_corpus, tokens_per_byte
-from pipeline.data.shards import Shards
 from pipeline.data.tokenizer import encoding
 from pipeline.errors import LabError, SettingsError, first_line
-from pipeline.files import PROJECT_DIR
 from pipeline.settings import TrainSettings, short_number
 from pipeline.tracking import checkpoints
 from pipeline.tracking.diagnosis import diagnose_run, tag_run
@@ -31,21 +27,11 @@ from pipeline.training.device import check_model_fits, keep_freed_memory, pick_d
 from pipeline.training.distributed import World
 from pipeline.training.flops import flops_per_token, peak_flops
 from pipeline.training.loop import StepLoop
-from pipeline.training.state import Data, Learner, Plan, Tracked, TrainingInterrupted, TrainResult
+from pipeline.training.run_inputs import log_run_inputs
+from pipeline.training.state import Corpus, Data, Learner, Plan, Tracked, TrainingInterrupted, TrainResult
 from pipeline.training.optimizer import make_optimizer
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Corpus:
-    """What phase one found: the corpus's names and its token shards."""
-
-    name: str
-    label: str  # the name in run names and tags: a local file's name without its hash
-    source: str
-    prompt: str
-    shards: Shards
 
 
 def train(settings: TrainSettings, trial=None) -> TrainResult:
@@ -267,46 +253,3 @@ def _finish(client, run_id: str) -> None:
 def default_run_name(settings: TrainSettings, corpus_label: str) -> str:
     config_label = settings.config.rsplit("/", 1)[-1].removesuffix(".yaml").removesuffix(".yml")
     return f"{config_label}-{corpus_label}-lr{short_number(settings.lr)}"
-
-
-def log_run_inputs(tracked: Tracked, settings: TrainSettings, learner: Learner, corpus: Corpus, data: Data,
-                   plan: Plan, world: World, device: torch.device, peak: tuple[float, str]) -> None:
-    """Every setting, the resolved model, the corpus and its shards, and the machine (peak: one process's FLOP/s
-    and where that comes from, as flops.peak_flops gives them), as params and a dataset."""
-    client, run_id, shards = tracked.client, tracked.run_id, corpus.shards
-    peak_flops_per_sec, peak_source = peak
-    tracking.log_params_once(client, run_id, {
-        **settings.as_params(),
-        **{k: str(v) for k, v in asdict(learner.model.config).items()},
-        "corpus_name": corpus.name,
-        "shards_sha256": shards.tokens_sha256,
-        "train_tokens": str(shards.train_tokens),
-        "val_tokens": str(shards.val_tokens),
-        "val_tokens_per_byte": f"{data.val_tokens_per_byte:.6g}",
-        # how the shards were made (they are reused whatever made them): what a val loss is measured on
-        "tokenizer": shards.tokenizer,
-        "val_fraction": "the corpus's own val split" if shards.val_fraction is None else str(shards.val_fraction),
-        "window_length": str(data.sampler.length),
-        "train_windows": str(data.sampler.n_windows),
-        "total_steps": str(plan.total_steps),
-        "tokens_per_step": str(plan.tokens_per_step),
-        "world_size": str(world.world_size),
-        "n_params": str(learner.model.num_params()),
-        "n_params_non_embedding": str(learner.model.num_params(non_embedding=True)),
-        "device": str(device),
-        "flops_per_token": f"{plan.flops_per_token:.4g}",
-        "peak_flops": f"{peak_flops_per_sec:.4g}",
-        "peak_flops_source": peak_source,
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
-        "git_commit": _git_commit(),
-    })
-    tracking.log_dataset(client, run_id, corpus.name, corpus.source, shards.tokens_sha256)
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_DIR, capture_output=True, text=True,
-                              timeout=5).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
