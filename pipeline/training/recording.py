@@ -6,13 +6,13 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 
 import torch
 
 from pipeline.errors import CheckpointError, ShardError, first_line
 from pipeline.settings import TrainSettings
-from pipeline.tracking import beat, checkpoints, retry_until_sent
+from pipeline.tracking import MetricBuffer, beat, checkpoints, retry_until_sent
 from pipeline.tracking.runs import HEARTBEAT_SECONDS
 from pipeline.training.sampling import completions
 from pipeline.training.state import Data, Learner, Tracked
@@ -24,19 +24,21 @@ log = logging.getLogger(__name__)
 SAMPLES_PER_NOVELTY = 4
 
 
+@dataclass
 class RunRecorder:
     """Writes the run's evaluations, samples, checkpoints, logged model and heartbeat (rank 0 only)."""
 
-    def __init__(self, settings: TrainSettings, device: torch.device, learner: Learner, data: Data,
-                 tracked: Tracked):
-        # the step loop replaces them when it halves the micro-batch: a resume continues with the halved ones
-        self.settings = settings
-        self.device = device
-        self.learner = learner
-        self.data = data
-        self.tracked = tracked
-        self.metrics = tracked.metrics
-        self.last_beat = time.monotonic()
+    # the step loop replaces the settings when it halves the micro-batch: a resume continues with the halved ones
+    settings: TrainSettings
+    device: torch.device
+    learner: Learner
+    data: Data
+    tracked: Tracked
+    last_beat: float = field(default_factory=time.monotonic)
+
+    @property
+    def metrics(self) -> MetricBuffer:
+        return self.tracked.metrics
 
     def log_evaluation(self, step: int) -> float:
         """Evaluates and logs the val loss, its perplexity and bits per byte; returns the val loss."""
