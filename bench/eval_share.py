@@ -4,11 +4,11 @@
 
 Times, alternately and --reps times each, on nano with TrainSettings' defaults:
   - one training step (bench/benchlib.py's BareLoop: the trainer's step, nothing around it);
-  - one evaluation: the trainer's own StepLoop.evaluate (val_windows windows, batch_size at a time);
-  - one sample: the trainer's own StepLoop.sample (sample_tokens tokens, the novelty score against the train split's
-    8-gram index, and the text and table stored in the run, MLflow SQLite store in a temporary folder).
-The trainer's own StepLoop times them, built around BareLoop's model and optimizer, the val windows and a run in
-the store, so what is timed is the code a run executes.
+  - one evaluation: the trainer's own RunRecorder.evaluate (val_windows windows, batch_size at a time);
+  - one sample: the trainer's own RunRecorder.sample (sample_tokens tokens, the novelty score against the train
+    split's 8-gram index, and the text and table stored in the run, MLflow SQLite store in a temporary folder).
+The trainer's own RunRecorder times them, built around BareLoop's model and optimizer, the val windows and a run
+in the store, so what is timed is the code a run executes.
 
 share = (eval / eval_interval + sample / sample_interval) / (step + eval / eval_interval + sample / sample_interval)
 with medians: the fraction of wall time a long run spends on them. Target: at most 10%. A checkpoint at
@@ -39,8 +39,7 @@ def main() -> int:
         from pipeline.data.batches import ValWindows
         from pipeline.data.corpora import fetch
         from pipeline.settings import TrainSettings
-        from pipeline.training.distributed import World
-        from pipeline.training.loop import StepLoop
+        from pipeline.training.recording import RunRecorder
         from pipeline.training.state import Data, Tracked
 
         s = TrainSettings(config="nano", corpus="verdict", device=args.device)
@@ -53,7 +52,7 @@ def main() -> int:
                     s.prompt or fetch(s.corpus).corpus.prompt, shards=shards)
         data.ngrams  # the 8-gram index a run loads at its first sample, loaded here: not timed as a sample
         tracked = Tracked(client, run_id, tracking.MetricBuffer(client, run_id), skip_through=-1)
-        step_loop = StepLoop(s, World(), loop.device, loop.learner, data, loop.plan, tracked)
+        recorder = RunRecorder(s, loop.device, loop.learner, data, tracked)
         print(f"   nano on {s.corpus}, batch {s.batch_size}; eval every {s.eval_interval} steps over "
               f"{len(data.val)} val windows; a {s.sample_tokens}-token sample every {s.sample_interval} steps; "
               f"checkpoint every {s.checkpoint_interval}; device {loop.device}")
@@ -69,9 +68,9 @@ def main() -> int:
         times = {"step": [], "eval": [], "sample": [], "checkpoint": []}
         for rep in range(args.reps):
             times["step"].append(timed(loop.run_step))
-            times["eval"].append(timed(step_loop.evaluate))
-            times["sample"].append(timed(lambda: step_loop.sample(s.sample_interval * (rep + 1))))
-            times["checkpoint"].append(timed(lambda: step_loop.checkpoint(s.checkpoint_interval * (rep + 1))))
+            times["eval"].append(timed(recorder.evaluate))
+            times["sample"].append(timed(lambda: recorder.sample(s.sample_interval * (rep + 1))))
+            times["checkpoint"].append(timed(lambda: recorder.checkpoint(s.checkpoint_interval * (rep + 1))))
         tracking.finish_run(client, run_id, tracking.STATUS_FINISHED)
 
     step, evaluation, sample, checkpoint = (benchlib.median(times[k]) for k in ("step", "eval", "sample", "checkpoint"))

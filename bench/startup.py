@@ -88,7 +88,7 @@ def child_profile() -> None:
     imported("import torch", "import torch")
     imported("import mlflow", "import mlflow")
     imported("import the pipeline (click, tiktoken, numpy...)",
-             "from pipeline.training import trainer, loop; from pipeline import train")
+             "from pipeline.training import trainer, loop, recording; from pipeline import train")
     imported(MLFLOW_STORE_IMPORT, "import mlflow.store.tracking.sqlalchemy_store")
     import mlflow.utils.environment
     from mlflow.tracking import MlflowClient
@@ -96,7 +96,7 @@ def child_profile() -> None:
     from pipeline import tracking
     from pipeline import train as entry
     from pipeline.data.ngrams import NgramIndex
-    from pipeline.training import loop, trainer
+    from pipeline.training import loop, recording, trainer
 
     wrap(tracking, "connect", "MLflow connect (store object, schema check)")
     wrap(trainer, "prepare_corpus", "corpus fetch and tokenize check")
@@ -108,11 +108,11 @@ def child_profile() -> None:
     wrap(trainer, "log_run_inputs", "MLflow params and dataset (git commit)")
     wrap(tracking, "start_system_metrics", "system metrics start")
     wrap(loop.StepLoop, "train_step", "train step")
-    wrap(loop.StepLoop, "evaluate", "evaluation")
+    wrap(recording.RunRecorder, "evaluate", "evaluation")
     wrap(NgramIndex, "load_or_build", "8-gram index load")
-    wrap(loop, "completions", "sample generation (4 continuations)")
-    wrap(loop.StepLoop, "checkpoint", "checkpoint")
-    wrap(loop.StepLoop, "log_model", "logged model (MLflow pyfunc)")
+    wrap(recording, "completions", "sample generation (4 continuations)")
+    wrap(recording.RunRecorder, "checkpoint", "checkpoint")
+    wrap(recording.RunRecorder, "log_model", "logged model (MLflow pyfunc)")
     wrap(trainer, "close_run", "run end (diagnosis, FINISHED)")
     wrap(MlflowClient, "log_text", "sample stored")
     wrap(mlflow.utils.environment, "warn_dependency_requirement_mismatches", MLFLOW_REQUIREMENT_CHECK)

@@ -1,5 +1,6 @@
 """The step loop: optimizer steps over the data stream, with logging, evaluation, samples and checkpoints
-at their intervals. Its inputs are four small bundles (training/state.py) made by training/trainer.py."""
+at their intervals (training/recording.py writes them to the run). Its inputs are four small bundles
+(training/state.py) made by training/trainer.py."""
 
 from __future__ import annotations
 
@@ -8,26 +9,21 @@ import math
 import signal
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, replace
+from dataclasses import replace
 
 import torch
 
-from pipeline.errors import CheckpointError, ShardError, TrainingError, first_line
+from pipeline.errors import TrainingError
 from pipeline.settings import TrainSettings
-from pipeline.tracking import beat, checkpoints, retry_until_sent
-from pipeline.tracking.runs import HEARTBEAT_SECONDS
+from pipeline.tracking import retry_until_sent
 from pipeline.training.device import is_out_of_memory, memory_used
 from pipeline.training.distributed import World
 from pipeline.training.flops import mfu
-from pipeline.training.sampling import completions
+from pipeline.training.recording import RunRecorder
 from pipeline.training.schedule import lr_at
 from pipeline.training.state import Data, Learner, Plan, Tracked, TrainingInterrupted, TrainResult
 
 log = logging.getLogger(__name__)
-
-# A sample's novelty is the mean over this many continuations drawn together: one draw's 8-grams swing with
-# a single early slip (0.0 to 0.46 across seeds for a model that recites the verdict), four settle it.
-SAMPLES_PER_NOVELTY = 4
 
 
 class StepLoop:
@@ -44,10 +40,10 @@ class StepLoop:
         self.tracked = tracked
         self.main = world.is_main
         self.metrics = tracked.metrics
+        self.recorder = RunRecorder(settings, device, learner, data, tracked)
         self.stop_requested = False
         self.oom_adjusted = False
         self.estimated = False  # the run's duration is estimated once, at the first log step
-        self.last_beat = time.monotonic()
         # a trial of a bayes sweep (should_stop(evaluation, val_loss) -> bool) reports its val loss and stops when
         # the sweep's pruner says it is behind; given by the caller, as training knows nothing of sweeps
         self.trial = trial if self.main else None
@@ -75,7 +71,7 @@ class StepLoop:
                     if self._due(self.settings.eval_interval) and self._evaluate_or_prune():
                         break  # the sweep's pruner stopped this trial: it is behind the earlier ones
                     if self._due(self.settings.sample_interval) and self.main:
-                        self.sample(self.step)
+                        self.recorder.sample(self.step)
                     stopping = self.world.any(self.stop_requested)
                     if self.main:
                         self._checkpoint_when_due(stopping)
@@ -152,11 +148,7 @@ class StepLoop:
         """Rank 0 evaluates and logs the val loss; True when a bayes sweep's pruner finds the trial behind."""
         behind = False
         if self.main:
-            self.val_loss = self.evaluate()
-            val_bpb = self.val_loss * self.data.val_tokens_per_byte / math.log(2)
-            self.metrics.log(self.step, val_loss=self.val_loss, val_perplexity=math.exp(min(self.val_loss, 50.0)),
-                             val_bpb=val_bpb)
-            log.info("step %d  val_loss %.4f  val_bpb %.4f", self.step, self.val_loss, val_bpb)
+            self.val_loss = self.recorder.log_evaluation(self.step)
             behind = self.trial is not None and not self._is_last() and self.trial.should_stop(
                 self.step // self.settings.eval_interval, self.val_loss)
         if not self.world.any(behind):
@@ -171,19 +163,19 @@ class StepLoop:
         """The last step and a stop store a checkpoint that must arrive (the last also the model); other steps
         one at its interval, skipped while the tracking store is away."""
         if stopping or self._is_last():
-            self.checkpoint(self.step, must_arrive=True)
+            self.recorder.checkpoint(self.step, must_arrive=True)
             retry_until_sent(self.metrics.flush, "the run's metrics")
             if self._is_last():
-                self.model_id = self.log_model(self.step)
+                self.model_id = self.recorder.log_model(self.step)
         elif self.settings.checkpoint_interval and self.step % self.settings.checkpoint_interval == 0:
-            self.checkpoint(self.step)
+            self.recorder.checkpoint(self.step)
 
     def _between_steps(self, logged: bool) -> None:
         """Buffered metrics out when due, the heartbeat; after a log step the speed window starts again here, so
         that the evaluation, sample and checkpoint just done are not counted as training time."""
         if self.main:
             self.metrics.maybe_flush()
-            self._keep_heartbeat()
+            self.recorder.keep_heartbeat()
         if logged:
             self.window_started, self.window_tokens = time.perf_counter(), 0
 
@@ -230,7 +222,7 @@ class StepLoop:
         self.learner.optimizer.zero_grad()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        self.settings = replace(s, batch_size=s.batch_size // 2, grad_accum=s.grad_accum * 2)
+        self.settings = self.recorder.settings = replace(s, batch_size=s.batch_size // 2, grad_accum=s.grad_accum * 2)
         halved = self.settings
         change = f"batch_size {s.batch_size} -> {halved.batch_size}, grad_accum {s.grad_accum} -> {halved.grad_accum}"
         log.warning("out of memory in the first step: %s (the effective batch is unchanged)", change)
@@ -248,114 +240,12 @@ class StepLoop:
             log.warning("this run would take %s at this speed: give it a budget, e.g. --max-tokens %d for "
                         "about an hour", duration(seconds), round(tokens_per_sec * 3600, -3))
 
-    def _keep_heartbeat(self) -> None:
-        if time.monotonic() - self.last_beat < HEARTBEAT_SECONDS:
-            return
-        self.last_beat = time.monotonic()
-        try:
-            beat(self.tracked.client, self.tracked.run_id)
-        except Exception:  # the store is away: metrics report that once; the next beat tries again
-            pass
-
     def _request_stop(self, signum, frame) -> None:
         if self.stop_requested:  # a second Ctrl-C: stop now, without the checkpoint
             raise KeyboardInterrupt
         self.stop_requested = True
         log.warning("stopping after this step (%s); press Ctrl-C again to stop at once",
                     signal.Signals(signum).name)
-
-    @torch.no_grad()
-    def evaluate(self) -> float:
-        """The mean loss over the fixed val windows."""
-        step_model, val, batch = self.learner.step_model, self.data.val, self.settings.batch_size
-        step_model.eval()
-        total, count = 0.0, 0
-        for start in range(0, len(val), batch):
-            x = val.x[start : start + batch].to(self.device)
-            y = val.y[start : start + batch].to(self.device)
-            with self.learner.autocast:
-                _, loss = step_model(x, y)
-            total += loss.item() * len(x)
-            count += len(x)
-        step_model.train()
-        return total / count
-
-    @torch.no_grad()
-    def sample(self, step: int) -> None:
-        """Continue the prompt, score the continuations' novelty and store the first one in the run."""
-        if step <= self.tracked.skip_through:
-            return
-        s, prompt = self.settings, self.data.prompt
-        with self.learner.autocast:
-            drawn = completions(self.learner.model, self.data.encoding, prompt, SAMPLES_PER_NOVELTY, s.sample_tokens,
-                                s.temperature, s.top_k, seed=s.seed + step, device=self.device)
-        generation = drawn[0].text
-        try:
-            scores = [self.data.ngrams.novelty(completion.tokens) for completion in drawn]
-            novelty = None if None in scores else sum(scores) / len(scores)
-        except ShardError as error:  # a read-only shard folder without its index: samples go on, unscored
-            log.warning("sample at step %d has no novelty (%s)", step, first_line(error))
-            novelty = None
-        if novelty is not None:
-            self.metrics.log(step, novelty=novelty)
-        log.info("sample at step %d (novelty %s): %r", step, "n/a" if novelty is None else f"{novelty:.2f}",
-                 (prompt + generation)[:200])
-        # Metrics first: once this step's sample is stored, a resume knows the step was logged.
-        if not self.metrics.flush():
-            return  # the tracking store is away: this sample is skipped, training goes on
-        client, run_id = self.tracked.client, self.tracked.run_id
-        try:
-            client.log_text(run_id, f"{prompt}{generation}\n", f"samples/step_{step:06d}.txt")
-            client.log_table(run_id, {"step": [step], "prompt": [prompt], "generation": [generation]},
-                             artifact_file="samples.json")
-        except Exception as error:
-            log.warning("sample at step %d not stored (%s)", step, first_line(error))
-
-    def checkpoint(self, step: int, must_arrive: bool = False) -> None:
-        """Store a checkpoint in the run. A full disk stops training (CheckpointError); a tracking store that is
-        away only skips it, unless it must arrive (the last step, or a stop), when it is retried."""
-        learner = self.learner
-        state = {
-            "model": learner.model.state_dict(),
-            "optimizer": learner.optimizer.state_dict(),
-            "step": step,
-            "position": step * self.settings.batch_size * self.settings.grad_accum,
-            "rng": torch.get_rng_state(),
-            # dropout masks on a GPU come from its own generators; fp16 runs also carry the loss scale
-            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
-            "scaler": learner.scaler.state_dict() if learner.scaler else {},
-            "settings": asdict(self.settings),
-            "model_config": asdict(learner.model.config),
-            "tokenizer": checkpoints.tokenizer_state(self.data.shards),  # generate decodes with it
-        }
-        self.metrics.flush()
-        client, run_id = self.tracked.client, self.tracked.run_id
-        if must_arrive:
-            retry_until_sent(lambda: checkpoints.store(client, run_id, state), f"the checkpoint of step {step}")
-            return
-        try:
-            checkpoints.store(client, run_id, state)
-        except CheckpointError:
-            raise
-        except Exception as error:
-            log.warning("checkpoint of step %d not stored (%s); the next one will be", step, first_line(error))
-
-    def log_model(self, step: int) -> str | None:
-        """The final weights as the run's LoggedModel (its Models tab), with this step's losses; a store that
-        refuses it costs the model, not the run: the final checkpoint is already stored."""
-        from pipeline.training.logged_model import LINKED_METRICS, log_generator
-
-        sampling = {"max_new_tokens": self.settings.sample_tokens, "temperature": self.settings.temperature,
-                    "top_k": self.settings.top_k, "seed": self.settings.seed}
-        latest = self.metrics.latest
-        linked = [latest[key] for key in LINKED_METRICS if key in latest and latest[key].step == step]
-        try:
-            return log_generator(self.tracked.client, self.tracked.run_id, step, self.learner.model.state_dict(),
-                                 asdict(self.learner.model.config), sampling, linked,
-                                 checkpoints.tokenizer_state(self.data.shards))
-        except Exception as error:
-            log.warning("the model of step %d was not logged (%s); its checkpoint was", step, first_line(error))
-            return None
 
 
 def duration(seconds: float) -> str:

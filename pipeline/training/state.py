@@ -1,4 +1,5 @@
-"""What the step loop is given (Learner, Data, Plan, Tracked: made by training/trainer.py) and what a run returns."""
+"""What a run's phases hand on (Corpus, Learner, Data, Plan, Tracked: made by training/trainer.py) and what a run
+returns."""
 
 from __future__ import annotations
 
@@ -40,6 +41,17 @@ class TrainingInterrupted(Exception):
         super().__init__(f"interrupted at step {step}; checkpoint saved: resume with --resume {run_id}")
         self.run_id = run_id
         self.step = step
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """What phase one found: the corpus's names and its token shards."""
+
+    name: str
+    label: str  # the name in run names and tags: a local file's name without its hash
+    source: str
+    prompt: str
+    shards: Shards
 
 
 @dataclass

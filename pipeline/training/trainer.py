@@ -7,9 +7,7 @@ SIGTERM, FAILED on any error. Under torchrun every process calls `train`; rank 0
 from __future__ import annotations
 
 import logging
-import platform
-import subprocess
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -19,9 +17,7 @@ from pipeline import tracking
 from pipeline.data.batches import ValWindows, WindowSampler
 from pipeline.data.corpora import fetch
 from pipeline.data.sharding import shard_corpus, tokens_per_byte
-from pipeline.data.shards import Shards
 from pipeline.errors import LabError, SettingsError, first_line
-from pipeline.files import PROJECT_DIR
 from pipeline.settings import TrainSettings, short_number
 from pipeline.tracking import checkpoints
 from pipeline.tracking.diagnosis import diagnose_run, tag_run
@@ -30,21 +26,11 @@ from pipeline.training.device import check_model_fits, keep_freed_memory, pick_d
 from pipeline.training.distributed import World
 from pipeline.training.flops import flops_per_token, peak_flops
 from pipeline.training.loop import StepLoop
-from pipeline.training.state import Data, Learner, Plan, Tracked, TrainingInterrupted, TrainResult
+from pipeline.training.run_inputs import log_run_inputs
+from pipeline.training.state import Corpus, Data, Learner, Plan, Tracked, TrainingInterrupted, TrainResult
 from pipeline.training.optimizer import make_optimizer
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Corpus:
-    """What phase one found: the corpus's names and its token shards."""
-
-    name: str
-    label: str  # the name in run names and tags: a local file's name without its hash
-    source: str
-    prompt: str
-    shards: Shards
 
 
 def train(settings: TrainSettings, trial=None) -> TrainResult:
@@ -162,9 +148,9 @@ def _settings_to_run(settings: TrainSettings, world: World, client) -> tuple[Tra
     return settings, resume_state
 
 
-def prepare_corpus(spec: str, world: World, tokenizer: str = "gpt2") -> Corpus:
-    """Phase one: download and tokenize the corpus; one process per machine does it, the others then find it
-    done (and a file lock keeps machines that share a disk from doing it twice)."""
+def prepare_corpus(spec: str, world: World, tokenizer: str) -> Corpus:
+    """Phase one: download and tokenize the corpus with the run's tokenizer; one process per machine does it, the
+    others then find it done (and a file lock keeps machines that share a disk from doing it twice)."""
     if world.local_rank == 0:
         fetched = fetch(spec)
         tokenized = shard_corpus(fetched.corpus, tokenizer=tokenizer)
@@ -184,7 +170,8 @@ def prepare_corpus(spec: str, world: World, tokenizer: str = "gpt2") -> Corpus:
 def prepare_data(settings: TrainSettings, corpus: Corpus, context_length: int, world: World) -> Data:
     """The train windows, the fixed validation windows and the prompt of the run's samples."""
     prompt = settings.prompt or corpus.prompt
-    prompt_tokens = len(corpus.shards.encoding().encode_ordinary(prompt))
+    enc = corpus.shards.encoding()  # the run's tokenizer: the prompt is counted, and val_bpb measured, in its tokens
+    prompt_tokens = len(enc.encode_ordinary(prompt))
     if prompt_tokens >= context_length:
         raise SettingsError(f"prompt has {prompt_tokens} tokens; it must be shorter than the context "
                             f"({context_length})")
@@ -193,8 +180,7 @@ def prepare_data(settings: TrainSettings, corpus: Corpus, context_length: int, w
     if sampler.length < context_length and world.is_main:
         log.warning("the train split has %d tokens, fewer than the context (%d) + 1: windows shrink to %d",
                     corpus.shards.train_tokens, context_length, sampler.length)
-    val_tokens_per_byte = (tokens_per_byte(corpus.shards.split("val"), corpus.shards.encoding()) if world.is_main
-                           else 1.0)
+    val_tokens_per_byte = tokens_per_byte(corpus.shards.split("val"), enc) if world.is_main else 1.0
     return Data(sampler, val, prompt, val_tokens_per_byte, corpus.shards)
 
 
@@ -267,46 +253,3 @@ def _finish(client, run_id: str) -> None:
 def default_run_name(settings: TrainSettings, corpus_label: str) -> str:
     config_label = settings.config.rsplit("/", 1)[-1].removesuffix(".yaml").removesuffix(".yml")
     return f"{config_label}-{corpus_label}-lr{short_number(settings.lr)}"
-
-
-def log_run_inputs(tracked: Tracked, settings: TrainSettings, learner: Learner, corpus: Corpus, data: Data,
-                   plan: Plan, world: World, device: torch.device, peak: tuple[float, str]) -> None:
-    """Every setting, the resolved model, the corpus and its shards, and the machine (peak: one process's FLOP/s
-    and where that comes from, as flops.peak_flops gives them), as params and a dataset."""
-    client, run_id, shards = tracked.client, tracked.run_id, corpus.shards
-    peak_flops_per_sec, peak_source = peak
-    tracking.log_params_once(client, run_id, {
-        **settings.as_params(),
-        **{k: str(v) for k, v in asdict(learner.model.config).items()},
-        "corpus_name": corpus.name,
-        "shards_sha256": shards.tokens_sha256,
-        "train_tokens": str(shards.train_tokens),
-        "val_tokens": str(shards.val_tokens),
-        "val_tokens_per_byte": f"{data.val_tokens_per_byte:.6g}",
-        # how the shards were made (they are reused whatever made them): what a val loss is measured on
-        "tokenizer": shards.tokenizer,
-        "val_fraction": "the corpus's own val split" if shards.val_fraction is None else str(shards.val_fraction),
-        "window_length": str(data.sampler.length),
-        "train_windows": str(data.sampler.n_windows),
-        "total_steps": str(plan.total_steps),
-        "tokens_per_step": str(plan.tokens_per_step),
-        "world_size": str(world.world_size),
-        "n_params": str(learner.model.num_params()),
-        "n_params_non_embedding": str(learner.model.num_params(non_embedding=True)),
-        "device": str(device),
-        "flops_per_token": f"{plan.flops_per_token:.4g}",
-        "peak_flops": f"{peak_flops_per_sec:.4g}",
-        "peak_flops_source": peak_source,
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
-        "git_commit": _git_commit(),
-    })
-    tracking.log_dataset(client, run_id, corpus.name, corpus.source, shards.tokens_sha256)
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_DIR, capture_output=True, text=True,
-                              timeout=5).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"

@@ -19,8 +19,8 @@ from mlflow.tracking import MlflowClient
 from pipeline.data.ngrams import NgramIndex
 from pipeline.data.shards import load_shards
 from pipeline.tracking import checkpoints
-from pipeline.training.loop import SAMPLES_PER_NOVELTY
 from pipeline.tracking.checkpoints import model_from_run
+from pipeline.training.recording import SAMPLES_PER_NOVELTY
 from pipeline.training.sampling import completions
 from pipeline.errors import CheckpointError
 from pipeline.settings import TrainSettings

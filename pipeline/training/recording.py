@@ -1,0 +1,152 @@
+"""What rank 0 writes to its run beside the step metrics: evaluations, samples, checkpoints, the logged model and
+the heartbeat. training/loop.py decides when each falls due; this module decides what a store that is away costs."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from pipeline.errors import CheckpointError, ShardError, first_line
+from pipeline.settings import TrainSettings
+from pipeline.tracking import MetricBuffer, beat, checkpoints, retry_until_sent
+from pipeline.tracking.runs import HEARTBEAT_SECONDS
+from pipeline.training.sampling import completions
+from pipeline.training.state import Data, Learner, Tracked
+
+log = logging.getLogger(__name__)
+
+# A sample's novelty is the mean over this many continuations drawn together: one draw's 8-grams swing with
+# a single early slip (0.0 to 0.46 across seeds for a model that recites the verdict), four settle it.
+SAMPLES_PER_NOVELTY = 4
+
+
+@dataclass
+class RunRecorder:
+    """Writes the run's evaluations, samples, checkpoints, logged model and heartbeat (rank 0 only)."""
+
+    # the step loop replaces the settings when it halves the micro-batch: a resume continues with the halved ones
+    settings: TrainSettings
+    device: torch.device
+    learner: Learner
+    data: Data
+    tracked: Tracked
+    last_beat: float = field(default_factory=time.monotonic)
+
+    @property
+    def metrics(self) -> MetricBuffer:
+        return self.tracked.metrics
+
+    def log_evaluation(self, step: int) -> float:
+        """Evaluates and logs the val loss, its perplexity and bits per byte; returns the val loss."""
+        val_loss = self.evaluate()
+        val_bpb = val_loss * self.data.val_tokens_per_byte / math.log(2)
+        self.metrics.log(step, val_loss=val_loss, val_perplexity=math.exp(min(val_loss, 50.0)), val_bpb=val_bpb)
+        log.info("step %d  val_loss %.4f  val_bpb %.4f", step, val_loss, val_bpb)
+        return val_loss
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """The mean loss over the fixed val windows."""
+        step_model, val, batch = self.learner.step_model, self.data.val, self.settings.batch_size
+        step_model.eval()
+        total, count = 0.0, 0
+        for start in range(0, len(val), batch):
+            x = val.x[start : start + batch].to(self.device)
+            y = val.y[start : start + batch].to(self.device)
+            with self.learner.autocast:
+                _, loss = step_model(x, y)
+            total += loss.item() * len(x)
+            count += len(x)
+        step_model.train()
+        return total / count
+
+    @torch.no_grad()
+    def sample(self, step: int) -> None:
+        """Continue the prompt, score the continuations' novelty and store the first one in the run."""
+        if step <= self.tracked.skip_through:
+            return
+        s, prompt = self.settings, self.data.prompt
+        with self.learner.autocast:
+            drawn = completions(self.learner.model, self.data.encoding, prompt, SAMPLES_PER_NOVELTY, s.sample_tokens,
+                                s.temperature, s.top_k, seed=s.seed + step, device=self.device)
+        generation = drawn[0].text
+        try:
+            scores = [self.data.ngrams.novelty(completion.tokens) for completion in drawn]
+            novelty = None if None in scores else sum(scores) / len(scores)
+        except ShardError as error:  # a read-only shard folder without its index: samples go on, unscored
+            log.warning("sample at step %d has no novelty (%s)", step, first_line(error))
+            novelty = None
+        if novelty is not None:
+            self.metrics.log(step, novelty=novelty)
+        log.info("sample at step %d (novelty %s): %r", step, "n/a" if novelty is None else f"{novelty:.2f}",
+                 (prompt + generation)[:200])
+        # Metrics first: once this step's sample is stored, a resume knows the step was logged.
+        if not self.metrics.flush():
+            return  # the tracking store is away: this sample is skipped, training goes on
+        client, run_id = self.tracked.client, self.tracked.run_id
+        try:
+            client.log_text(run_id, f"{prompt}{generation}\n", f"samples/step_{step:06d}.txt")
+            client.log_table(run_id, {"step": [step], "prompt": [prompt], "generation": [generation]},
+                             artifact_file="samples.json")
+        except Exception as error:
+            log.warning("sample at step %d not stored (%s)", step, first_line(error))
+
+    def checkpoint(self, step: int, must_arrive: bool = False) -> None:
+        """Store a checkpoint in the run. A full disk stops training (CheckpointError); a tracking store that is
+        away only skips it, unless it must arrive (the last step, or a stop), when it is retried."""
+        learner = self.learner
+        state = {
+            "model": learner.model.state_dict(),
+            "optimizer": learner.optimizer.state_dict(),
+            "step": step,
+            "position": step * self.settings.batch_size * self.settings.grad_accum,
+            "rng": torch.get_rng_state(),
+            # dropout masks on a GPU come from its own generators; fp16 runs also carry the loss scale
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "scaler": learner.scaler.state_dict() if learner.scaler else {},
+            "settings": asdict(self.settings),
+            "model_config": asdict(learner.model.config),
+            "tokenizer": checkpoints.tokenizer_state(self.data.shards),  # generate decodes with it
+        }
+        self.metrics.flush()
+        client, run_id = self.tracked.client, self.tracked.run_id
+        if must_arrive:
+            retry_until_sent(lambda: checkpoints.store(client, run_id, state), f"the checkpoint of step {step}")
+            return
+        try:
+            checkpoints.store(client, run_id, state)
+        except CheckpointError:
+            raise
+        except Exception as error:
+            log.warning("checkpoint of step %d not stored (%s); the next one will be", step, first_line(error))
+
+    def log_model(self, step: int) -> str | None:
+        """The final weights as the run's LoggedModel (its Models tab), with this step's losses; a store that
+        refuses it costs the model, not the run: the final checkpoint is already stored."""
+        from pipeline.training.logged_model import LINKED_METRICS, log_generator
+
+        sampling = {"max_new_tokens": self.settings.sample_tokens, "temperature": self.settings.temperature,
+                    "top_k": self.settings.top_k, "seed": self.settings.seed}
+        latest = self.metrics.latest
+        linked = [latest[key] for key in LINKED_METRICS if key in latest and latest[key].step == step]
+        try:
+            return log_generator(self.tracked.client, self.tracked.run_id, step, self.learner.model.state_dict(),
+                                 asdict(self.learner.model.config), sampling, linked,
+                                 checkpoints.tokenizer_state(self.data.shards))
+        except Exception as error:
+            log.warning("the model of step %d was not logged (%s); its checkpoint was", step, first_line(error))
+            return None
+
+    def keep_heartbeat(self) -> None:
+        """Beats at most every HEARTBEAT_SECONDS: a run whose beats stop counts as crashed and may be resumed."""
+        if time.monotonic() - self.last_beat < HEARTBEAT_SECONDS:
+            return
+        self.last_beat = time.monotonic()
+        try:
+            beat(self.tracked.client, self.tracked.run_id)
+        except Exception:  # the store is away: metrics report that once; the next beat tries again
+            pass
