@@ -97,10 +97,8 @@ def shard_corpus(
         else:
             plan, split_rule = split_plan(extents["train"], key["val_fraction"])
         note = extents_note(extents["train"] + extents["val"])
-        ranks = None
-        if tokenizer.startswith("bpe:"):
-            ranks = ranks_data(train_bpe(_train_texts(plan["train"]), n_vocab - 1))
-        enc = encoding_for(tokenizer, ranks)
+        enc = encoding_for(tokenizer, _learned_ranks(corpus, plan["train"], n_vocab - 1)
+                           if tokenizer.startswith("bpe:") else None)
         try:
             shards = _write_shards(enc, corpus, plan, split_rule, key, folder, note)
         except OSError as error:  # a full disk, a read-only folder: the old shards, if any, are untouched
@@ -113,6 +111,17 @@ def shard_folder(cache: Path, corpus_name: str, tokenizer: str) -> Path:
     """shards/NAME for GPT-2's tokens (as before tokenizers could be chosen), shards/NAME.bpe-4096 for others."""
     suffix = "" if tokenizer == TOKENIZER else "." + tokenizer.replace(":", "-")
     return cache / "shards" / f"{corpus_name}{suffix}"
+
+
+def _learned_ranks(corpus: CorpusText, train_parts, n_tokens: int) -> bytes:
+    """The ranks of a BPE of n_tokens learned from the train split. A split too small to give that many is
+    refused: ids it never learned would still have rows in the model, and a sample could draw one that no text
+    decodes to."""
+    ranks = train_bpe(_train_texts(train_parts), n_tokens)
+    if len(ranks) < n_tokens:
+        raise CorpusError(f"the train split of {corpus.name} runs out of byte pairs to merge at {len(ranks)} "
+                          f"tokens: choose bpe:N with N at most {len(ranks)}")
+    return ranks_data(ranks)
 
 
 def _train_texts(parts) -> Iterator[str]:

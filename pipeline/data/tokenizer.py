@@ -30,8 +30,8 @@ GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|
 
 
 def encoding_for(spec: str, ranks: bytes | None = None):
-    """The tiktoken encoding of a tokenizer spec; bpe:N needs its ranks (ranks_data's bytes, kept in RANKS_FILE).
-    End-of-text is id N for bpe:N whether or not the corpus had enough text for N - 256 merges."""
+    """The tiktoken encoding of a tokenizer spec; bpe:N needs its ranks (ranks_data's bytes, kept in RANKS_FILE),
+    and has end-of-text as id N."""
     if spec == TOKENIZER:
         return encoding()
     import tiktoken

@@ -466,3 +466,9 @@ def test_a_changed_tokenizer_file_is_refused(tmp_path):
 def test_cli_an_unknown_tokenizer_is_one_line(tokenizer):
     assert_one_line_error(run_module("pipeline.tokenize", "--corpus", str(TINY), "--tokenizer", tokenizer),
                           f"unknown tokenizer '{tokenizer}'")
+
+
+def test_cli_a_train_split_too_small_for_the_bpe_asked_is_one_line(tmp_path):
+    result = run_module("pipeline.tokenize", "--corpus", str(TINY), "--tokenizer", "bpe:65535",
+                        env={"CORPUS_CACHE": str(tmp_path)})
+    assert_one_line_error(result, "runs out of byte pairs to merge", "choose bpe:N with N at most")
