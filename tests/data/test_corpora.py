@@ -121,7 +121,7 @@ def test_tinystories_copies_both_splits_from_the_mirror(tmp_path):
     assert result.action == "copied from mirror"
     assert result.corpus.train == (folder / "train.txt",) and result.corpus.val == (folder / "val.txt",)
     mirror = Path(os.environ["CORPUS_MIRROR"]) / "tinystories"
-    assert sha256_of(folder / "train.txt") == sha256_of(mirror / "train-sample.txt")
+    assert sha256_of(folder / "train.txt") == sha256_of(mirror / "train-sample-large.txt")
     assert sha256_of(folder / "val.txt") == sha256_of(mirror / "validation-sample.txt")
     assert fetch("tinystories", cache=tmp_path).action == "already present"
 
