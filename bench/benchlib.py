@@ -82,11 +82,12 @@ def quiet_logging() -> None:
 
 
 def prepare(settings):
-    """Fetch and tokenize settings.corpus into the current corpus cache; its (train, val) splits."""
+    """Fetch and tokenize settings.corpus with settings.tokenizer into the current corpus cache; its (train, val)
+    splits."""
     from pipeline.data.corpora import fetch
     from pipeline.data.sharding import shard_corpus
 
-    shards = shard_corpus(fetch(settings.corpus).corpus).shards
+    shards = shard_corpus(fetch(settings.corpus).corpus, tokenizer=settings.tokenizer).shards
     return shards, shards.split("train"), shards.split("val")
 
 

@@ -6,6 +6,7 @@ Files written to the report folder:
   loss_curves.png     train (solid) and val (dashed) loss of every run against tokens seen, one colour a run
   final_val_loss.png  final val loss against the swept setting (the first of SWEEP_PREFERENCE whose values differ),
                       one line per combination of the other swept settings
+  val_bpb_by_time.png instead, when tokenizers differ: val_bpb against minutes of training, one line a run
   scaling.png         only when model sizes differ: final val loss against non-embedding parameters N on log-log
                       axes, with the fitted power law L(N) = (Nc/N)^alpha (the best run at each size is fitted)
   runs.csv, runs.md   one row a run: name, status, key params, final and best losses, tokens seen, diagnosis
@@ -33,12 +34,12 @@ from pipeline.tracking.diagnosis import diagnose
 from pipeline.tracking.samples import SampleReader
 
 # the params shown in the table, as logged by the trainer
-TABLE_PARAMS = ("config", "corpus", "lr", "context_length", "batch_size", "max_steps", "epochs", "max_tokens",
+TABLE_PARAMS = ("config", "corpus", "tokenizer", "lr", "context_length", "batch_size", "max_steps", "epochs", "max_tokens",
                 MODEL_SIZE)
 # MLflow keeps tag values up to this many characters
 MAX_TAG_LENGTH = 8000
 TABLE_COLUMNS = ("run_name", "run_id", "status", *TABLE_PARAMS, "final_train_loss", "final_val_loss",
-                 "min_val_loss", "tokens_seen", "diagnosis")
+                 "min_val_loss", "final_val_bpb", "tokens_seen", "tokens_per_sec", "diagnosis")
 
 
 @dataclass(frozen=True, eq=False)
@@ -86,7 +87,10 @@ def build_report(client: MlflowClient, runs: pd.DataFrame | Sequence[str], out_d
 
     plots.loss_curves(loaded, swept, out_dir / "loss_curves.png")
     files.append(out_dir / "loss_curves.png")
-    if any(run.final_val is not None for run in loaded):
+    if "tokenizer" in swept and any(run.bpb_times for run in loaded):  # nats per token differ by tokenizer
+        plots.bpb_by_time(loaded, swept, out_dir / "val_bpb_by_time.png")
+        files.append(out_dir / "val_bpb_by_time.png")
+    elif any(run.final_val is not None for run in loaded):
         plots.final_val(loaded, swept, out_dir / "final_val_loss.png")
         files.append(out_dir / "final_val_loss.png")
     fit = None
@@ -133,7 +137,8 @@ def run_table(runs: Sequence[RunCurves], swept: Sequence[str] = ()) -> pd.DataFr
             "run_name": run.name, "run_id": run.run_id, "status": run.status,
             **{key: run.value(key) for key in TABLE_PARAMS},
             "final_train_loss": run.final_train, "final_val_loss": run.final_val, "min_val_loss": run.min_val,
-            "tokens_seen": run.tokens_seen, "diagnosis": diagnosis,
+            "final_val_bpb": run.metrics.get("val_bpb"), "tokens_seen": run.tokens_seen,
+            "tokens_per_sec": run.metrics.get("tokens_per_sec"), "diagnosis": diagnosis,
         })
     table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
     table["tokens_seen"] = table["tokens_seen"].astype("Int64")  # whole numbers, blank where unknown

@@ -24,10 +24,11 @@ MODEL_SIZE = "n_params_non_embedding"
 # Settings that change the model's size; when any differs the x axis is MODEL_SIZE, if every run logged it.
 MODEL_SIZE_PARAMS = ("config", "n_layer", "n_head", "n_embd", MODEL_SIZE)
 # The settings a sweep may vary, most telling first: the first one that differs is the x axis of final_val_loss.
-# Model size leads: a scaling sweep also sets each size's own lr, and its axis is still N.
-SWEEP_PREFERENCE = (MODEL_SIZE, "lr", "context_length", "batch_size", "grad_accum", "max_tokens", "max_steps",
-                    "epochs", "min_lr", "warmup_steps", "weight_decay", "dropout", "grad_clip", "beta1", "beta2",
-                    "stride", "seed", "corpus", "tokenizer")
+# Model size leads: a scaling sweep also sets each size's own lr, and its axis is still N. The tokenizer comes next:
+# a tokenizers sweep sets each one's context and budget with it.
+SWEEP_PREFERENCE = (MODEL_SIZE, "tokenizer", "lr", "context_length", "batch_size", "grad_accum", "max_tokens",
+                    "max_steps", "epochs", "min_lr", "warmup_steps", "weight_decay", "dropout", "grad_clip", "beta1", "beta2",
+                    "stride", "seed", "corpus")
 TAG_FALLBACKS = {"config": "lab.config", "corpus": "lab.corpus"}
 
 
@@ -47,6 +48,7 @@ class RunCurves:
     novelty: Curve = ()  # the share of new 8-grams in each sample
     metrics: dict[str, float] = field(default_factory=dict)  # the last value of every metric
     artifact_uri: str = ""  # where the run's artifacts are (samples are read from there)
+    bpb_times: tuple[tuple[float, float], ...] = ()  # (seconds since the run started, val_bpb) at each evaluation
 
     def value(self, key: str) -> str | None:
         value = self.params.get(key)
@@ -206,6 +208,7 @@ def load_runs(client: MlflowClient, runs: pd.DataFrame | Sequence[str]) -> list[
             tokens=[] if number(params.get("tokens_per_step")) else _history(client, run_id, "tokens_seen"),
             novelty=_history(client, run_id, "novelty"),
             artifact_uri=str(row.get("artifact_uri") or ""),
+            bpb_times=_timed_history(client, run_id, "val_bpb", row.get("start_time")),
             metrics={k[len("metrics."):]: float(v) for k, v in row.items() if k.startswith("metrics.") and _present(v)},
         ))
     return loaded
@@ -216,6 +219,15 @@ def _history(client: MlflowClient, run_id: str, key: str) -> Curve:
     for metric in sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp)):
         by_step[metric.step] = metric.value
     return sorted(by_step.items())
+
+
+def _timed_history(client: MlflowClient, run_id: str, key: str, start) -> tuple[tuple[float, float], ...]:
+    """A metric against wall time: seconds from the run's start (after its corpus was tokenized) to each value's
+    timestamp, when the value was logged."""
+    if start is None or pd.isna(start):
+        return ()
+    start_ms = pd.Timestamp(start).timestamp() * 1000
+    return tuple(sorted(((m.timestamp - start_ms) / 1000, m.value) for m in client.get_metric_history(run_id, key)))
 
 
 def swept_params(runs: Sequence[RunCurves]) -> list[str]:

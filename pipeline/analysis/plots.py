@@ -141,6 +141,23 @@ def final_val(runs: Sequence[RunCurves], swept: Sequence[str], path: Path) -> No
     _save(figure, path)
 
 
+def bpb_by_time(runs: Sequence[RunCurves], swept: Sequence[str], path: Path) -> None:
+    """val_bpb against minutes of training, one line a run: runs on different tokenizers compare at equal wall
+    time in bits per byte of the same val text (val loss in nats per token would not compare)."""
+    figure, ax = _figure()
+    timed = [run for run in runs if run.bpb_times and not run.pruned]
+    for run, colour in zip(timed, _colours(len(timed))):
+        ax.plot([t / 60 for t, _ in run.bpb_times], [v for _, v in run.bpb_times], marker="o", markersize=3,
+                color=colour, label=run.label(swept[:1]))
+    ax.set_xlabel("minutes since the run started")
+    ax.set_ylabel("val bits per byte (val_bpb)")
+    ax.set_title("val_bpb against wall time" + (f" by {swept[0]}" if swept else ""))
+    ax.grid(True, alpha=0.3)
+    if timed:
+        ax.legend(loc="upper right", fontsize="small", frameon=False)
+    _save(figure, path)
+
+
 def scaling(runs: Sequence[RunCurves], path: Path) -> PowerLaw | None:
     """Best final val loss at each model size on log-log axes, with the fitted power law when there is one, and the
     power law with a floor when that fits better."""

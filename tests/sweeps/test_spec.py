@@ -123,3 +123,23 @@ def test_one_bad_sweep_stops_the_whole_file_before_anything_runs(tmp_path, store
     assert not (tmp_path / "mlflow.db").exists() or not MlflowClient(store).search_runs(
         [e.experiment_id for e in MlflowClient(store).search_experiments()])
     assert_one_line_error(run_command("pipeline.sweep", "--name", "nope"), "unknown sweep 'nope'")
+
+
+def test_the_tokenizers_exercise_compares_three_tokenizers_on_one_model_at_both_scales():
+    for scale in ("cpu", "gpu"):
+        sweep = load_sweep("tokenizers", scale=scale)
+        assert sweep.name == f"tokenizers_{scale}"
+        points = sweep.points
+        assert [p.settings.tokenizer for p in points] == ["gpt2", "bpe:4096", "bytes"]
+        shapes = {(c.n_layer, c.n_head, c.n_embd) for c in (p.settings.model_config() for p in points)}
+        assert len(shapes) == 1  # the same model but for its vocabulary and context
+        # a wall-clock budget: the cheaper a token, the more tokens the run is given
+        budgets = [p.settings.max_tokens for p in points]
+        assert budgets[0] < budgets[1] < budgets[2]
+
+
+def test_the_tokenizers_sweep_lists_its_three_runs_in_a_dry_run():
+    result = run_command("pipeline.sweep", "--name", "tokenizers", "--scale", "cpu", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    for tokenizer in ("gpt2", "bpe:4096", "bytes"):
+        assert tokenizer in result.stdout
