@@ -1,6 +1,6 @@
-"""The four exercises at CPU scale, end to end on a fresh store, each checked for the lesson it exists to teach.
+"""The five exercises at CPU scale, end to end on a fresh store, each checked for the lesson it exists to teach.
 
-    python bench/exercises.py [--only memorization lr_sensitivity context_length scaling] [--keep DIR]
+    python bench/exercises.py [--only memorization lr_sensitivity context_length scaling tokenizers] [--keep DIR]
 
 Not a test (each exercise trains for minutes): it runs `pipeline.sweep`'s library on NAME_cpu from
 experiments.yaml, prints the wall time, the findings the report wrote and a PASS/MISSED line per lesson, and
@@ -41,6 +41,10 @@ LESSONS = {
         ("four sizes or more over a decade of parameters", lambda f: f["sizes"] >= 4 and f["size_span"] >= 10),
         ("loss falls with size as a power law, plain or toward the budget's floor (alpha > 0, R² >= 0.9)",
          lambda f: f["alpha"] > 0 and max(f["r_squared"], f.get("floor_r_squared", 0)) >= 0.9),
+    ],
+    "tokenizers": [
+        ("three tokenizers compared at the same wall time", lambda f: len(f.get("bpb_at_common", {})) == 3),
+        ("the small BPE learned the most per second", lambda f: f.get("most_per_second", "").startswith("bpe:")),
     ],
 }
 

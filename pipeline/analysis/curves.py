@@ -48,7 +48,7 @@ class RunCurves:
     novelty: Curve = ()  # the share of new 8-grams in each sample
     metrics: dict[str, float] = field(default_factory=dict)  # the last value of every metric
     artifact_uri: str = ""  # where the run's artifacts are (samples are read from there)
-    bpb_times: tuple[tuple[float, float], ...] = ()  # (seconds since the run started, val_bpb) at each evaluation
+    bpb_times: tuple[tuple[float, float], ...] = ()  # (seconds since its first step, val_bpb) at each evaluation
 
     def value(self, key: str) -> str | None:
         value = self.params.get(key)
@@ -208,7 +208,7 @@ def load_runs(client: MlflowClient, runs: pd.DataFrame | Sequence[str]) -> list[
             tokens=[] if number(params.get("tokens_per_step")) else _history(client, run_id, "tokens_seen"),
             novelty=_history(client, run_id, "novelty"),
             artifact_uri=str(row.get("artifact_uri") or ""),
-            bpb_times=_timed_history(client, run_id, "val_bpb", row.get("start_time")),
+            bpb_times=_timed_history(client, run_id, "val_bpb"),
             metrics={k[len("metrics."):]: float(v) for k, v in row.items() if k.startswith("metrics.") and _present(v)},
         ))
     return loaded
@@ -221,12 +221,15 @@ def _history(client: MlflowClient, run_id: str, key: str) -> Curve:
     return sorted(by_step.items())
 
 
-def _timed_history(client: MlflowClient, run_id: str, key: str, start) -> tuple[tuple[float, float], ...]:
-    """A metric against wall time: seconds from the run's start (after its corpus was tokenized) to each value's
-    timestamp, when the value was logged."""
-    if start is None or pd.isna(start):
+def _timed_history(client: MlflowClient, run_id: str, key: str) -> tuple[tuple[float, float], ...]:
+    """A metric against wall time: seconds from the run's first training step to each value's timestamp. A sweep
+    opens its children's runs together, so a run's start_time is not when it began training: the first step's time
+    is extrapolated back from its first two train_loss logs (their steps and timestamps)."""
+    train = sorted((m.step, m.timestamp) for m in client.get_metric_history(run_id, "train_loss"))
+    if len(train) < 2 or train[1][0] == train[0][0]:
         return ()
-    start_ms = pd.Timestamp(start).timestamp() * 1000
+    (step1, ms1), (step2, ms2) = train[0], train[1]
+    start_ms = ms1 - step1 * (ms2 - ms1) / (step2 - step1)
     return tuple(sorted(((m.timestamp - start_ms) / 1000, m.value) for m in client.get_metric_history(run_id, key)))
 
 

@@ -149,7 +149,7 @@ def bpb_by_time(runs: Sequence[RunCurves], swept: Sequence[str], path: Path) -> 
     for run, colour in zip(timed, _colours(len(timed))):
         ax.plot([t / 60 for t, _ in run.bpb_times], [v for _, v in run.bpb_times], marker="o", markersize=3,
                 color=colour, label=run.label(swept[:1]))
-    ax.set_xlabel("minutes since the run started")
+    ax.set_xlabel("minutes of training (since the run's first step)")
     ax.set_ylabel("val bits per byte (val_bpb)")
     ax.set_title("val_bpb against wall time" + (f" by {swept[0]}" if swept else ""))
     ax.grid(True, alpha=0.3)
