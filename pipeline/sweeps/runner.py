@@ -185,7 +185,8 @@ def _summary(sweep: Sweep, children: tuple[ChildOutcome, ...], best: ChildOutcom
     line = (f"sweep {sweep.name}: {finished}/{len(children)} runs finished ({skipped} from earlier"
             + (f", {pruned} pruned" if pruned else "") + ")")
     if best:
-        line += f"; best by {sweep.metric} ({sweep.goal}): {best.point.name}"
+        metric = comparable_metric(sweep.metric, (c.point.settings.tokenizer for c in children))  # as best_child
+        line += f"; best by {metric} ({sweep.goal}): {best.point.name}"
     failures = [f"{c.point.name} {c.status}: {c.error}" for c in children if c.status != "FINISHED"]
     return line + ("; failed: " + "; ".join(failures) if failures else "")
 
