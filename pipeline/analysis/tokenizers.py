@@ -76,6 +76,8 @@ def reading(runs: Sequence[RunCurves]) -> tuple[list[str], dict]:
     points = {run.run_id: point(run) for run in timed}
     at_common = sorted(((value, run) for run in timed if (value := bpb_at(run, common)) is not None),
                        key=lambda pair: pair[0])
+    if len(at_common) < 2:  # a run whose first evaluation came after the shortest run had ended
+        return [f"Fewer than two runs had a val_bpb by {common / 60:.1f} minutes: nothing to compare."], {}
     facts = {"common_seconds": common,
              "bpb_at_common": {points[run.run_id].tokenizer: value for value, run in at_common},
              "bytes_per_sec": {p.tokenizer: p.bytes_per_sec for p in points.values()},
