@@ -50,8 +50,9 @@ def pytest_configure(config):
     # subprocesses and differ from them in the last bits (the exact-resume test compares the two)
     if workers > 1:
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, usable_cpus() // workers)))
-    os.environ.setdefault("CORPUS_MIRROR", str(SHARED_DATA))
-    os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED_DATA / "tiktoken-cache"))
+    # absolute, as the README's `export CORPUS_MIRROR=../shared/data` is not: tests run in folders of their own
+    for name, default in (("CORPUS_MIRROR", SHARED_DATA), ("TIKTOKEN_CACHE_DIR", SHARED_DATA / "tiktoken-cache")):
+        os.environ[name] = str(Path(os.environ.get(name) or default).resolve())
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
