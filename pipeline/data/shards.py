@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -131,8 +132,10 @@ class Shards:
             raise ShardError(f"{path} differs from the one that made these shards: tokenize the corpus again")
         return data
 
+    @cached_property
     def encoding(self):
-        """The tiktoken encoding these shards were made with: what reads their tokens back."""
+        """The tiktoken encoding these shards were made with: what reads their tokens back (built once: a learned
+        tokenizer's ranks are read and checked, then tiktoken builds its tables)."""
         return encoding_for(self.tokenizer, self.tokenizer_ranks())
 
     @property

@@ -82,7 +82,7 @@ class Data:
     def encoding(self):
         """The tiktoken encoding of the run's tokenizer, as the shards keep it: prompts and samples are read and
         written with it."""
-        return self.shards.encoding()
+        return self.shards.encoding
 
     @cached_property
     def ngrams(self) -> NgramIndex:

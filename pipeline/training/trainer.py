@@ -170,7 +170,7 @@ def prepare_corpus(spec: str, world: World, tokenizer: str) -> Corpus:
 def prepare_data(settings: TrainSettings, corpus: Corpus, context_length: int, world: World) -> Data:
     """The train windows, the fixed validation windows and the prompt of the run's samples."""
     prompt = settings.prompt or corpus.prompt
-    enc = corpus.shards.encoding()  # the run's tokenizer: the prompt is counted, and val_bpb measured, in its tokens
+    enc = corpus.shards.encoding  # the run's tokenizer: the prompt is counted, and val_bpb measured, in its tokens
     prompt_tokens = len(enc.encode_ordinary(prompt))
     if prompt_tokens >= context_length:
         raise SettingsError(f"prompt has {prompt_tokens} tokens; it must be shorter than the context "

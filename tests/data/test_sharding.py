@@ -424,7 +424,7 @@ def test_two_tokenizers_keep_their_own_shards_and_neither_rebuilds_the_other(tmp
         assert shard_corpus(verdict, cache=tmp_path, tokenizer=tokenizer).skipped
     assert {folder: folder_state(folder) for folder in before} == before
 
-    enc = bpe.shards.encoding()
+    enc = bpe.shards.encoding
     assert enc.n_vocab == 301 and bpe.shards.tokenizer == "bpe:300"
     text = (SHARED_DATA / "the-verdict.txt").read_text()
     assert decode(enc, bpe.shards.split("train")) + decode(enc, bpe.shards.split("val")) == text
@@ -439,7 +439,7 @@ def test_bytes_shards_hold_the_texts_bytes(tmp_path):
     shards = shard_corpus(corpus_of(TINY, "tiny"), cache=tmp_path, tokenizer="bytes").shards
     assert shards.folder.name == "tiny.bytes"
     assert shards.train_tokens + shards.val_tokens == len(TINY.read_bytes())
-    assert decode(shards.encoding(), shards.split("train")) + decode(shards.encoding(), shards.split("val")) \
+    assert decode(shards.encoding, shards.split("train")) + decode(shards.encoding, shards.split("val")) \
         == TINY.read_text()
 
 
@@ -451,7 +451,7 @@ def test_a_learned_bpe_sees_no_val_text(tmp_path, in_train):
     train.write_text(story + (" quixotry" * 300 if in_train else ""))
     val.write_text(" quixotry" * 300)
     corpus = CorpusText(f"split{int(in_train)}", (train,), (val,), "The", str(train))
-    enc = shard_corpus(corpus, cache=tmp_path, tokenizer="bpe:400").shards.encoding()
+    enc = shard_corpus(corpus, cache=tmp_path, tokenizer="bpe:400").shards.encoding
     assert (len(enc.encode_ordinary(" quixotry")) == 1) == in_train
 
 
@@ -459,7 +459,7 @@ def test_a_changed_tokenizer_file_is_refused(tmp_path):
     shards = shard_corpus(corpus_of(TINY, "tiny"), cache=tmp_path, tokenizer="bpe:260").shards
     (shards.folder / "tokenizer.tiktoken").write_bytes(b"")
     with pytest.raises(ShardError, match="tokenize the corpus again"):
-        shards.encoding()
+        shards.encoding
 
 
 @pytest.mark.parametrize("tokenizer", ["bpe:3", "bpe:x", "bpe:70000", "bpe:0300", "sentencepiece"])

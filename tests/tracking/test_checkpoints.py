@@ -17,7 +17,7 @@ def test_a_checkpoint_rebuilds_its_runs_tokenizer(tmp_path):
                           tokenizer="bpe:260").shards
     state = tokenizer_state(shards)
     assert state["spec"] == "bpe:260" and state["ranks"] == (shards.folder / "tokenizer.tiktoken").read_text()
-    rebuilt, original = encoding_from_state(state), shards.encoding()
+    rebuilt, original = encoding_from_state(state), shards.encoding
     assert rebuilt.encode_ordinary(TEXT) == original.encode_ordinary(TEXT) and rebuilt.n_vocab == 261
 
 
