@@ -62,6 +62,8 @@ class TrainSettings:
     val_windows: int = _setting(32, "Fixed validation windows scored at each evaluation.")
     sample_interval: int = _setting(200, "Generate samples every N steps.")
     sample_tokens: int = _setting(48, "Tokens generated per sample.")
+    inspect_interval: int = _setting(-1, "Log attention maps of the prompt and every head's induction and "
+                                         "previous-token scores every N steps (-1 = with the samples).")
     temperature: float = _setting(0.8, "Sampling temperature (0 = greedy).")
     top_k: int = _setting(40, "Sample among the k likeliest tokens (0 = all).")
     prompt: str = _setting("", "Prompt for samples (empty = the corpus's own prompt).")
@@ -95,6 +97,10 @@ class TrainSettings:
         """The settings whose values differ from the defaults: what the user gave."""
         defaults = TrainSettings()
         return [f.name for f in fields(self) if getattr(self, f.name) != getattr(defaults, f.name)]
+
+    def inspection_interval(self) -> int:
+        """Steps between inspections: inspect_interval, or the samples' when it is -1."""
+        return self.sample_interval if self.inspect_interval == -1 else self.inspect_interval
 
     def model_overrides(self) -> dict:
         return {name: getattr(self, name) for name in MODEL_FIELDS if getattr(self, name) is not None}
@@ -131,6 +137,8 @@ class TrainSettings:
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise SettingsError(f"{name} must be zero or more, got {value}")
+        if self.inspect_interval < -1:
+            raise SettingsError(f"inspect_interval must be -1 (with the samples) or more, got {self.inspect_interval}")
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be in [0, 1), got {getattr(self, name)}")

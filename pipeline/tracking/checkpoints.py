@@ -96,8 +96,9 @@ def store(client, run_id: str, state: dict) -> None:
                 repository.delete_artifacts(f"{ARTIFACT_DIR}/{name}")
 
 
-def load_from_run(run_id: str, client=None) -> dict:
-    """The newest checkpoint of a run that passes its checks; a corrupt one is reported and skipped."""
+def load_from_run(run_id: str, client=None, step: int | None = None) -> dict:
+    """The newest checkpoint of a run that passes its checks (a corrupt one is reported and skipped), or the one
+    of the given step."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -105,6 +106,11 @@ def load_from_run(run_id: str, client=None) -> dict:
     steps = _logged_steps(client, run_id)
     if not steps:
         raise CheckpointError(f"run {run_id} has no checkpoint: it is not a training run, or it never saved one")
+    if step is not None:
+        if step not in steps:
+            kept = ", ".join(map(str, steps))
+            raise CheckpointError(f"run {run_id} has no checkpoint of step {step}: it keeps those of steps {kept}")
+        steps = [step]
     problems = []
     in_place = _local_artifact_dir(client.get_run(run_id).info.artifact_uri)
     with tempfile.TemporaryDirectory() as folder:
@@ -129,7 +135,11 @@ def model_from_run(run_id: str, device: torch.device):
     """The model of a run's last checkpoint, and the tiktoken encoding it reads and writes."""
     client = connect()
     get_run(client, run_id)
-    state = load_from_run(run_id, client)
+    return model_from_state(load_from_run(run_id, client), device)
+
+
+def model_from_state(state: dict, device: torch.device):
+    """The model a checkpoint holds, on device, and the tiktoken encoding it reads and writes."""
     model = GPT(GPTConfig(**state["model_config"]))
     model.load_state_dict(state["model"])
     return model.to(device), encoding_from_state(state.get("tokenizer"))
