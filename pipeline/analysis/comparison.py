@@ -9,6 +9,10 @@ Files written to the report folder:
   val_bpb_by_time.png instead, when tokenizers differ: val_bpb against minutes of training, one line a run
   scaling.png         only when model sizes differ: final val loss against non-embedding parameters N on log-log
                       axes, with the fitted power law L(N) = (Nc/N)^alpha (the best run at each size is fitted)
+  loss_by_position.png  the val loss at each position of the context, each run's last evaluation
+  induction_over_training.png  when runs scored their heads: val loss, in_context_gain and the best induction
+                      score against tokens seen; induction_head_{before,after}_RUN.png, the attention of the layer
+                      where an induction head formed, before it formed and at the end
   runs.csv, runs.md   one row a run: name, status, key params, final and best losses, tokens seen, diagnosis
   samples.csv         the last sample of every run, with its step and novelty
 
@@ -30,6 +34,7 @@ from pipeline.analysis import plots
 from pipeline.analysis.curves import MODEL_SIZE, RunCurves, load_runs, number, sort_key, swept_params
 from pipeline.analysis.findings import Findings, comparable_metric, find
 from pipeline.analysis.fits import PowerLaw
+from pipeline.analysis.inside import read_inside
 from pipeline.tracking.diagnosis import diagnose
 from pipeline.tracking.samples import SampleReader
 
@@ -99,6 +104,9 @@ def build_report(client: MlflowClient, runs: pd.DataFrame | Sequence[str], out_d
         fit = plots.scaling(loaded, out_dir / "scaling.png")
         files.append(out_dir / "scaling.png")
 
+    inside = read_inside(client, loaded, swept, out_dir)
+    files += inside.files
+    findings = Findings(findings.lines + inside.lines, {**findings.facts, **inside.facts})
     (out_dir / "report.md").write_text(_document(findings, files, table, samples))
     files.insert(0, out_dir / "report.md")
 

@@ -68,17 +68,32 @@ class Reading:
     in_context_gain: float | None
 
 
-def phase_change(readings: list[Reading]) -> str | None:
-    """Where the best induction score first rose past FORMED, in words, with what in_context_gain did in the
-    same span; None while it has not."""
+@dataclass(frozen=True)
+class PhaseChange:
+    """The span of training where an induction head formed: between two inspections."""
+
+    layer: int
+    head: int
+    before: Reading
+    after: Reading
+
+    def describe(self, at=lambda step: f"step {step}") -> str:
+        """In words, with what in_context_gain did meanwhile; at(step) names a point of training (a report says
+        tokens seen)."""
+        span = f"{at(self.before.step)} and {at(self.after.step)}"
+        words = (f"an induction head, layer {self.layer} head {self.head}, formed between {span} (best induction "
+                 f"score {self.before.scores.best('induction')[2]:.2f} -> {self.after.scores.best('induction')[2]:.2f})")
+        gains = (self.before.in_context_gain, self.after.in_context_gain)
+        if None not in gains:
+            words += f"; in the same span in_context_gain went {gains[0]:.2f} -> {gains[1]:.2f}"
+        return words
+
+
+def phase_change(readings: list[Reading]) -> PhaseChange | None:
+    """Where the best induction score first rose past FORMED; None while it has not."""
     for before, after in zip(readings, readings[1:]):
         layer, head, score = after.scores.best("induction")
-        earlier = before.scores.best("induction")[2]
-        if score >= FORMED > earlier:
-            words = (f"an induction head, layer {layer} head {head}, formed between steps {before.step} and "
-                     f"{after.step} (best induction score {earlier:.2f} -> {score:.2f})")
-            if before.in_context_gain is not None and after.in_context_gain is not None:
-                words += (f"; in the same span in_context_gain went {before.in_context_gain:.2f} -> "
-                          f"{after.in_context_gain:.2f}")
-            return words
+        if score >= FORMED > before.scores.best("induction")[2]:
+            return PhaseChange(layer, head, before, after)
     return None
+

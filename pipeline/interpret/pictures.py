@@ -1,19 +1,17 @@
 """Attention patterns as pictures: one image per layer, its heads side by side, the prompt's tokens on both axes
-(rows: the position reading, columns: the position read)."""
+(rows: the position reading, columns: the position read). Drawn with matplotlib's object API on the Agg canvas,
+as the report's plots are: no display, no global backend change."""
 
 from __future__ import annotations
 
 import io
 import math
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only: no display, and no GUI toolkit to load
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
 
 LABELLED_TOKENS = 40  # past this many tokens the axes carry no labels: they would overlap
 HEADS_PER_ROW = 4
+DPI = 100
 
 
 def token_labels(encoding, tokens: list[int]) -> list[str]:
@@ -22,17 +20,19 @@ def token_labels(encoding, tokens: list[int]) -> list[str]:
 
 
 def layer_image(weights, labels: list[str], title: str) -> np.ndarray:
-    """(H, W, 3) uint8 picture of one layer's heads; weights (n_head, T, T) in [0, 1]."""
+    """(height, width, 3) uint8 picture of one layer's heads; weights (n_head, T, T) in [0, 1]."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     weights = np.asarray(weights)
     n_head, T = weights.shape[0], weights.shape[-1]
     columns = min(HEADS_PER_ROW, n_head)
     rows = math.ceil(n_head / columns)
     side = 2.2 + 0.12 * min(T, LABELLED_TOKENS)
-    figure, axes = plt.subplots(rows, columns, figsize=(side * columns, side * rows + 0.5), squeeze=False)
-    for index, axis in enumerate(axes.flat):
-        if index >= n_head:
-            axis.axis("off")
-            continue
+    figure = Figure(figsize=(side * columns, side * rows + 0.5), dpi=DPI)
+    canvas = FigureCanvasAgg(figure)
+    for index in range(n_head):
+        axis = figure.add_subplot(rows, columns, index + 1)
         axis.imshow(weights[index], cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
         axis.set_title(f"head {index}", fontsize=9)
         if T <= LABELLED_TOKENS:
@@ -43,14 +43,14 @@ def layer_image(weights, labels: list[str], title: str) -> np.ndarray:
             axis.set_yticks([])
     figure.suptitle(title, fontsize=11)
     figure.tight_layout()
-    figure.canvas.draw()
-    image = np.asarray(figure.canvas.buffer_rgba())[:, :, :3].copy()
-    plt.close(figure)
-    return image
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[:, :, :3].copy()
 
 
 def png_bytes(image: np.ndarray) -> bytes:
     """The image as a PNG file's bytes (for the HTML view, which carries its pictures inside)."""
+    from PIL import Image
+
     buffer = io.BytesIO()
-    plt.imsave(buffer, image, format="png")
+    Image.fromarray(image).save(buffer, format="PNG")
     return buffer.getvalue()

@@ -90,9 +90,10 @@ class RunRecorder:
         self.readings.append(Reading(step, scores, self.in_context_gain))
         formed = phase_change(self.readings)
         if formed and not formed_before:
-            log.info("%s", formed)
+            words = formed.describe()
+            log.info("%s", words)
             try:
-                client.set_tag(run_id, "lab.induction_head", formed)
+                client.set_tag(run_id, "lab.induction_head", words)
             except Exception as error:
                 log.warning("induction head at step %d not tagged (%s)", step, first_line(error))
 

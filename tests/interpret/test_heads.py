@@ -73,6 +73,9 @@ def _reading(step: int, best: float, gain: float) -> Reading:
 def test_the_phase_change_names_the_head_the_span_and_what_in_context_gain_did():
     readings = [_reading(100, 0.02, 0.05), _reading(200, 0.05, 0.1), _reading(300, 0.6, 0.7), _reading(400, 0.7, 0.8)]
     assert phase_change(readings[:2]) is None
-    words = phase_change(readings)
-    assert "layer 0 head 1" in words and "between steps 200 and 300" in words
+    formed = phase_change(readings)
+    assert (formed.layer, formed.head, formed.before.step, formed.after.step) == (0, 1, 200, 300)
+    words = formed.describe()
+    assert "layer 0 head 1" in words and "between step 200 and step 300" in words
     assert "0.05 -> 0.60" in words and "in_context_gain went 0.10 -> 0.70" in words
+    assert "between 200K tokens and 300K tokens" in formed.describe(lambda step: f"{step // 100 * 100}K tokens")
