@@ -12,6 +12,7 @@ from pipeline.errors import SettingsError
 from pipeline.interpret.attention import attention_patterns
 from pipeline.interpret.heads import HeadScores, head_scores
 from pipeline.interpret.pictures import layer_image, png_bytes, token_labels
+from pipeline.interpret.probe import ProbeReading
 from pipeline.interpret.view import inspection_html
 
 
@@ -35,15 +36,18 @@ def attention_images(model: GPT, encoding, prompt: str, device: torch.device, ti
 
 
 def log_inspection(client, run_id: str, step: int, model: GPT, encoding, prompt: str, device: torch.device,
-                   lens: dict[str, float] | None = None) -> HeadScores:
-    """Attention images, head scores and the page of this step, stored in the run; returns the head scores."""
+                   lens: dict[str, float] | None = None, probe: ProbeReading | None = None) -> HeadScores:
+    """Attention images, head scores (and a probe's reading, when given) and the page of this step, stored in
+    the run; returns the head scores."""
     images = attention_images(model, encoding, prompt, device, f"step {step}")
     # ids of real tokens only: the last, end-of-text, would be a token no text holds twice
     scores = head_scores(model, encoding.n_vocab - 1, device)
     for layer, image in enumerate(images):
         client.log_image(run_id, image, key=f"attention/layer_{layer}", step=step, synchronous=True)
     client.log_dict(run_id, scores.as_json(step), f"heads/step_{step:06d}.json")
+    if probe:
+        client.log_dict(run_id, probe.as_json(step), f"probe/step_{step:06d}.json")
     page = inspection_html(f"Inside the model at step {step}", prompt, [png_bytes(image) for image in images],
-                           scores, lens)
+                           scores, lens, probe)
     client.log_text(run_id, page, f"inspect/step_{step:06d}.html")
     return scores

@@ -8,6 +8,7 @@ import base64
 from html import escape
 
 from pipeline.interpret.heads import HeadScores
+from pipeline.interpret.probe import ProbeReading
 
 STYLE = """body{font-family:sans-serif;margin:1.5em;max-width:75em}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}
@@ -26,8 +27,9 @@ def _score_table(caption: str, grid: list[list[float]]) -> str:
 
 
 def inspection_html(title: str, prompt: str, layer_pngs: list[bytes], scores: HeadScores,
-                    lens: dict[str, float] | None = None) -> str:
-    """The page: the prompt, one picture per layer, both head scores per head, the lens when measured."""
+                    lens: dict[str, float] | None = None, probe: ProbeReading | None = None) -> str:
+    """The page: the prompt, one picture per layer, both head scores per head, the lens and the probe when
+    measured."""
     pictures = "".join(
         f"<h3>layer {layer}</h3><img alt=\"attention of layer {layer}\" "
         f"src=\"data:image/png;base64,{base64.b64encode(png).decode()}\">"
@@ -36,6 +38,12 @@ def inspection_html(title: str, prompt: str, layer_pngs: list[bytes], scores: He
     if lens:
         rows = "".join(f"<tr><th>{escape(name)}</th><td>{value:.4f}</td></tr>" for name, value in lens.items())
         lens_table = f"<table><caption>logit lens: val loss read after each block</caption>{rows}</table>"
+    if probe:
+        rows = "".join(f"<tr><th>{escape(name)}</th><td>{accuracy:.3f}</td><td>{probe.control[name]:.3f}</td>"
+                       f"<td>{accuracy - probe.control[name]:+.3f}</td></tr>" for name, accuracy in probe.accuracy.items())
+        lens_table += ("<table><caption>linear probe: which frequent token came just before (held-out accuracy)"
+                       "</caption><tr><th>stream</th><th>probe</th><th>control (shuffled labels)</th>"
+                       f"<th>what the stream adds</th></tr>{rows}</table>")
     chance = f"<p>A head attending evenly to every earlier position scores {scores.chance:.3f} at induction.</p>"
     return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{escape(title)}</title>"
             f"<style>{STYLE}</style></head><body><h1>{escape(title)}</h1>"

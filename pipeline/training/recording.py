@@ -14,6 +14,7 @@ from pipeline.errors import CheckpointError, ShardError, first_line
 from pipeline.interpret.heads import Reading, phase_change
 from pipeline.interpret.lens import lens_scalars, val_losses_by_layer
 from pipeline.interpret.positions import PositionCurve
+from pipeline.interpret.probe import previous_token_probe
 from pipeline.interpret.record import log_inspection
 from pipeline.settings import TrainSettings
 from pipeline.tracking import MetricBuffer, beat, checkpoints, retry_until_sent
@@ -73,15 +74,20 @@ class RunRecorder:
         return val_losses_by_layer(self.learner.model, val.x, val.y, self.settings.batch_size, self.device,
                                    self.learner.autocast)
 
-    def inspect(self, step: int) -> None:
-        """Attention over the prompt as images, every head's scores, and the step an induction head formed."""
+    def inspect(self, step: int, final: bool = False) -> None:
+        """Attention over the prompt as images, every head's scores, and the step an induction head formed; at
+        the final step also the linear probe (seconds of scikit-learn: once a run)."""
         if step <= self.tracked.skip_through:
             return
         client, run_id = self.tracked.client, self.tracked.run_id
+        model = self.learner.model
+        probe = previous_token_probe(model, self.data.val.x, self.device, self.learner.autocast) if final else None
+        if probe:
+            self.metrics.log(step, **probe.scalars())
         try:
             with self.learner.autocast:
-                scores = log_inspection(client, run_id, step, self.learner.model, self.data.encoding,
-                                        self.data.prompt, self.device, self.lens)
+                scores = log_inspection(client, run_id, step, model, self.data.encoding, self.data.prompt,
+                                        self.device, self.lens, probe)
         except Exception as error:  # the store is away: this inspection is skipped, training goes on
             log.warning("inspection at step %d not stored (%s)", step, first_line(error))
             return
