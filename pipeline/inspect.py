@@ -7,8 +7,8 @@ from pipeline.errors import SettingsError, run_cli
 
 @click.command()
 @click.option("--run-id", default="", help="MLflow run id of a training run: its newest checkpoint, or --step's.")
-@click.option("--step", type=click.IntRange(0), default=None, help="The checkpoint of this step (a run keeps its "
-              "newest two). Default: the newest.")
+@click.option("--step", type=click.IntRange(-1), default=-1, show_default=True,
+              help="The checkpoint of this step (a run keeps its newest two); -1: the newest.")
 @click.option("--model", "model_uri", default="",
               help="A logged model's URI instead: models:/m-ID, models:/NAME/VERSION (registered) or runs:/RUN/model.")
 @click.option("--prompt", default="", help="Text to look at (empty: the run's own sample prompt).")
@@ -26,12 +26,13 @@ def main(run_id, step, model_uri, prompt, device):
     """
     if bool(run_id.strip()) == bool(model_uri.strip()):
         raise SettingsError("give either --run-id or --model")
-    if model_uri and step is not None:
+    if model_uri and step != -1:
         raise SettingsError("--step picks a run's checkpoint: give it with --run-id, not --model")
     from pipeline.interpret.stored import inspect_stored
     from pipeline.training.device import pick_device
 
-    done = inspect_stored(run_id.strip(), step, model_uri.strip(), prompt, pick_device(device))
+    done = inspect_stored(run_id.strip(), None if step == -1 else step, model_uri.strip(), prompt,
+                          pick_device(device))
     layer, head, score = done.scores.best("induction")
     click.echo(f"step {done.step}: attention over {done.prompt!r} logged as attention/layer_N; best induction "
                f"head: layer {layer} head {head} ({score:.3f}, chance {done.scores.chance:.3f})")
