@@ -9,10 +9,13 @@ import torch
 
 from pipeline.data.corpora import CorpusEntry, resolve
 from pipeline.errors import CorpusError, TrackingError
-from pipeline.interpret.heads import HeadScores
-from pipeline.interpret.record import log_inspection
+from pipeline.interpret.attention import attention_patterns
+from pipeline.interpret.heads import HeadScores, head_scores
+from pipeline.interpret.lens import losses_by_layer
+from pipeline.interpret.pictures import token_labels
+from pipeline.interpret.record import log_inspection, prompt_tokens
 from pipeline.tracking import connect, get_run, run_ui_url
-from pipeline.tracking.checkpoints import load_from_run, model_from_state
+from pipeline.tracking.checkpoints import load_from_run, logged_steps, model_from_state
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,26 @@ def inspect_stored(run_id: str, step: int | None, model_uri: str, prompt: str, d
     experiment = client.get_experiment(run.info.experiment_id).name
     return Inspected(run_id, step, prompt, scores, f"inspect/step_{step:06d}.html",
                      run_ui_url(experiment, run_id))
+
+
+def inspection_data(client, run_id: str, step: int | None, prompt: str, device: torch.device) -> dict:
+    """What the dashboard's inspect view draws, stored nowhere: the attention of every head over the prompt (as
+    numbers), the head scores, and the logit lens over the prompt's own next tokens, for a run's checkpoint."""
+    run = get_run(client, run_id)
+    state = load_from_run(run_id, client, step)
+    model, encoding = model_from_state(state, device)
+    prompt = prompt or _run_prompt(run.data.params)
+    tokens = prompt_tokens(encoding, prompt, model.config.context_length)
+    ids = torch.tensor([tokens], device=device)
+    patterns = attention_patterns(model, ids)[0]
+    scores = head_scores(model, encoding.n_vocab - 1, device)
+    lens = (losses_by_layer(model.eval(), ids[:, :-1], ids[:, 1:]).mean(dim=(1, 2)).tolist()
+            if len(tokens) > 1 else [])
+    return {"run_id": run_id, "step": int(state["step"]), "steps": logged_steps(client, run_id), "prompt": prompt,
+            "tokens": token_labels(encoding, tokens),
+            "attention": [[[[round(w, 4) for w in row] for row in head] for head in layer]
+                          for layer in patterns.tolist()],
+            **scores.as_json(int(state["step"])), "lens": lens}
 
 
 def _logged_model(client, uri: str, device: torch.device):
