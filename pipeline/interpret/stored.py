@@ -44,9 +44,8 @@ def inspect_stored(run_id: str, step: int | None, model_uri: str, prompt: str, d
     model.eval()
     scores = log_inspection(client, run_id, step, model, encoding, prompt, device)
     client.log_batch(run_id, metrics=_metrics(scores.scalars(), step))
-    experiment = client.get_experiment(run.info.experiment_id).name
     return Inspected(run_id, step, prompt, scores, f"inspect/step_{step:06d}.html",
-                     run_ui_url(experiment, run_id))
+                     run_ui_url(run.info.experiment_id, run_id))
 
 
 def inspection_data(client, run_id: str, step: int | None, prompt: str, device: torch.device) -> dict:
