@@ -19,10 +19,10 @@ INSPECTED = replace(TINY, max_steps=20, eval_interval=10, sample_interval=0, ins
 IMAGE = re.compile(r"^images/attention~layer_(\d+)\+step\+(\d+)\+.*\.png$")
 
 
-def image_steps(client, run_id: str) -> set[tuple[int, int]]:
-    """(layer, step) of every attention image in the run."""
+def image_steps(client, run_id: str) -> list[tuple[int, int]]:
+    """(layer, step) of every attention image in the run, sorted (one entry an image)."""
     names = [a.path for a in client.list_artifacts(run_id, "images")]
-    return {(int(m.group(1)), int(m.group(2))) for m in map(IMAGE.match, names) if m}
+    return sorted((int(m.group(1)), int(m.group(2))) for m in map(IMAGE.match, names) if m)
 
 
 def metric_steps(client, run_id: str, key: str) -> list[int]:
@@ -33,7 +33,7 @@ def test_training_logs_attention_images_head_scores_lens_and_loss_by_position(st
     result = train(INSPECTED)
     client = MlflowClient(store)
     run_id = result.run_id
-    assert image_steps(client, run_id) == {(layer, step) for layer in (0, 1) for step in (10, 20)}
+    assert image_steps(client, run_id) == [(layer, step) for layer in (0, 1) for step in (10, 20)]
     for key in ("heads/induction_max", "heads/prev_token_max"):
         assert metric_steps(client, run_id, key) == [10, 20], key
     for key in ("lens/loss_layer_0", "lens/loss_layer_1", "in_context_gain", "val_loss_first_eighth",
@@ -44,8 +44,9 @@ def test_training_logs_attention_images_head_scores_lens_and_loss_by_position(st
     assert all(abs(val_loss[step] - last_layer[step]) < 1e-5 for step in (10, 20))
 
     curve = mlflow.artifacts.load_dict(f"runs:/{run_id}/val_loss_by_position/step_000020.json")
-    assert len(curve["loss_by_position"]) == 32 and curve["step"] == 20
-    assert abs(sum(curve["loss_by_position"]) / 32 - val_loss[20]) < 1e-5
+    positions = len(curve["loss_by_position"])  # tiny's val split is shorter than the context: its windows too
+    assert 1 < positions <= 32 and curve["step"] == 20
+    assert abs(sum(curve["loss_by_position"]) / positions - val_loss[20]) < 1e-5
 
     heads = mlflow.artifacts.load_dict(f"runs:/{run_id}/heads/step_000020.json")
     assert len(heads["induction"]) == 2 and len(heads["induction"][0]) == 2
