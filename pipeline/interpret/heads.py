@@ -36,19 +36,23 @@ class HeadScores:
         return {"step": step, "induction": self.induction, "prev_token": self.prev_token, "chance": self.chance}
 
 
-def repeated_random_tokens(vocab_size: int, context_length: int, seed: int = 0) -> torch.Tensor:
-    """(SEQUENCES, 2n) token ids: n random ones, then the same n again (n at most half the context)."""
+def repeated_random_tokens(pool: torch.Tensor, context_length: int, seed: int = 0) -> torch.Tensor:
+    """(SEQUENCES, 2n) token ids drawn from pool: n random ones, then the same n again (n at most half the
+    context)."""
     half = min(MAX_HALF, context_length // 2)
     generator = torch.Generator().manual_seed(seed)
-    first = torch.randint(0, vocab_size, (SEQUENCES, half), generator=generator)
+    first = pool[torch.randint(0, len(pool), (SEQUENCES, half), generator=generator)]
     return torch.cat([first, first], dim=1)
 
 
 @torch.no_grad()
-def head_scores(model: GPT, vocab_size: int, device: torch.device, seed: int = 0) -> HeadScores:
-    """Every head's induction and previous-token scores; vocab_size: the tokenizer's real ids (no padding rows).
-    The same seed gives the same sequences, so scores along training compare."""
-    tokens = repeated_random_tokens(vocab_size, model.config.context_length, seed)
+def head_scores(model: GPT, pool: torch.Tensor | int, device: torch.device, seed: int = 0) -> HeadScores:
+    """Every head's induction and previous-token scores on random tokens from pool: the ids a text holds (a token
+    the model never saw has an embedding it never learned to read), or an int n for ids 0..n-1. The same seed
+    and pool give the same sequences, so scores along training compare."""
+    if isinstance(pool, int):
+        pool = torch.arange(pool)
+    tokens = repeated_random_tokens(pool, model.config.context_length, seed)
     patterns = attention_patterns(model, tokens.to(device)).mean(dim=0)  # (n_layer, n_head, 2n, 2n)
     half = tokens.size(1) // 2
     second = torch.arange(half, 2 * half)

@@ -36,12 +36,13 @@ def attention_images(model: GPT, encoding, prompt: str, device: torch.device, ti
 
 
 def log_inspection(client, run_id: str, step: int, model: GPT, encoding, prompt: str, device: torch.device,
-                   lens: dict[str, float] | None = None, probe: ProbeReading | None = None) -> HeadScores:
+                   lens: dict[str, float] | None = None, probe: ProbeReading | None = None,
+                   pool: torch.Tensor | None = None) -> HeadScores:
     """Attention images, head scores (and a probe's reading, when given) and the page of this step, stored in
-    the run; returns the head scores."""
+    the run; returns the head scores. pool: the token ids the head scores draw from (training passes those of its
+    val text); None: every id of the tokenizer but end-of-text, which no text holds twice."""
     images = attention_images(model, encoding, prompt, device, f"step {step}")
-    # ids of real tokens only: the last, end-of-text, would be a token no text holds twice
-    scores = head_scores(model, encoding.n_vocab - 1, device)
+    scores = head_scores(model, encoding.n_vocab - 1 if pool is None else pool, device)
     for layer, image in enumerate(images):
         client.log_image(run_id, image, key=f"attention/layer_{layer}", step=step, synchronous=True)
     client.log_dict(run_id, scores.as_json(step), f"heads/step_{step:06d}.json")

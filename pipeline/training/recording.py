@@ -7,6 +7,7 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 
 import torch
 
@@ -74,6 +75,12 @@ class RunRecorder:
         return val_losses_by_layer(self.learner.model, val.x, val.y, self.settings.batch_size, self.device,
                                    self.learner.autocast)
 
+    @cached_property
+    def score_pool(self) -> torch.Tensor:
+        """The token ids of the val text: the head scores' random tokens are drawn from them, as a token the run
+        never trained on has an embedding no head learned to read (a BPE's unused merges, most of GPT-2's ids)."""
+        return torch.unique(self.data.val.x)
+
     def inspect(self, step: int, final: bool = False) -> None:
         """Attention over the prompt as images, every head's scores, and the step an induction head formed; at
         the final step also the linear probe (seconds of scikit-learn: once a run)."""
@@ -87,7 +94,7 @@ class RunRecorder:
         try:
             with self.learner.autocast:
                 scores = log_inspection(client, run_id, step, model, self.data.encoding, self.data.prompt,
-                                        self.device, self.lens, probe)
+                                        self.device, self.lens, probe, self.score_pool)
         except Exception as error:  # the store is away: this inspection is skipped, training goes on
             log.warning("inspection at step %d not stored (%s)", step, first_line(error))
             return
