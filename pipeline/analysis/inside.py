@@ -109,12 +109,14 @@ def _induction(client: MlflowClient, run: RunCurves, readings: list[Reading], sw
                out_dir: Path) -> tuple[str, list[Path]]:
     """The run's phase change in words (in tokens seen), and its head's attention before and after it."""
     formed = phase_change(readings)
-    label = run.label(swept)
+    layers = number(run.value("n_layer"))
+    label = run.label(swept) + (f" ({layers:.0f} layer{'s' if layers != 1 else ''})" if layers else "")
     if formed is None:
         layer, head, best = max((reading.scores.best("induction") for reading in readings), key=lambda b: b[2])
+        advice = ("one layer cannot form one: it needs a previous-token head in a layer below it" if layers == 1
+                  else "raise max_tokens (the head forms after a plateau), or keep the learning rate from decaying")
         return (f"{label}: no induction head formed (best score {best:.2f}, layer {layer} head {head}, chance "
-                f"{readings[-1].scores.chance:.2f}; {FORMED} counts as formed): a single layer cannot form one, as "
-                "it needs a previous-token head in an earlier layer; with two or more, raise max_tokens."), []
+                f"{readings[-1].scores.chance:.2f}; {FORMED} counts as formed): {advice}."), []
     per_step = number(run.params.get("tokens_per_step"))
     at = (lambda step: f"{count_text(step * per_step)} tokens") if per_step else (lambda step: f"step {step}")
     pictures = []

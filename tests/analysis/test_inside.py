@@ -47,6 +47,7 @@ def test_the_report_names_the_span_an_induction_head_formed_and_reads_contexts_b
     context, first, second = inside.lines
     assert "16 -> 5.500, 32 -> 4.500" in context and "1.000 better than the shortest" in context
     assert "context_length=16: no induction head formed (best score 0.12, layer 1 head 1" in first
+    assert "raise max_tokens" in first
     assert ("context_length=32: an induction head, layer 1 head 1, formed between 205K tokens and 307K tokens "
             "(best induction score 0.10 -> 0.70); in the same span in_context_gain went 0.10 -> 0.70.") == second
     assert inside.facts["induction_formed"] == {"context_length=16": False, "context_length=32": True}
