@@ -3,7 +3,7 @@
 "use strict";
 
 window.LabInspect = (function () {
-  const CELL_MAX = 14;   // pixels a token, for short prompts
+  const CELL_MAX = 28;   // pixels a token, for short prompts
   const SIDE = 220;      // a head's picture is at most this wide
 
   function build(box) {
