@@ -42,11 +42,10 @@ def main() -> int:
     benchlib.header("evaluation and sampling share of a nano run at the default intervals")
     with benchlib.scratch("bench-eval-"):
         benchlib.quiet_logging()
-        import torch
-
         from pipeline import tracking
         from pipeline.data.batches import ValWindows
         from pipeline.data.corpora import fetch
+        from pipeline.interpret.lens import val_losses_by_layer
         from pipeline.settings import TrainSettings
         from pipeline.training.recording import RunRecorder
         from pipeline.training.state import Data, Tracked
@@ -74,11 +73,8 @@ def main() -> int:
             return time.perf_counter() - start
 
         def plain_evaluation():  # the mean loss alone, as evaluations were before the logit lens
-            with torch.no_grad():
-                for start in range(0, len(data.val), s.batch_size):
-                    with loop.learner.autocast:
-                        loop.learner.model(data.val.x[start:start + s.batch_size].to(loop.device),
-                                           data.val.y[start:start + s.batch_size].to(loop.device))
+            val_losses_by_layer(loop.learner.model, data.val.x, data.val.y, s.batch_size, loop.device,
+                                loop.learner.autocast, every_layer=False)
 
         loop.run_step()  # warm-up
         times = {"step": [], "eval": [], "sample": [], "checkpoint": [], "plain_eval": [], "inspect": []}

@@ -13,7 +13,7 @@ import torch
 
 from pipeline.errors import CheckpointError, ShardError, first_line
 from pipeline.interpret.heads import Reading, phase_change
-from pipeline.interpret.lens import lens_scalars, val_losses_by_layer
+from pipeline.interpret.lens import LENS_WINDOWS, lens_scalars, val_losses_by_layer
 from pipeline.interpret.positions import PositionCurve
 from pipeline.interpret.probe import previous_token_probe
 from pipeline.interpret.record import log_inspection
@@ -52,8 +52,7 @@ class RunRecorder:
     def log_evaluation(self, step: int) -> float:
         """Evaluates and logs the val loss, its perplexity and bits per byte, its curve by position (an artifact,
         and in_context_gain) and the logit lens; returns the val loss."""
-        by_layer = self.evaluate()
-        curve = PositionCurve(by_layer[-1].tolist())
+        curve, by_layer = self.evaluate()
         val_loss = curve.mean
         val_bpb = val_loss * self.data.val_tokens_per_byte / math.log(2)
         self.in_context_gain, self.lens = curve.in_context_gain, lens_scalars(by_layer)
@@ -68,12 +67,14 @@ class RunRecorder:
             log.warning("loss by position at step %d not stored (%s)", step, first_line(error))
         return val_loss
 
-    def evaluate(self) -> torch.Tensor:
-        """(n_layer, T): the loss at each position read after each block (the logit lens), the mean over the
-        fixed val windows; the last layer's is the model's own, whose mean is val_loss."""
-        val = self.data.val
-        return val_losses_by_layer(self.learner.model, val.x, val.y, self.settings.batch_size, self.device,
-                                   self.learner.autocast)
+    def evaluate(self) -> tuple[PositionCurve, torch.Tensor]:
+        """The loss at each position, the mean over the fixed val windows (its mean is val_loss), and the logit
+        lens (n_layer, T) on the first LENS_WINDOWS of them."""
+        val, model, batch, device, autocast = (self.data.val, self.learner.model, self.settings.batch_size,
+                                               self.device, self.learner.autocast)
+        own = val_losses_by_layer(model, val.x, val.y, batch, device, autocast, every_layer=False)[0]
+        by_layer = val_losses_by_layer(model, val.x[:LENS_WINDOWS], val.y[:LENS_WINDOWS], batch, device, autocast)
+        return PositionCurve(own.tolist()), by_layer
 
     @cached_property
     def score_pool(self) -> torch.Tensor:
