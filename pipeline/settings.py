@@ -8,6 +8,7 @@ torch nor MLflow: the model module is loaded only to resolve a config.
 from __future__ import annotations
 
 import math
+import os
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING
@@ -69,7 +70,8 @@ class TrainSettings:
     # MLflow
     experiment: str = _setting("pretraining", "MLflow experiment name.")
     run_name: str = _setting("", "MLflow run name (empty = CONFIG-CORPUS-lrLR).")
-    resume: str = _setting("", "MLflow run id to continue from its last checkpoint, with its own settings.")
+    resume: str = _setting("", "MLflow run id to continue from its last checkpoint, with its own settings; a "
+                               "larger --max-steps, --max-tokens or --epochs trains it longer.")
     register: str = _setting("", "Register the finished run's model in the MLflow Model Registry under this "
                                  "name (a new version each time; empty = do not register).")
     # model overrides: None keeps the value of the chosen config
@@ -242,16 +244,30 @@ def settings_options(command):
     return command
 
 
+def options_given(context: click.Context) -> frozenset[str]:
+    """The settings given on the command line, whatever their values. `mlflow run` passes every parameter of
+    the MLproject, so under it ($MLFLOW_RUN_ID set) a value equal to its default counts as not given."""
+    from click.core import ParameterSource
+
+    given = {f.name for f in fields(TrainSettings)
+             if context.get_parameter_source(f.name) not in (None, ParameterSource.DEFAULT)}
+    if os.environ.get("MLFLOW_RUN_ID"):
+        defaults = TrainSettings()
+        given = {name for name in given if context.params[name] != getattr(defaults, name)}
+    return frozenset(given)
+
+
 def settings_from_options(options: dict) -> TrainSettings:
     return TrainSettings(**{f.name: options[f.name] for f in fields(TrainSettings)})
 
 
-def settings_to_args(settings: TrainSettings) -> list[str]:
-    """The `pipeline.train` options that reproduce settings (the inverse of settings_from_options)."""
+def settings_to_args(settings: TrainSettings, names=None) -> list[str]:
+    """The `pipeline.train` options that reproduce settings (the inverse of settings_from_options); names: only
+    these settings (a resume gives only what it changes)."""
     args = []
     for f in fields(TrainSettings):
         value = getattr(settings, f.name)
-        if value is None:
+        if value is None or (names is not None and f.name not in names):
             continue
         args += [f"--{f.name.replace('_', '-')}", str(value).lower() if isinstance(value, bool) else str(value)]
     return args

@@ -51,7 +51,7 @@ def summary(run, experiment_name: str, mlflow_url: str) -> dict:
         "config": params.get("config") or tags.get("lab.config", ""),
         "corpus": tags.get("lab.corpus") or params.get("corpus", ""),
         "lr": params.get("lr", ""),
-        "total_steps": params.get("total_steps", ""),
+        "total_steps": tags.get("lab.total_steps") or params.get("total_steps", ""),  # the tag: once extended
         "metrics": {key: data.metrics.get(key) for key in SUMMARY_METRICS},
         "diagnosis": tags.get("diagnosis", ""),
         "diagnosis_detail": tags.get("diagnosis_detail", ""),

@@ -26,6 +26,7 @@ from pipeline.training.device import check_model_fits, keep_freed_memory, pick_d
 from pipeline.training.distributed import World
 from pipeline.training.flops import flops_per_token, peak_flops
 from pipeline.training.loop import StepLoop
+from pipeline.training.resuming import check_budget, record_extension, settings_to_resume
 from pipeline.training.run_inputs import log_run_inputs
 from pipeline.training.state import Corpus, Data, Learner, Plan, Tracked, TrainingInterrupted, TrainResult
 from pipeline.training.optimizer import make_optimizer
@@ -33,26 +34,27 @@ from pipeline.training.optimizer import make_optimizer
 log = logging.getLogger(__name__)
 
 
-def train(settings: TrainSettings, trial=None) -> TrainResult:
+def train(settings: TrainSettings, trial=None, given=None) -> TrainResult:
     """Train as settings say (or resume settings.resume), tracked in MLflow. Raises LabError subclasses for
     bad input and TrainingInterrupted on Ctrl-C or SIGTERM. trial: a bayes sweep's trial that this run is
-    (sweeps.study.TrialHandle: should_stop(evaluation, val_loss) says whether to stop as behind), or None."""
+    (sweeps.study.TrialHandle: should_stop(evaluation, val_loss) says whether to stop as behind), or None.
+    given: the names of the settings the user gave (a resume compares those with the run's own); None: those
+    that differ from the defaults."""
     world = distributed.join(settings.device)
+    given = settings.changed_from_defaults() if given is None else given
     try:
-        result = _train(settings, world, trial)
+        result = _train(settings, world, trial, given)
         world.wait_for_all()  # leave together: a process that tears down early can abort the others' last sends
         return result
     finally:
         distributed.leave(world)
 
 
-def _train(settings: TrainSettings, world: World, trial) -> TrainResult:
+def _train(settings: TrainSettings, world: World, trial, given) -> TrainResult:
     # bad input is refused before the store is touched (or created: seconds that torchrun may cut short)
-    if settings.resume:
-        _refuse_settings_beside_resume(settings)
     _check(settings, world)
     client = tracking.connect() if world.is_main else None
-    settings, resume_state = _settings_to_run(settings, world, client)
+    settings, resume_state = _settings_to_run(settings, given, world, client)
     device = pick_device(settings.device)
     if device.type == "cuda" and world.active:
         device = torch.device("cuda", world.local_rank)
@@ -67,6 +69,10 @@ def _train(settings: TrainSettings, world: World, trial) -> TrainResult:
     learner, start_step = build_model(settings, model_config, device, world, resume_state)
     plan = Plan.make(settings, data.sampler, world, flops_per_token(model_config, data.sampler.length),
                      peak[0] * world.world_size, corpus.shards.train_tokens)
+    extension = None
+    if resume_state is not None:  # a finished run, or a shorter budget, is refused before the run opens
+        extension = check_budget(settings, TrainSettings(**resume_state["settings"]), start_step, plan.total_steps,
+                                 data.sampler.n_windows, data.sampler.length)
 
     tracked = open_run(settings, corpus, world, client, resume_state)
     status, error = tracking.STATUS_FAILED, None
@@ -75,13 +81,15 @@ def _train(settings: TrainSettings, world: World, trial) -> TrainResult:
     try:
         if world.is_main and resume_state is None:
             log_run_inputs(tracked, settings, learner, corpus, data, plan, world, device, peak)
+        if world.is_main and extension:
+            record_extension(client, tracked.run_id, extension)
         if world.is_main:
             n_params = learner.model.num_params()
             log.info("run %s: %s, %s parameters (%s non-embedding), %d steps of %d tokens on %s%s", tracked.run_id,
                      settings.config, f"{n_params:,}", f"{learner.model.num_params(non_embedding=True):,}",
                      plan.total_steps, plan.tokens_per_step, device,
                      f" x {world.world_size} processes" if world.active else "")
-            log.info("plan: %s", plan.describe())
+            log.info("plan: %s%s", f"{extension.describe()}; " if extension else "", plan.describe())
             log.info("MLflow UI: %s", tracked.ui_url)
         if resume_state is not None and learner.scaler is not None and resume_state.get("scaler"):
             learner.scaler.load_state_dict(resume_state["scaler"])
@@ -115,23 +123,15 @@ def _register(client, run_id: str, name: str) -> None:
         log.warning("the model was not registered as '%s' (%s)", name, first_line(error))
 
 
-def _refuse_settings_beside_resume(settings: TrainSettings) -> None:
-    """A resumed run keeps its own settings, so that it continues exactly; only the device may change."""
-    given = [name for name in settings.changed_from_defaults() if name not in ("resume", "device")]
-    if given:
-        options = ", ".join("--" + name.replace("_", "-") for name in given)
-        raise SettingsError(f"--resume continues run {settings.resume} with its own settings: drop {options} "
-                            "(only --device may change)")
-
-
 def _check(settings: TrainSettings, world: World) -> None:
     """SettingsError for values out of range, and for a step that cannot split over the processes."""
     settings.validate()
     world.share_of_step(settings.batch_size * settings.grad_accum, settings.batch_size)
 
 
-def _settings_to_run(settings: TrainSettings, world: World, client) -> tuple[TrainSettings, dict | None]:
-    """The settings as given, or a resumed run's own settings (with the device asked for now) and its checkpoint."""
+def _settings_to_run(settings: TrainSettings, given, world: World, client) -> tuple[TrainSettings, dict | None]:
+    """The settings as given, or a resumed run's own settings (with the device and any budget given now, other
+    given options checked against the run's) and its checkpoint."""
     resume_state = None
     if settings.resume:
         if world.is_main:
@@ -142,8 +142,7 @@ def _settings_to_run(settings: TrainSettings, world: World, client) -> tuple[Tra
             tracking.beat(client, settings.resume)  # claim it now: a second Resume a moment later is refused
             resume_state = checkpoints.load_from_run(settings.resume, client)
         resume_state = world.share(resume_state)
-        saved = TrainSettings(**resume_state["settings"])
-        settings = replace(saved, resume=settings.resume, device=settings.device)
+        settings = settings_to_resume(TrainSettings(**resume_state["settings"]), settings, given)
         _check(settings, world)
     return settings, resume_state
 
