@@ -74,6 +74,10 @@ class TrainSettings:
                                "larger --max-steps, --max-tokens or --epochs trains it longer.")
     register: str = _setting("", "Register the finished run's model in the MLflow Model Registry under this "
                                  "name (a new version each time; empty = do not register).")
+    init_from: str = _setting("", "Start from these weights with a fresh optimizer and schedule: RUN_ID, "
+                                  "RUN_ID@STEP, models:/m-ID, models:/NAME/VERSION, runs:/RUN/model, a folder "
+                                  "holding a Hugging Face GPT-2 (config.json, model.safetensors), or gpt2, "
+                                  "gpt2-medium, gpt2-large, gpt2-xl (OpenAI's). The shape is the source's.")
     # model overrides: None keeps the value of the chosen config
     n_layer: int | None = _setting(None, "Override the config's number of transformer blocks.", model=True)
     n_head: int | None = _setting(None, "Override the config's attention heads per block.", model=True)
@@ -83,7 +87,7 @@ class TrainSettings:
 
     def __post_init__(self):
         # a blank name, run id or prompt means "not given", as an empty one does
-        for name in ("run_name", "resume", "prompt", "register"):
+        for name in ("run_name", "resume", "prompt", "register", "init_from"):
             if isinstance(getattr(self, name), str) and not getattr(self, name).strip():
                 setattr(self, name, "")
 
@@ -141,7 +145,10 @@ class TrainSettings:
                 raise SettingsError(f"{name} must not be empty")
         if self.register:
             check_model_name(self.register)
-        self.model_config()
+        if self.init_from:  # the shape is the source's: the trainer checks the options against it
+            tokenizer_vocab_size(self.tokenizer)
+        else:
+            self.model_config()
         return self
 
     def as_params(self) -> dict[str, str]:

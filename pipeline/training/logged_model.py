@@ -14,6 +14,7 @@ from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
 from pipeline.tracking import checkpoints
+from pipeline.training.init_from import LINEAGE_TAG
 
 MODEL_NAME = "model"
 GENERATOR_CODE = Path(__file__).with_name("generator.py")
@@ -37,8 +38,10 @@ def log_generator(client, run_id: str, step: int, weights: dict, model_config: d
     (as the run logged them) linked to it, so that search_logged_models can rank models; returns its id.
     tokenizer: checkpoints.tokenizer_state's spec and ranks; a learned tokenizer's ranks travel as an artifact."""
     run = client.get_run(run_id)
+    # a fine-tuned model says what it was fine-tuned from: the run's --init-from tags
+    lineage = {key: value for key, value in run.data.tags.items() if key.startswith(LINEAGE_TAG)}
     model = client.create_logged_model(run.info.experiment_id, name=MODEL_NAME, source_run_id=run_id,
-                                       params=run.data.params, model_type="text-generation")
+                                       params=run.data.params, tags=lineage, model_type="text-generation")
     with tempfile.TemporaryDirectory() as folder:
         weights_path = Path(folder) / "weights.pt"
         checkpoints.save(weights_path, {"model": weights, "step": step})

@@ -24,14 +24,17 @@ EXTENSION_PARAM = "extension_"
 TOTAL_STEPS_TAG = "lab.total_steps"
 
 
-def settings_to_resume(saved: TrainSettings, given: TrainSettings, given_names) -> TrainSettings:
+def settings_to_resume(saved: TrainSettings, model_config: dict, given: TrainSettings, given_names) -> TrainSettings:
     """The run's own settings with the device given now and any budget given; SettingsError naming every other
-    option given with a value that differs from the run's."""
+    option given with a value that differs from the run's. model_config: the run's model, as its checkpoint
+    keeps it."""
     refused, budget = [], {}
     for f in fields(TrainSettings):
         if f.name not in given_names or f.name in ANY_VALUE:
             continue
-        run_value, value = _run_value(saved, f.name), getattr(given, f.name)
+        run_value, value = getattr(saved, f.name), getattr(given, f.name)
+        if f.name in MODEL_FIELDS and run_value is None:  # left to the config (or the --init-from source)
+            run_value = model_config[f.name]
         if value == run_value:
             continue
         if f.name in BUDGET_FIELDS:
@@ -88,14 +91,6 @@ def record_extension(client, run_id: str, extension: Extension) -> None:
     count = sum(key.startswith(EXTENSION_PARAM) for key in client.get_run(run_id).data.params)
     client.log_param(run_id, f"{EXTENSION_PARAM}{count + 1}", extension.as_param())
     client.set_tag(run_id, TOTAL_STEPS_TAG, str(extension.new_total))
-
-
-def _run_value(saved: TrainSettings, name: str):
-    """The run's value of a setting; a model field the run left to its config is the config's value."""
-    value = getattr(saved, name)
-    if name in MODEL_FIELDS and value is None:
-        return getattr(saved.model_config(), name)
-    return value
 
 
 def _flag(name: str) -> str:

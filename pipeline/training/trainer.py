@@ -12,7 +12,7 @@ from dataclasses import replace
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from model import GPT
+from model import GPT, GPTConfig
 from pipeline import tracking
 from pipeline.data.batches import ValWindows, WindowSampler
 from pipeline.data.corpora import fetch
@@ -25,6 +25,7 @@ from pipeline.training import distributed
 from pipeline.training.device import check_model_fits, keep_freed_memory, pick_device
 from pipeline.training.distributed import World
 from pipeline.training.flops import flops_per_token, peak_flops
+from pipeline.training.init_from import load_source
 from pipeline.training.loop import StepLoop
 from pipeline.training.resuming import check_budget, record_extension, settings_to_resume
 from pipeline.training.run_inputs import log_run_inputs
@@ -60,13 +61,20 @@ def _train(settings: TrainSettings, world: World, trial, given) -> TrainResult:
         device = torch.device("cuda", world.local_rank)
     if device.type == "cpu":
         keep_freed_memory()
-    model_config = settings.model_config()
+    source = load_source(settings.init_from) if settings.init_from and resume_state is None else None
+    if resume_state is not None:  # the run's own model, whatever its settings resolve to now
+        model_config = GPTConfig(**resume_state["model_config"])
+    else:
+        model_config = source.model_config(settings) if source else settings.model_config()
 
     corpus = prepare_corpus(settings.corpus, world, settings.tokenizer)
+    if source:
+        source.check_ranks(checkpoints.tokenizer_state(corpus.shards))
     data = prepare_data(settings, corpus, model_config.context_length, world)
     # The CPU probe draws random matrices: measure before seeding, so it cannot shift the run's random stream.
     peak = peak_flops(device) if world.is_main else (0.0, "")  # (FLOP/s of one process, where that comes from)
-    learner, start_step = build_model(settings, model_config, device, world, resume_state)
+    learner, start_step = build_model(settings, model_config, device, world, resume_state,
+                                      source.weights_for(model_config) if source else None)
     plan = Plan.make(settings, data.sampler, world, flops_per_token(model_config, data.sampler.length),
                      peak[0] * world.world_size, corpus.shards.train_tokens)
     extension = None
@@ -74,7 +82,7 @@ def _train(settings: TrainSettings, world: World, trial, given) -> TrainResult:
         extension = check_budget(settings, TrainSettings(**resume_state["settings"]), start_step, plan.total_steps,
                                  data.sampler.n_windows, data.sampler.length)
 
-    tracked = open_run(settings, corpus, world, client, resume_state)
+    tracked = open_run(settings, corpus, world, client, resume_state, source.lineage_tags() if source else {})
     status, error = tracking.STATUS_FAILED, None
     system_metrics = (tracking.start_system_metrics(tracked.run_id, resume_state is not None)
                       if world.is_main else None)
@@ -142,7 +150,8 @@ def _settings_to_run(settings: TrainSettings, given, world: World, client) -> tu
             tracking.beat(client, settings.resume)  # claim it now: a second Resume a moment later is refused
             resume_state = checkpoints.load_from_run(settings.resume, client)
         resume_state = world.share(resume_state)
-        settings = settings_to_resume(TrainSettings(**resume_state["settings"]), settings, given)
+        settings = settings_to_resume(TrainSettings(**resume_state["settings"]), resume_state["model_config"],
+                                      settings, given)
         _check(settings, world)
     return settings, resume_state
 
@@ -184,11 +193,15 @@ def prepare_data(settings: TrainSettings, corpus: Corpus, context_length: int, w
 
 
 def build_model(settings: TrainSettings, model_config, device: torch.device, world: World,
-                resume_state: dict | None) -> tuple[Learner, int]:
-    """The seeded model and its optimizer, restored from the checkpoint when resuming; and the first step."""
+                resume_state: dict | None, weights: dict | None = None) -> tuple[Learner, int]:
+    """The seeded model and its optimizer, restored from the checkpoint when resuming, or started from weights
+    (--init-from); and the first step."""
     check_model_fits(model_config, device)
     torch.manual_seed(settings.seed)
-    model = GPT(model_config).to(device)
+    model = GPT(model_config)
+    if weights is not None:
+        model.load_state_dict(weights)
+    model = model.to(device)
     optimizer = make_optimizer(model, settings, device)
     start_step = 0
     if resume_state is not None:
@@ -204,8 +217,10 @@ def build_model(settings: TrainSettings, model_config, device: torch.device, wor
     return Learner.on(device, model, step_model, optimizer), start_step
 
 
-def open_run(settings: TrainSettings, corpus: Corpus, world: World, client, resume_state: dict | None) -> Tracked:
-    """Phase two: a new MLflow run, or the resumed one set RUNNING again; every process learns its id."""
+def open_run(settings: TrainSettings, corpus: Corpus, world: World, client, resume_state: dict | None,
+             lineage: dict[str, str]) -> Tracked:
+    """Phase two: a new MLflow run (tagged with where its first weights came from), or the resumed one set
+    RUNNING again; every process learns its id."""
     run_id, skip_through = None, -1
     if world.is_main:
         if resume_state is not None:
@@ -215,7 +230,8 @@ def open_run(settings: TrainSettings, corpus: Corpus, world: World, client, resu
         else:
             run_name = settings.run_name or default_run_name(settings, corpus.label)
             run_id = tracking.start_run(client, settings.experiment, run_name,
-                                        tags={"lab.config": settings.config, "lab.corpus": corpus.label})
+                                        tags={"lab.config": settings.config, "lab.corpus": corpus.label,
+                                              **lineage})
             tracking.beat(client, run_id)
     run_id = world.share(run_id)
     metrics = tracking.MetricBuffer(client, run_id, skip_through=skip_through) if world.is_main else None
