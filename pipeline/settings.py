@@ -61,6 +61,9 @@ class TrainSettings:
     log_interval: int = _setting(10, "Log train_loss, lr, grad_norm and tokens_per_sec every N steps.")
     eval_interval: int = _setting(100, "Measure val_loss every N steps.")
     val_windows: int = _setting(32, "Fixed validation windows scored at each evaluation.")
+    eval_corpus: str = _setting("", "Also score this corpus's val split at each evaluation, as val_loss/NAME and "
+                                    "val_bpb/NAME (repeatable; a corpus name or path; several joined by commas).",
+                                multiple=True)
     sample_interval: int = _setting(200, "Generate samples every N steps.")
     sample_tokens: int = _setting(48, "Tokens generated per sample.")
     temperature: float = _setting(0.8, "Sampling temperature (0 = greedy).")
@@ -87,7 +90,7 @@ class TrainSettings:
 
     def __post_init__(self):
         # a blank name, run id or prompt means "not given", as an empty one does
-        for name in ("run_name", "resume", "prompt", "register", "init_from"):
+        for name in ("run_name", "resume", "prompt", "register", "init_from", "eval_corpus"):
             if isinstance(getattr(self, name), str) and not getattr(self, name).strip():
                 setattr(self, name, "")
 
@@ -101,6 +104,10 @@ class TrainSettings:
         """The settings whose values differ from the defaults: what the user gave."""
         defaults = TrainSettings()
         return [f.name for f in fields(self) if getattr(self, f.name) != getattr(defaults, f.name)]
+
+    def eval_corpora(self) -> list[str]:
+        """The --eval-corpus names, in order, once each."""
+        return list(dict.fromkeys(name.strip() for name in self.eval_corpus.split(",") if name.strip()))
 
     def model_overrides(self) -> dict:
         return {name: getattr(self, name) for name in MODEL_FIELDS if getattr(self, name) is not None}
@@ -145,6 +152,9 @@ class TrainSettings:
                 raise SettingsError(f"{name} must not be empty")
         if self.register:
             check_model_name(self.register)
+        if self.eval_corpora() and self.tokenizer.startswith("bpe:"):
+            raise SettingsError(f"--eval-corpus needs a tokenizer that is not learned from the run's corpus "
+                                f"(gpt2, bytes): {self.tokenizer} learns other tokens from each text")
         if self.init_from:  # the shape is the source's: the trainer checks the options against it
             tokenizer_vocab_size(self.tokenizer)
         else:
@@ -241,7 +251,9 @@ def settings_options(command):
             names.append(f"--{f.name}")
         kind = setting_type(f.name)
         default = None if f.default is MISSING else f.default
-        if kind is bool:  # `--compile` alone, or `--compile true/false` as the MLproject passes it
+        if f.metadata.get("multiple"):  # repeatable; kept as one text of names joined by commas
+            option = click.option(*names, f.name, multiple=True, callback=_joined, help=f.metadata["help"])
+        elif kind is bool:  # `--compile` alone, or `--compile true/false` as the MLproject passes it
             option = click.option(*names, f.name, type=bool, is_flag=False, flag_value=True, default=default,
                                   show_default=True, help=f.metadata["help"])
         else:
@@ -262,6 +274,10 @@ def options_given(context: click.Context) -> frozenset[str]:
         defaults = TrainSettings()
         given = {name for name in given if context.params[name] != getattr(defaults, name)}
     return frozenset(given)
+
+
+def _joined(context, parameter, values) -> str:
+    return ",".join(value for value in values if value.strip())
 
 
 def settings_from_options(options: dict) -> TrainSettings:

@@ -25,7 +25,8 @@ def main(**options):
     settings = settings_from_options(options).validate()  # bad input is refused before torch and MLflow load
     if not settings.resume:
         # here, not in validate(): the dashboard checks its form with validate() and leaves paths to the trainer
-        resolve(settings.corpus)
+        for corpus in (settings.corpus, *settings.eval_corpora()):
+            resolve(corpus)
     from pipeline.sweeps.study import TrialHandle
     from pipeline.training.state import TrainingInterrupted
     from pipeline.training.trainer import train

@@ -46,12 +46,17 @@ class RunRecorder:
         val_bpb = val_loss * self.data.val_tokens_per_byte / math.log(2)
         self.metrics.log(step, val_loss=val_loss, val_perplexity=math.exp(min(val_loss, 50.0)), val_bpb=val_bpb)
         log.info("step %d  val_loss %.4f  val_bpb %.4f", step, val_loss, val_bpb)
+        for other in self.data.eval_sets:  # --eval-corpus: what the model keeps (or forgets) of other text
+            loss = self.evaluate(other.val)
+            self.metrics.log(step, **{f"val_loss/{other.name}": loss,
+                                      f"val_bpb/{other.name}": loss * other.tokens_per_byte / math.log(2)})
+            log.info("step %d  val_loss/%s %.4f", step, other.name, loss)
         return val_loss
 
     @torch.no_grad()
-    def evaluate(self) -> float:
-        """The mean loss over the fixed val windows."""
-        step_model, val, batch = self.learner.step_model, self.data.val, self.settings.batch_size
+    def evaluate(self, val=None) -> float:
+        """The mean loss over the fixed val windows (the run's own, or val's)."""
+        step_model, val, batch = self.learner.step_model, val or self.data.val, self.settings.batch_size
         step_model.eval()
         total, count = 0.0, 0
         for start in range(0, len(val), batch):

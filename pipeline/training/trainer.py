@@ -29,7 +29,8 @@ from pipeline.training.init_from import load_source
 from pipeline.training.loop import StepLoop
 from pipeline.training.resuming import check_budget, record_extension, settings_to_resume
 from pipeline.training.run_inputs import log_run_inputs
-from pipeline.training.state import Corpus, Data, Learner, Plan, Tracked, TrainingInterrupted, TrainResult
+from pipeline.training.state import (Corpus, Data, EvalSet, Learner, Plan, Tracked, TrainingInterrupted,
+                                     TrainResult)
 from pipeline.training.optimizer import make_optimizer
 
 log = logging.getLogger(__name__)
@@ -189,7 +190,16 @@ def prepare_data(settings: TrainSettings, corpus: Corpus, context_length: int, w
         log.warning("the train split has %d tokens, fewer than the context (%d) + 1: windows shrink to %d",
                     corpus.shards.train_tokens, context_length, sampler.length)
     val_tokens_per_byte = tokens_per_byte(corpus.shards.split("val"), enc) if world.is_main else 1.0
-    return Data(sampler, val, prompt, val_tokens_per_byte, corpus.shards)
+    return Data(sampler, val, prompt, val_tokens_per_byte, corpus.shards,
+                tuple(_eval_set(spec, settings, context_length, world) for spec in settings.eval_corpora()))
+
+
+def _eval_set(spec: str, settings: TrainSettings, context_length: int, world: World) -> EvalSet:
+    """--eval-corpus: another corpus's fixed val windows in the run's tokenizer, and its tokens per byte."""
+    corpus = prepare_corpus(spec, world, settings.tokenizer)
+    split = corpus.shards.split("val")
+    per_byte = tokens_per_byte(split, corpus.shards.encoding) if world.is_main else 1.0
+    return EvalSet(corpus.label, ValWindows.build(split, context_length, settings.val_windows), per_byte)
 
 
 def build_model(settings: TrainSettings, model_config, device: torch.device, world: World,
