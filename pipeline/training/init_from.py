@@ -19,7 +19,7 @@ import yaml
 
 from model.configs import GPTConfig, UnknownConfigError, config_from_hf, load_config, state_from_hf
 from pipeline.data.tokenizer import TOKENIZER
-from pipeline.errors import SettingsError, first_line
+from pipeline.errors import CheckpointError, SettingsError, first_line
 from pipeline.settings import TrainSettings, tokenizer_vocab_size
 from pipeline.tracking import checkpoints
 from pipeline.tracking.runs import connect, get_run
@@ -103,8 +103,16 @@ def load_source(spec: str) -> Source:
 
 
 def _from_run(spec: str, run_id: str, step: int | None) -> Source:
-    get_run(connect(), run_id)
-    state = checkpoints.load_from_run(run_id, step=step)
+    """A run's newest checkpoint, or the one of step; a step whose checkpoint is gone may have a logged model
+    (the best weights' are kept so)."""
+    run = get_run(connect(), run_id)
+    try:
+        state = checkpoints.load_from_run(run_id, step=step)
+    except CheckpointError:
+        models = {output.step: output.model_id for output in (run.outputs.model_outputs if run.outputs else [])}
+        if step not in models:
+            raise
+        return replace(_from_logged_model(f"models:/{models[step]}"), spec=spec)
     return Source(spec, GPTConfig(**state["model_config"]), state["model"],
                   state.get("tokenizer") or {"spec": TOKENIZER, "ranks": ""}, run_id=run_id, step=state["step"])
 

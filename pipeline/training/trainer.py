@@ -102,7 +102,10 @@ def _train(settings: TrainSettings, world: World, trial, given) -> TrainResult:
             log.info("MLflow UI: %s", tracked.ui_url)
         if resume_state is not None and learner.scaler is not None and resume_state.get("scaler"):
             learner.scaler.load_state_dict(resume_state["scaler"])
-        result = StepLoop(settings, world, device, learner, data, plan, tracked, trial).run(start_step)
+        loop = StepLoop(settings, world, device, learner, data, plan, tracked, trial)
+        if resume_state is not None:
+            loop.recorder.best.restore(resume_state.get("best", {}), learner.model)
+        result = loop.run(start_step)
         if world.is_main and result.pruned_at is not None:
             client.set_tag(tracked.run_id, tracking.PRUNED_TAG, str(result.pruned_at))
         if world.is_main and settings.register and result.model_id:
