@@ -15,16 +15,16 @@ from tests.sweeps.test_spec import TINY_BASE, write_sweeps
 # the finetune exercise at a test's size: pretrain on verdict, then tiny fine-tuned and from scratch
 FINETUNE = {"base": {**TINY_BASE, "lr": 0.01, "eval_interval": 2, "sample_interval": 4, "max_steps": 4},
             "method": "list",
-            "runs": [{"run_name": "scratch", "eval_corpus": "verdict"},  # listed first: it must still wait for none
+            "runs": [{"run_name": "pretrain", "corpus": "verdict", "max_steps": 12},
                      {"run_name": "finetuned", "init_from": "@pretrain", "eval_corpus": "verdict"},
-                     {"run_name": "pretrain", "corpus": "verdict", "max_steps": 12}]}
+                     {"run_name": "scratch", "eval_corpus": "verdict"}]}
 
 
 def test_a_run_fine_tuned_from_an_earlier_run_of_the_sweep_is_reported_beside_one_from_scratch(store, tmp_path):
+    backwards = {**FINETUNE, "runs": FINETUNE["runs"][::-1]}
     with pytest.raises(SettingsError, match="init_from '@pretrain' names no earlier run of the sweep"):
-        load_sweep("finetune", write_sweeps(tmp_path / "e.yaml", {"finetune": FINETUNE}))
-    ordered = {**FINETUNE, "runs": [FINETUNE["runs"][2], *FINETUNE["runs"][:2]]}
-    sweep = load_sweep("finetune", write_sweeps(tmp_path / "e.yaml", {"finetune": ordered}))
+        load_sweep("finetune", write_sweeps(tmp_path / "e.yaml", {"finetune": backwards}))
+    sweep = load_sweep("finetune", write_sweeps(tmp_path / "e.yaml", {"finetune": FINETUNE}))
     client = tracking.connect()
     with pytest.raises(SettingsError, match="run it with python -m pipeline.sweep"):
         scheduler_commands(client, sweep)
