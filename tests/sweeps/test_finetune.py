@@ -47,3 +47,12 @@ def test_a_run_fine_tuned_from_an_earlier_run_of_the_sweep_is_reported_beside_on
     assert facts["finetune.forgot"] == pytest.approx(tuned_verdict - pretrain_val)
     assert "memorised" not in text  # the corpora differ to fine-tune, not to compare memorisation
     assert any(path.name == "fine_tuning.png" and path.stat().st_size > 0 for path in result.report_files)
+
+
+def test_the_finetune_exercise_compares_at_one_budget_at_both_scales():
+    for scale in ("cpu", "gpu"):
+        points = [p.settings for p in load_sweep("finetune", scale=scale).points]
+        [tuned] = [s for s in points if s.init_from]
+        [scratch] = [s for s in points if not s.init_from and s.corpus == tuned.corpus == "shakespeare"]
+        assert tuned.max_tokens == scratch.max_tokens > 0
+        assert tuned.eval_corpus == scratch.eval_corpus == "tinystories"
