@@ -102,6 +102,16 @@ def load_source(spec: str) -> Source:
                         f"runs:/...), a folder holding {' and '.join(HF_FILES)}, or one of {', '.join(OPENAI_GPT2)}")
 
 
+def model_from_source(spec: str, device):
+    """The model a source holds, and the tiktoken encoding it reads and writes (as checkpoints.model_from_run)."""
+    from model import GPT
+
+    source = load_source(spec)
+    model = GPT(source.config)
+    model.load_state_dict(source.weights)
+    return model.to(device), checkpoints.encoding_from_state(source.tokenizer)
+
+
 def _from_run(spec: str, run_id: str, step: int | None) -> Source:
     """A run's newest checkpoint, or the one of step; a step whose checkpoint is gone may have a logged model
     (the best weights' are kept so)."""
