@@ -3,6 +3,8 @@ records where it came from, and refuses a source it cannot use in one line."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from mlflow.tracking import MlflowClient
 
@@ -117,3 +119,25 @@ def test_a_run_starts_from_another_runs_checkpoint_or_model_and_records_it(store
                    if m.source_run_id == run.info.run_id]
         assert model.tags["lab.init_from"] == spec  # the model says what it was fine-tuned from
 
+
+
+def test_a_model_logged_before_its_loader_moved_still_generates(store, tmp_path):
+    import mlflow
+
+    from pipeline.training.logged_model import GENERATOR_CODE
+
+    result = train(SOURCE)
+    files = Path(mlflow.artifacts.download_artifacts(f"models:/{result.model_id}", dst_path=str(tmp_path))) / "artifacts"
+    old_code = tmp_path / "generator.py"  # as models logged before the move import it
+    old_code.write_text(GENERATOR_CODE.read_text().replace("from pipeline.tracking import checkpoints",
+                                                           "from pipeline.training import checkpoints"))
+    with mlflow.start_run():
+        old = mlflow.pyfunc.log_model(name="model", python_model=str(old_code), artifacts={
+            name: str(files / file) for name, file in (("weights", "weights.pt"), ("config", "config.json"),
+                                                      ("weights_sha256", "weights.pt.sha256"))})
+    args = ["--prompt", "A language model", "--max-new-tokens", "6", "--temperature", "0"]
+    current = run_command("pipeline.generate", "--model", f"models:/{result.model_id}", *args, cwd=tmp_path)
+    outdated = run_command("pipeline.generate", "--model", old.model_uri, *args, cwd=tmp_path)
+    assert current.returncode == outdated.returncode == 0, outdated.stderr
+    assert "was logged by an older version of the lab" in outdated.stderr
+    assert outdated.stdout == current.stdout
