@@ -95,7 +95,8 @@ def _train(settings: TrainSettings, world: World, trial, given) -> TrainResult:
         if world.is_main:
             n_params = learner.model.num_params()
             log.info("run %s: %s, %s parameters (%s non-embedding), %d steps of %d tokens on %s%s", tracked.run_id,
-                     settings.config, f"{n_params:,}", f"{learner.model.num_params(non_embedding=True):,}",
+                     f"from {settings.init_from}" if settings.init_from else settings.config, f"{n_params:,}",
+                     f"{learner.model.num_params(non_embedding=True):,}",
                      plan.total_steps, plan.tokens_per_step, device,
                      f" x {world.world_size} processes" if world.active else "")
             log.info("plan: %s%s", f"{extension.describe()}; " if extension else "", plan.describe())
