@@ -37,7 +37,7 @@ from pipeline.tracking.samples import SampleReader
 
 # the params shown in the table, as logged by the trainer
 TABLE_PARAMS = ("config", "corpus", "tokenizer", "lr", "context_length", "batch_size", "max_steps", "epochs", "max_tokens",
-                MODEL_SIZE)
+                MODEL_SIZE, "init_from")
 # MLflow keeps tag values up to this many characters
 MAX_TAG_LENGTH = 8000
 TABLE_COLUMNS = ("run_name", "run_id", "status", *TABLE_PARAMS, "final_train_loss", "final_val_loss",

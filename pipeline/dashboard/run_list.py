@@ -61,6 +61,8 @@ def summary(run, experiment_name: str, mlflow_url: str) -> dict:
         "parent_run_id": tags.get("mlflow.parentRunId", ""),
         "links": {"run": run_url(mlflow_url, info.experiment_id, info.run_id)},
         "model_id": model_of(run) or "",
+        "init_from": tags.get("lab.init_from", ""),  # the weights it started from (--init-from)
+        "init_from_run": tags.get("lab.init_from_run", ""),
     }
 
 

@@ -3,6 +3,7 @@ on, and the report reading the fine-tuned run against the one from scratch, and 
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -47,6 +48,9 @@ def test_a_run_fine_tuned_from_an_earlier_run_of_the_sweep_is_reported_beside_on
     assert facts["finetune.forgot"] == pytest.approx(tuned_verdict - pretrain_val)
     assert "memorised" not in text  # the corpora differ to fine-tune, not to compare memorisation
     assert any(path.name == "fine_tuning.png" and path.stat().st_size > 0 for path in result.report_files)
+    [table] = [path for path in result.report_files if path.name == "runs.csv"]
+    rows = pd.read_csv(table).set_index("run_name")
+    assert rows.loc["finetuned", "init_from"] == pretrain_id and pd.isna(rows.loc["scratch", "init_from"])
 
 
 def test_the_finetune_exercise_compares_at_one_budget_at_both_scales():

@@ -217,7 +217,15 @@
     diag.hidden = !run.diagnosis;
     const bits = [run.experiment, run.config, run.corpus, run.lr ? `lr ${run.lr}` : ""];
     if (run.sweep) bits.push(run.role === "sweep" ? `sweep ${run.sweep} (parent)` : `sweep ${run.sweep}`);
+    if (run.init_from) bits.push(`from ${run.init_from}`);
     $(".meta", el).textContent = bits.filter(Boolean).join(" · ");
+    const source = allRuns.find((r) => r.run_id === run.init_from_run);
+    if (source) {  // the run it started from, when listed here: a link to it in MLflow
+      const link = document.createElement("a");
+      link.href = runUrl(source); link.target = "_blank"; link.rel = "noopener";
+      link.textContent = ` ↗ ${source.name}`;
+      $(".meta", el).append(link);
+    }
     const m = run.metrics || {};
     const step = card.detail && card.detail.last_step;
     $(".numbers", el).textContent = [
