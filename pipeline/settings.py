@@ -252,7 +252,8 @@ def settings_options(command):
         kind = setting_type(f.name)
         default = None if f.default is MISSING else f.default
         if f.metadata.get("multiple"):  # repeatable; kept as one text of names joined by commas
-            option = click.option(*names, f.name, multiple=True, callback=_joined, help=f.metadata["help"])
+            option = click.option(*names, f.name, multiple=True, default=(), callback=_joined,
+                                  help=f.metadata["help"])
         elif kind is bool:  # `--compile` alone, or `--compile true/false` as the MLproject passes it
             option = click.option(*names, f.name, type=bool, is_flag=False, flag_value=True, default=default,
                                   show_default=True, help=f.metadata["help"])
