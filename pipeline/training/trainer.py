@@ -7,6 +7,7 @@ SIGTERM, FAILED on any error. Under torchrun every process calls `train`; rank 0
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import replace
 
 import torch
@@ -80,8 +81,9 @@ def _train(settings: TrainSettings, world: World, trial, given) -> TrainResult:
                      peak[0] * world.world_size, corpus.shards.train_tokens)
     extension = None
     if resume_state is not None:  # a finished run, or a shorter budget, is refused before the run opens
-        extension = check_budget(settings, TrainSettings(**resume_state["settings"]), start_step, plan.total_steps,
-                                 data.sampler.n_windows, data.sampler.length)
+        with _freed_if_refused(client, settings.resume, world):
+            extension = check_budget(settings, TrainSettings(**resume_state["settings"]), start_step,
+                                     plan.total_steps, data.sampler.n_windows, data.sampler.length)
 
     tracked = open_run(settings, corpus, world, client, resume_state, source.lineage_tags() if source else {})
     status, error = tracking.STATUS_FAILED, None
@@ -153,12 +155,25 @@ def _settings_to_run(settings: TrainSettings, given, world: World, client) -> tu
                 raise SettingsError(f"run {settings.resume} is still being trained ({trainer}): stop it before "
                                     "resuming it")
             tracking.beat(client, settings.resume)  # claim it now: a second Resume a moment later is refused
-            resume_state = checkpoints.load_from_run(settings.resume, client)
+            with _freed_if_refused(client, settings.resume, world):
+                resume_state = checkpoints.load_from_run(settings.resume, client)
         resume_state = world.share(resume_state)
-        settings = settings_to_resume(TrainSettings(**resume_state["settings"]), resume_state["model_config"],
-                                      settings, given)
-        _check(settings, world)
+        with _freed_if_refused(client, settings.resume, world):
+            settings = settings_to_resume(TrainSettings(**resume_state["settings"]), resume_state["model_config"],
+                                          settings, given)
+            _check(settings, world)
     return settings, resume_state
+
+
+@contextmanager
+def _freed_if_refused(client, run_id: str, world: World):
+    """A resume refused before it trains frees the run it claimed: another resume may take it at once."""
+    try:
+        yield
+    except LabError:
+        if world.is_main:
+            tracking.unclaim(client, run_id)
+        raise
 
 
 def prepare_corpus(spec: str, world: World, tokenizer: str) -> Corpus:

@@ -8,7 +8,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.tracking import checkpoints
 from pipeline.training.init_from import load_source
-from tests.conftest import TINY_MODEL, run_command
+from tests.conftest import TINY_MODEL, run_command, run_module
 
 # Trained on "aaaa...", validated on "bbbb...": every step makes "b" less likely, so the val loss is lowest early.
 OVERFITS = [*TINY_MODEL, "--tokenizer", "bytes", "--max-steps", "6", "--lr", "1e-2", "--warmup-steps", "0",
@@ -18,7 +18,7 @@ OVERFITS = [*TINY_MODEL, "--tokenizer", "bytes", "--max-steps", "6", "--lr", "1e
 def test_the_lowest_val_loss_is_a_logged_model_of_its_own(store, tmp_path):
     text = tmp_path / "ab.txt"
     text.write_text("a" * 9000 + "\n" + "b" * 999)
-    trained = run_command("pipeline.train", "--corpus", str(text), *OVERFITS, cwd=tmp_path)
+    trained = run_module("pipeline.train", "--corpus", str(text), *OVERFITS, cwd=tmp_path)  # its log: stdout
     assert trained.returncode == 0, trained.stderr
     client = MlflowClient(store)
     [run] = client.search_runs([client.get_experiment_by_name("pretraining").experiment_id])

@@ -8,7 +8,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.settings import TrainSettings
 from pipeline.training.schedule import lr_at
-from tests.conftest import TINY_MODEL, assert_one_line_error, run_command
+from tests.conftest import TINY_MODEL, assert_one_line_error, run_command, run_module
 
 SHORT = ["--corpus", "tiny", *TINY_MODEL, "--epochs", "1000", "--max-steps", "6", "--lr", "1e-2",
          "--warmup-steps", "2", "--log-interval", "1", "--eval-interval", "3", "--sample-interval", "0",
@@ -34,7 +34,8 @@ def test_a_finished_run_is_trained_longer_only_with_a_larger_budget(store, tmp_p
     assert_one_line_error(shorter, "ends run", "before the 6 steps it planned")
     assert client.get_run(run_id).info.status == "FINISHED"
 
-    longer = run_command("pipeline.train", *SHORT, "--resume", run_id, "--max-steps", "12", cwd=tmp_path)
+    # a process of its own: the plan line is logged, and logging keeps the stdout of the first command it served
+    longer = run_module("pipeline.train", *SHORT, "--resume", run_id, "--max-steps", "12", cwd=tmp_path)
     assert longer.returncode == 0, longer.stderr
     plan = next(line for line in longer.stdout.splitlines() if line.startswith("plan: "))
     assert plan.startswith("plan: extended from 6 to 12 steps at step 6, the learning rate re-planned for 12 steps")
