@@ -214,7 +214,7 @@ def fine_tuning(pairs: Sequence, path: Path) -> None:
     other corpora they scored (dashed: what the fine-tuned run forgets), against the optimizer step.
     pairs: analysis.finetuning.Pair."""
     figure, ax = _figure()
-    runs = list(dict.fromkeys(run for pair in pairs for run in (pair.tuned, pair.scratch) if run is not None))
+    runs = list({run.run_id: run for pair in pairs for run in (pair.tuned, pair.scratch) if run is not None}.values())
     for run, colour in zip(runs, _colours(len(runs))):
         curves = [(run.val, "-", f"{run.name}: val loss")]
         curves += [(curve, "--", f"{run.name}: val loss on {name}") for name, curve in run.other_val.items()]
