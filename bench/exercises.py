@@ -1,6 +1,7 @@
-"""The five exercises at CPU scale, end to end on a fresh store, each checked for the lesson it exists to teach.
+"""The six exercises at CPU scale, end to end on a fresh store, each checked for the lesson it exists to teach.
 
-    python bench/exercises.py [--only memorization lr_sensitivity context_length scaling tokenizers] [--keep DIR]
+    python bench/exercises.py [--only memorization lr_sensitivity context_length scaling tokenizers finetune]
+                              [--keep DIR]
 
 Not a test (each exercise trains for minutes): it runs `pipeline.sweep`'s library on NAME_cpu from
 experiments.yaml, prints the wall time, the findings the report wrote and a PASS/MISSED line per lesson, and
@@ -45,6 +46,11 @@ LESSONS = {
     "tokenizers": [
         ("three tokenizers compared at the same wall time", lambda f: len(f.get("bpb_at_common", {})) == 3),
         ("the small BPE learned the most per second", lambda f: f.get("most_per_second", "").startswith("bpe:")),
+    ],
+    "finetune": [
+        ("the fine-tuned run starts lower than the one from scratch", lambda f: f["finetune.start_gain"] > 0),
+        ("and ends lower, at the same budget", lambda f: f["finetune.end_gain"] > 0),
+        ("it forgot some TinyStories: its val loss there rose", lambda f: f["finetune.forgot"] > 0),
     ],
 }
 

@@ -96,8 +96,9 @@ def store(client, run_id: str, state: dict) -> None:
                 repository.delete_artifacts(f"{ARTIFACT_DIR}/{name}")
 
 
-def load_from_run(run_id: str, client=None) -> dict:
-    """The newest checkpoint of a run that passes its checks; a corrupt one is reported and skipped."""
+def load_from_run(run_id: str, client=None, step: int | None = None) -> dict:
+    """The newest checkpoint of a run that passes its checks (a corrupt one is reported and skipped), or the one
+    of the given step."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -105,6 +106,11 @@ def load_from_run(run_id: str, client=None) -> dict:
     steps = _logged_steps(client, run_id)
     if not steps:
         raise CheckpointError(f"run {run_id} has no checkpoint: it is not a training run, or it never saved one")
+    if step is not None:
+        if step not in steps:
+            raise CheckpointError(f"run {run_id} keeps no checkpoint of step {step} (it keeps those of steps "
+                                  f"{', '.join(map(str, steps))})")
+        steps = [step]
     problems = []
     in_place = _local_artifact_dir(client.get_run(run_id).info.artifact_uri)
     with tempfile.TemporaryDirectory() as folder:

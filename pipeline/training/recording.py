@@ -14,6 +14,7 @@ from pipeline.errors import CheckpointError, ShardError, first_line
 from pipeline.settings import TrainSettings
 from pipeline.tracking import MetricBuffer, beat, checkpoints, retry_until_sent
 from pipeline.tracking.runs import HEARTBEAT_SECONDS
+from pipeline.training.best import BEST_TAG, BestWeights
 from pipeline.training.sampling import completions
 from pipeline.training.state import Data, Learner, Tracked
 
@@ -35,6 +36,7 @@ class RunRecorder:
     data: Data
     tracked: Tracked
     last_beat: float = field(default_factory=time.monotonic)
+    best: BestWeights = field(default_factory=BestWeights)  # the weights of the lowest val loss so far
 
     @property
     def metrics(self) -> MetricBuffer:
@@ -46,12 +48,18 @@ class RunRecorder:
         val_bpb = val_loss * self.data.val_tokens_per_byte / math.log(2)
         self.metrics.log(step, val_loss=val_loss, val_perplexity=math.exp(min(val_loss, 50.0)), val_bpb=val_bpb)
         log.info("step %d  val_loss %.4f  val_bpb %.4f", step, val_loss, val_bpb)
+        self.best.observe(step, val_loss, self.learner.model, self._linked_metrics(step))
+        for other in self.data.eval_sets:  # --eval-corpus: what the model keeps (or forgets) of other text
+            loss = self.evaluate(other.val)
+            self.metrics.log(step, **{f"val_loss/{other.name}": loss,
+                                      f"val_bpb/{other.name}": loss * other.tokens_per_byte / math.log(2)})
+            log.info("step %d  val_loss/%s %.4f", step, other.name, loss)
         return val_loss
 
     @torch.no_grad()
-    def evaluate(self) -> float:
-        """The mean loss over the fixed val windows."""
-        step_model, val, batch = self.learner.step_model, self.data.val, self.settings.batch_size
+    def evaluate(self, val=None) -> float:
+        """The mean loss over the fixed val windows (the run's own, or val's)."""
+        step_model, val, batch = self.learner.step_model, val or self.data.val, self.settings.batch_size
         step_model.eval()
         total, count = 0.0, 0
         for start in range(0, len(val), batch):
@@ -111,6 +119,7 @@ class RunRecorder:
             "settings": asdict(self.settings),
             "model_config": asdict(learner.model.config),
             "tokenizer": checkpoints.tokenizer_state(self.data.shards),  # generate decodes with it
+            "best": self.best.state(step),
         }
         self.metrics.flush()
         client, run_id = self.tracked.client, self.tracked.run_id
@@ -124,22 +133,38 @@ class RunRecorder:
         except Exception as error:
             log.warning("checkpoint of step %d not stored (%s); the next one will be", step, first_line(error))
 
+    def _linked_metrics(self, step: int) -> list:
+        from pipeline.training.logged_model import LINKED_METRICS
+
+        latest = self.metrics.latest
+        return [latest[key] for key in LINKED_METRICS if key in latest and latest[key].step == step]
+
     def log_model(self, step: int) -> str | None:
-        """The final weights as the run's LoggedModel (its Models tab), with this step's losses; a store that
-        refuses it costs the model, not the run: the final checkpoint is already stored."""
-        from pipeline.training.logged_model import LINKED_METRICS, log_generator
+        """The final weights as the run's LoggedModel (its Models tab), with this step's losses, and the weights
+        of the lowest val loss as a second one when they are not the final ones; a store that refuses them costs
+        the models, not the run: the final checkpoint is already stored."""
+        from pipeline.training.logged_model import log_generator
 
         sampling = {"max_new_tokens": self.settings.sample_tokens, "temperature": self.settings.temperature,
                     "top_k": self.settings.top_k, "seed": self.settings.seed}
-        latest = self.metrics.latest
-        linked = [latest[key] for key in LINKED_METRICS if key in latest and latest[key].step == step]
-        try:
-            return log_generator(self.tracked.client, self.tracked.run_id, step, self.learner.model.state_dict(),
-                                 asdict(self.learner.model.config), sampling, linked,
-                                 checkpoints.tokenizer_state(self.data.shards))
-        except Exception as error:
-            log.warning("the model of step %d was not logged (%s); its checkpoint was", step, first_line(error))
-            return None
+        best = self.best
+        best_tag = {BEST_TAG: f"the lowest val_loss ({best.val_loss:.4f}) at step {best.step} of {step}"}
+        models = [(step, self.learner.model.state_dict(), self._linked_metrics(step),
+                   best_tag if best.step == step else {})]
+        if best.step is not None and best.step != step:
+            models.append((best.step, best.weights, best.metrics, best_tag))
+        model_ids = []
+        for model_step, weights, linked, tags in models:
+            try:
+                model_ids.append(log_generator(self.tracked.client, self.tracked.run_id, model_step, weights,
+                                               asdict(self.learner.model.config), sampling, linked,
+                                               checkpoints.tokenizer_state(self.data.shards), tags))
+            except Exception as error:
+                log.warning("the model of step %d was not logged (%s)", model_step, first_line(error))
+                model_ids.append(None)
+        if len(model_ids) > 1 and model_ids[1]:
+            log.info("best model: models:/%s (step %d, val_loss %.4f)", model_ids[1], best.step, best.val_loss)
+        return model_ids[0]
 
     def keep_heartbeat(self) -> None:
         """Beats at most every HEARTBEAT_SECONDS: a run whose beats stop counts as crashed and may be resumed."""
