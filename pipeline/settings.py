@@ -66,6 +66,8 @@ class TrainSettings:
                                 multiple=True)
     sample_interval: int = _setting(200, "Generate samples every N steps.")
     sample_tokens: int = _setting(48, "Tokens generated per sample.")
+    inspect_interval: int = _setting(-1, "Log attention maps of the prompt and every head's induction and "
+                                         "previous-token scores every N steps (-1 = with the samples).")
     temperature: float = _setting(0.8, "Sampling temperature (0 = greedy).")
     top_k: int = _setting(40, "Sample among the k likeliest tokens (0 = all).")
     prompt: str = _setting("", "Prompt for samples (empty = the corpus's own prompt).")
@@ -109,6 +111,10 @@ class TrainSettings:
         """The --eval-corpus names, in order, once each."""
         return list(dict.fromkeys(name.strip() for name in self.eval_corpus.split(",") if name.strip()))
 
+    def inspection_interval(self) -> int:
+        """Steps between inspections: inspect_interval, or the samples' when it is -1."""
+        return self.sample_interval if self.inspect_interval == -1 else self.inspect_interval
+
     def model_overrides(self) -> dict:
         return {name: getattr(self, name) for name in MODEL_FIELDS if getattr(self, name) is not None}
 
@@ -144,6 +150,8 @@ class TrainSettings:
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise SettingsError(f"{name} must be zero or more, got {value}")
+        if self.inspect_interval < -1:
+            raise SettingsError(f"inspect_interval must be -1 (with the samples) or more, got {self.inspect_interval}")
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be in [0, 1), got {getattr(self, name)}")
