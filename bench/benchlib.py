@@ -91,6 +91,33 @@ def prepare(settings):
     return shards, shards.split("train"), shards.split("val")
 
 
+def nanogpt_data(folder: Path, corpus: str = "tinystories") -> Path:
+    """The lab's shards of corpus (llm.c format: a 256-int32 header, then uint16 tokens) as nanoGPT's
+    data/lab_<corpus>/{train,val}.bin (the bare uint16 tokens); folder, nanoGPT's working directory."""
+    import numpy as np
+
+    from pipeline.settings import TrainSettings
+
+    shards, _, _ = prepare(TrainSettings(corpus=corpus))
+    target = folder / "data" / f"lab_{corpus}"
+    target.mkdir(parents=True)
+    for split, nanogpt_name in (("train", "train.bin"), ("val", "val.bin")):
+        tokens = np.concatenate(shards.split(split))
+        tokens.astype(np.uint16).tofile(target / nanogpt_name)
+    return folder
+
+
+def nanogpt_command(nanogpt: Path, folder: Path, overrides: dict) -> tuple[list[str], dict]:
+    """nanoGPT's train.py (a checkout of karpathy/nanoGPT) with --key=value overrides, run in folder (made by
+    nanogpt_data), and its environment: unbuffered, and without the project on its path."""
+    (folder / "configurator.py").write_text((nanogpt / "configurator.py").read_text())  # read from the cwd
+    # the project off its path, so that nanoGPT imports its own model.py; pip --target packages stay
+    paths = [path for path in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+             if path and Path(path).resolve() != PROJECT_DIR]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "PYTHONUNBUFFERED": "1"}
+    return [sys.executable, str(nanogpt / "train.py"), *(f"--{key}={value}" for key, value in overrides.items())], env
+
+
 class BareLoop:
     """The trainer's optimisation step and nothing else: the trainer's own StepLoop.train_step on the same model
     (same seed), optimizer, lr schedule and WindowSampler batches, the loss read back every step as the trainer

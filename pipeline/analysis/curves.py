@@ -25,10 +25,10 @@ MODEL_SIZE = "n_params_non_embedding"
 MODEL_SIZE_PARAMS = ("config", "n_layer", "n_head", "n_embd", MODEL_SIZE)
 # The settings a sweep may vary, most telling first: the first one that differs is the x axis of final_val_loss.
 # Model size leads: a scaling sweep also sets each size's own lr, and its axis is still N. The tokenizer comes next:
-# a tokenizers sweep sets each one's context and budget with it.
-SWEEP_PREFERENCE = (MODEL_SIZE, "tokenizer", "lr", "context_length", "batch_size", "grad_accum", "max_tokens",
-                    "max_steps", "epochs", "min_lr", "warmup_steps", "weight_decay", "dropout", "grad_clip", "beta1", "beta2",
-                    "stride", "seed", "corpus")
+# a tokenizers sweep sets each one's context and budget with it; then the optimizer, each tried at its own rates.
+SWEEP_PREFERENCE = (MODEL_SIZE, "tokenizer", "optimizer", "lr", "muon_lr", "context_length", "batch_size",
+                    "grad_accum", "max_tokens", "max_steps", "epochs", "min_lr", "warmup_steps", "weight_decay",
+                    "dropout", "grad_clip", "beta1", "beta2", "stride", "seed", "corpus")
 TAG_FALLBACKS = {"config": "lab.config", "corpus": "lab.corpus"}
 
 
@@ -49,6 +49,7 @@ class RunCurves:
     metrics: dict[str, float] = field(default_factory=dict)  # the last value of every metric
     artifact_uri: str = ""  # where the run's artifacts are (samples are read from there)
     bpb_times: tuple[tuple[float, float], ...] = ()  # (seconds since its first step, val_bpb) at each evaluation
+    eval_seconds: tuple[tuple[int, float], ...] = ()  # (step, seconds since its first step) of each evaluation
 
     def value(self, key: str) -> str | None:
         value = self.params.get(key)
@@ -60,7 +61,8 @@ class RunCurves:
         """The run named by what differs across the runs it is compared with ("lr=0.001", "N=98.3K"), else its
         name."""
         shown = [f"N={count_text(number(self.value(key)) or 0)}" if key == MODEL_SIZE else f"{key}={self.value(key)}"
-                 for key in swept if self.value(key) is not None]
+                 for key in swept if self.value(key) is not None
+                 and not (key == "muon_lr" and self.value("optimizer") != "muon")]  # logged, but unused by AdamW
         return ", ".join(shown) or self.name
 
     @property
@@ -195,6 +197,7 @@ def load_runs(client: MlflowClient, runs: pd.DataFrame | Sequence[str]) -> list[
         params = {k[len("params."):]: str(v) for k, v in row.items() if k.startswith("params.") and _present(v)}
         tags = {k[len("tags."):]: str(v) for k, v in row.items() if k.startswith("tags.") and _present(v)}
         run_id = str(row["run_id"])
+        timed = _timed_history(client, run_id, "val_bpb")
         loaded.append(RunCurves(
             run_id=run_id,
             name=tags.get("mlflow.runName") or run_id[:8],
@@ -208,7 +211,8 @@ def load_runs(client: MlflowClient, runs: pd.DataFrame | Sequence[str]) -> list[
             tokens=[] if number(params.get("tokens_per_step")) else _history(client, run_id, "tokens_seen"),
             novelty=_history(client, run_id, "novelty"),
             artifact_uri=str(row.get("artifact_uri") or ""),
-            bpb_times=_timed_history(client, run_id, "val_bpb"),
+            bpb_times=tuple((seconds, value) for _, seconds, value in timed),
+            eval_seconds=tuple((step, seconds) for step, seconds, _ in timed),
             metrics={k[len("metrics."):]: float(v) for k, v in row.items() if k.startswith("metrics.") and _present(v)},
         ))
     return loaded
@@ -221,8 +225,9 @@ def _history(client: MlflowClient, run_id: str, key: str) -> Curve:
     return sorted(by_step.items())
 
 
-def _timed_history(client: MlflowClient, run_id: str, key: str) -> tuple[tuple[float, float], ...]:
-    """A metric against wall time: seconds from the run's first training step to each value's timestamp. A sweep
+def _timed_history(client: MlflowClient, run_id: str, key: str) -> tuple[tuple[int, float, float], ...]:
+    """A metric against wall time: (step, seconds from the run's first training step to the value's timestamp,
+    value), in time order. A sweep
     opens its children's runs together, so a run's start_time is not when it began training: the first step's time
     is extrapolated back from its first two train_loss logs (their steps and timestamps)."""
     train = sorted((m.step, m.timestamp) for m in client.get_metric_history(run_id, "train_loss"))
@@ -230,7 +235,8 @@ def _timed_history(client: MlflowClient, run_id: str, key: str) -> tuple[tuple[f
         return ()
     (step1, ms1), (step2, ms2) = train[0], train[1]
     start_ms = ms1 - step1 * (ms2 - ms1) / (step2 - step1)
-    return tuple(sorted(((m.timestamp - start_ms) / 1000, m.value) for m in client.get_metric_history(run_id, key)))
+    timed = ((m.step, (m.timestamp - start_ms) / 1000, m.value) for m in client.get_metric_history(run_id, key))
+    return tuple(sorted(timed, key=lambda item: item[1]))
 
 
 def swept_params(runs: Sequence[RunCurves]) -> list[str]:
