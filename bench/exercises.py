@@ -1,6 +1,7 @@
-"""The five exercises at CPU scale, end to end on a fresh store, each checked for the lesson it exists to teach.
+"""The six exercises at CPU scale, end to end on a fresh store, each checked for the lesson it exists to teach.
 
-    python bench/exercises.py [--only memorization lr_sensitivity context_length scaling tokenizers] [--keep DIR]
+    python bench/exercises.py [--only memorization lr_sensitivity context_length scaling tokenizers
+                              optimizers] [--keep DIR]
 
 Not a test (each exercise trains for minutes): it runs `pipeline.sweep`'s library on NAME_cpu from
 experiments.yaml, prints the wall time, the findings the report wrote and a PASS/MISSED line per lesson, and
@@ -45,6 +46,13 @@ LESSONS = {
     "tokenizers": [
         ("three tokenizers compared at the same wall time", lambda f: len(f.get("bpb_at_common", {})) == 3),
         ("the small BPE learned the most per second", lambda f: f.get("most_per_second", "").startswith("bpe:")),
+    ],
+    "optimizers": [
+        ("AdamW and Muon each reached the common val loss",
+         lambda f: all(f["tokens_to_target"][name] is not None for name in ("adamw", "muon"))),
+        ("neither best rate at the edge of the rates tried",
+         lambda f: f["best_rate"]["adamw"] == 0.003 and f["best_rate"]["muon"] == 0.02),
+        ("one optimizer got there first in tokens", lambda f: f["first_in_tokens"] is not None),
     ],
 }
 
