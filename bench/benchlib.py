@@ -173,6 +173,33 @@ def run_measured(command: list[str], env: dict, cwd) -> tuple[str, int, int]:
     return output, child.returncode, usage.ru_maxrss * scale
 
 
+def alternate_children(script: str, modes: list[str], reps: int, child_args: list[str]) -> tuple[dict, dict, dict]:
+    """`script --child MODE *child_args` for each mode in turn, reps times, each a process of its own that prints,
+    last, a JSON line with its step times (seconds), tokens_per_step and loss (and any val_loss). Each run printed;
+    returned: the runs by mode, and by mode the median tokens/s (of each run's median step) and peak RSS in MB."""
+    import json
+
+    env = offline_environment()
+    runs: dict[str, list[dict]] = {mode: [] for mode in modes}
+    for rep in range(reps):
+        for mode in modes:
+            output, code, peak_rss = run_measured([sys.executable, script, "--child", mode, *child_args], env,
+                                                  PROJECT_DIR)
+            if code != 0:
+                raise SystemExit(f"the {mode} child failed (exit {code}):\n{output[-3000:]}")
+            result = json.loads(output.strip().splitlines()[-1])
+            result["tokens_per_sec"] = result["tokens_per_step"] / median(result["seconds"])
+            result["peak_rss_mb"] = peak_rss / 2**20
+            runs[mode].append(result)
+            val = f", val loss {result['val_loss']:.5f}" if "val_loss" in result else ""
+            print(f"   rep {rep + 1} {mode:7s}: {result['tokens_per_sec']:,.0f} tokens/s (median step "
+                  f"{median(result['seconds']):.3f} s), peak RSS {result['peak_rss_mb']:,.0f} MB, "
+                  f"loss {result['loss']:.5f}{val}", flush=True)
+    tokens = {mode: median([r["tokens_per_sec"] for r in rs]) for mode, rs in runs.items()}
+    rss = {mode: median([r["peak_rss_mb"] for r in rs]) for mode, rs in runs.items()}
+    return runs, tokens, rss
+
+
 def sync(device) -> None:
     import torch
 

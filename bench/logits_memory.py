@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 import benchlib
 
@@ -64,19 +63,6 @@ def evaluate(model, val, batch_size: int) -> float:
     return total / len(val)
 
 
-def measure(mode: str, args) -> dict:
-    env = benchlib.offline_environment()
-    output, code, peak_rss = benchlib.run_measured(
-        [sys.executable, __file__, "--child", mode, "--steps", str(args.steps), "--batch-size", str(args.batch_size)],
-        env, benchlib.PROJECT_DIR)
-    if code != 0:
-        raise SystemExit(f"the {mode} child failed (exit {code}):\n{output[-3000:]}")
-    result = json.loads(output.strip().splitlines()[-1])
-    result["tokens_per_sec"] = result["tokens_per_step"] / benchlib.median(result["seconds"])
-    result["peak_rss_mb"] = peak_rss / 2**20
-    return result
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6)
@@ -91,16 +77,8 @@ def main() -> int:
     benchlib.offline_environment()
     benchlib.header(f"chunked cross-entropy against the whole logits: nano at batch {args.batch_size} x 256 "
                     f"({args.steps} steps, {args.reps} reps each, alternating)")
-    runs: dict[str, list[dict]] = {"whole": [], "chunked": []}
-    for rep in range(args.reps):
-        for mode in runs:
-            result = measure(mode, args)
-            runs[mode].append(result)
-            print(f"   rep {rep + 1} {mode:7s}: {result['tokens_per_sec']:,.0f} tokens/s (median step "
-                  f"{benchlib.median(result['seconds']):.3f} s), peak RSS {result['peak_rss_mb']:,.0f} MB, "
-                  f"loss {result['loss']:.5f}, val loss {result['val_loss']:.5f}")
-    tokens = {mode: benchlib.median([r["tokens_per_sec"] for r in rs]) for mode, rs in runs.items()}
-    rss = {mode: benchlib.median([r["peak_rss_mb"] for r in rs]) for mode, rs in runs.items()}
+    runs, tokens, rss = benchlib.alternate_children(__file__, ["whole", "chunked"], args.reps,
+                                                    ["--steps", str(args.steps), "--batch-size", str(args.batch_size)])
     speed, saving = tokens["chunked"] / tokens["whole"], 1 - rss["chunked"] / rss["whole"]
     losses = [r[key] for rs in runs.values() for r in rs for key in ("loss", "val_loss")]
     gap = max(abs(r[key] - runs["whole"][0][key]) for rs in runs.values() for r in rs for key in ("loss", "val_loss"))
