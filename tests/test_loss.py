@@ -63,9 +63,12 @@ def test_evaluation_loss_equals_the_whole_logits(device):
 def test_compiled_chunked_loss_and_gradients_equal_the_eager_whole_logits():
     model, x, y = model_and_batch("cpu")
     whole_loss, whole_grads = loss_and_grads(model, 0, x, y)
-    loss, grads = loss_and_grads(model, CHUNK, x, y, step_model=torch.compile(model))
+    compiled = torch.compile(model)
+    loss, grads = loss_and_grads(model, CHUNK, x, y, step_model=compiled)
     torch.testing.assert_close(loss, whole_loss, rtol=1e-5, atol=1e-5)
     assert_close_grads(whole_grads, grads, rtol=1e-3, atol=1e-6)
+    with torch.no_grad():  # the trainer evaluates through the compiled model too
+        torch.testing.assert_close(compiled(x, y)[1], whole_loss, rtol=1e-5, atol=1e-5)
 
 
 @ON_CUDA
