@@ -139,9 +139,9 @@ def test_ctrl_c_ends_a_sweep_even_when_started_ignoring_it(store, tmp_path):
 
 @pytest.mark.slow
 def test_the_optimizers_exercise_runs_end_to_end_at_a_tiny_size_and_says_who_got_there_first(store, tmp_path):
-    """optimizers_cpu as shipped, its runs (AdamW and Muon at their rates) on a test-sized model for 12 steps."""
+    """optimizers_cpu as shipped, its runs (AdamW and Muon at their rates) on a test-sized model for 6 steps."""
     exercise = yaml.safe_load((PROJECT_DIR / "experiments.yaml").read_text())["sweeps"]["optimizers_cpu"]
-    tiny = {**exercise, "base": {**TINY_BASE, "max_steps": 12, "eval_interval": 3, "sample_interval": 0}}
+    tiny = {**exercise, "base": {**TINY_BASE, "eval_interval": 2, "sample_interval": 0}}
     path = write_sweeps(tmp_path / "e.yaml", {"optimizers_cpu": tiny})
     client = tracking.connect()
     result = run_sweep(client, load_sweep("optimizers", path, scale="cpu"), workers=2)
