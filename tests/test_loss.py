@@ -6,7 +6,7 @@ import torch
 
 from model import GPT, GPTConfig
 
-# GPT-2's 50,304-way head; 2 x 40 positions in chunks of 32: two whole chunks and a short one
+# GPT-2's 50,304-way head; 2 x 40 positions in chunks of at most 32: three, of 27, 27 and 26
 CONFIG = GPTConfig(n_layer=2, n_head=2, n_embd=32, context_length=40, dropout=0.0)
 CHUNK = 32
 ON_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; PyTorch sees none here")
