@@ -52,6 +52,10 @@ class RunCurves:
     eval_seconds: tuple[tuple[int, float], ...] = ()  # (step, seconds since its first step) of each evaluation
 
     def value(self, key: str) -> str | None:
+        """A param as logged (config and corpus from tags for older runs); None when missing or unused: every run
+        logs muon_lr, only a Muon run trains with it."""
+        if key == "muon_lr" and self.params.get("optimizer") != "muon":
+            return None
         value = self.params.get(key)
         if value in (None, "") and key in TAG_FALLBACKS:
             value = self.tags.get(TAG_FALLBACKS[key])
@@ -61,8 +65,7 @@ class RunCurves:
         """The run named by what differs across the runs it is compared with ("lr=0.001", "N=98.3K"), else its
         name."""
         shown = [f"N={count_text(number(self.value(key)) or 0)}" if key == MODEL_SIZE else f"{key}={self.value(key)}"
-                 for key in swept if self.value(key) is not None
-                 and not (key == "muon_lr" and self.value("optimizer") != "muon")]  # logged, but unused by AdamW
+                 for key in swept if self.value(key) is not None]
         return ", ".join(shown) or self.name
 
     @property

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pandas as pd
 import pytest
 
 from pipeline.analysis import plots
+from pipeline.analysis.comparison import run_table
 from pipeline.analysis.curves import RunCurves, swept_params
 from pipeline.analysis.findings import find
 from pipeline.analysis.optimizers import first_reach
@@ -73,8 +75,13 @@ def test_one_optimizer_alone_is_not_compared_and_a_loss_never_reached_has_no_tim
     assert "Fewer than two optimizers have a finished run" in findings.text and "target_val_loss" not in findings.facts
 
 
-def test_the_wall_time_plot_labels_each_run_by_its_optimizer_and_own_rate(tmp_path):
+def test_the_wall_time_plot_and_the_table_show_each_run_by_its_optimizer_and_own_rate(tmp_path):
     runs = sweep_runs(muon_seconds_per_step=0.12)
+    table = run_table(runs, swept_params(runs))
+    rows = table.set_index("run_name")
+    assert rows.loc["adamw-0.001", ["optimizer", "lr"]].tolist() == ["adamw", "0.001"]
+    assert pd.isna(rows.loc["adamw-0.001", "muon_lr"])  # every run logs muon_lr; only Muon's runs train with it
+    assert rows.loc["muon-0.05", "muon_lr"] == "0.05"
     assert runs[0].label(swept_params(runs)) == "optimizer=adamw, lr=0.001"
     assert runs[3].label(swept_params(runs)) == "optimizer=muon, lr=0.003, muon_lr=0.01"
     plots.bpb_by_time(runs, swept_params(runs), tmp_path / "val_bpb_by_time.png")
