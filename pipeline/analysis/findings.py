@@ -4,7 +4,8 @@ Each exercise has its reading, chosen by what differs across the runs: the corpu
 generalisation), the learning rate (where training becomes unstable), the context length, the model size (the
 scaling law), the tokenizer (which learned the most per second: pipeline/analysis/tokenizers.py), the optimizer
 (which reached a val loss first: pipeline/analysis/optimizers.py). Every sentence quotes the numbers it rests on;
-when the runs do not show the lesson, the finding says so and what to change. `facts` keeps those numbers for checks (bench/exercises.py).
+when the runs do not show the lesson, the finding says so and what to change. `facts` keeps those numbers for
+checks (bench/exercises.py).
 """
 
 from __future__ import annotations
