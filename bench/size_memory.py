@@ -1,7 +1,7 @@
 """Peak RSS of training each named size on a CPU, and the largest batch that fits 8 GB and 16 GB of memory: the
 figures of the guide's model-size table.
 
-    python bench/size_memory.py [--configs small medium] [--batches 1 4] [--steps 2] [--whole]
+    python bench/size_memory.py [--configs small medium] [--batches 2 4] [--steps 2] [--whole]
 
 Each (config, batch) is a child process of its own training --steps steps on verdict with the trainer's step
 (bench/benchlib.py's BareLoop, freed memory kept as the trainer keeps it), its peak RSS read from wait4. Peak RSS
@@ -56,7 +56,8 @@ def largest_batch(points: list[tuple[int, float]], limit_gb: float) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=["small", "medium"])
-    parser.add_argument("--batches", nargs="+", type=int, default=[1, 4], help="at least two batch sizes")
+    # two batches of several chunks each: the line through them holds for larger batches
+    parser.add_argument("--batches", nargs="+", type=int, default=[2, 4], help="at least two batch sizes")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--whole", action="store_true", help="also the whole logits (GPT.loss_chunk = 0)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
