@@ -1,7 +1,7 @@
-"""The seven exercises at CPU scale, end to end on a fresh store, each checked for the lesson it exists to teach.
+"""The eight exercises at CPU scale, end to end on a fresh store, each checked for the lesson it exists to teach.
 
     python bench/exercises.py [--only memorization lr_sensitivity context_length scaling tokenizers finetune
-                              induction] [--keep DIR]
+                              induction optimizers] [--keep DIR]
 
 Not a test (each exercise trains for minutes): it runs `pipeline.sweep`'s library on NAME_cpu from
 experiments.yaml, prints the wall time, the findings the report wrote and a PASS/MISSED line per lesson, and
@@ -57,6 +57,12 @@ LESSONS = {
     "induction": [
         ("an induction head formed in the deeper run", lambda f: list(f["induction_formed"].values())[-1]),
         ("none in the one-layer run", lambda f: not list(f["induction_formed"].values())[0]),
+    "optimizers": [
+        ("AdamW and Muon each reached the common val loss",
+         lambda f: all(f["tokens_to_target"][name] is not None for name in ("adamw", "muon"))),
+        ("neither best rate at the edge of the rates tried",
+         lambda f: f["best_rate"]["adamw"] == 0.003 and f["best_rate"]["muon"] == 0.02),
+        ("one optimizer got there first in tokens", lambda f: f["first_in_tokens"] is not None),
     ],
 }
 

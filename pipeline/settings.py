@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from model import GPTConfig
 
 MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "context_length", "dropout")
+OPTIMIZERS = ("adamw", "muon")
 MAX_BPE_TOKENS = 65535  # a bpe:N's end-of-text token is id N, and shards hold uint16 ids
 
 
@@ -49,10 +50,14 @@ class TrainSettings:
     lr: float = _setting(1e-3, "Peak learning rate, reached after warmup.")
     min_lr: float = _setting(1e-4, "Learning rate at the end of the cosine decay.")
     warmup_steps: int = _setting(30, "Steps of linear warmup from 0 to lr.")
-    weight_decay: float = _setting(0.1, "AdamW weight decay, applied to weight matrices only.")
+    weight_decay: float = _setting(0.1, "Weight decay of the weight matrices (under Muon, as much per step as "
+                                        "AdamW's at --lr).")
     beta1: float = _setting(0.9, "AdamW beta1.")
     beta2: float = _setting(0.95, "AdamW beta2.")
     grad_clip: float = _setting(1.0, "Clip the gradient norm to this (0 = no clipping).")
+    optimizer: str = _setting("adamw", "adamw, or muon: Muon for the blocks' weight matrices and AdamW (at --lr) "
+                                       "for the embeddings, norms and biases.")
+    muon_lr: float = _setting(0.02, "Muon's peak learning rate (--optimizer muon); warmup and decay follow --lr's.")
     seed: int = _setting(1337, "Seed for weights, window order and dropout.")
     # hardware
     device: str = _setting("auto", "auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps.")
@@ -141,6 +146,10 @@ class TrainSettings:
                 raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise SettingsError(f"lr must be a positive number, got {self.lr}")
+        if self.optimizer not in OPTIMIZERS:
+            raise SettingsError(f"unknown optimizer '{self.optimizer}' (known: {', '.join(OPTIMIZERS)})")
+        if not (self.muon_lr > 0 and math.isfinite(self.muon_lr)):
+            raise SettingsError(f"muon_lr must be a positive number, got {self.muon_lr}")
         if not (0 <= self.min_lr <= self.lr):
             raise SettingsError(f"min_lr must be between 0 and lr ({self.lr}), got {self.min_lr}")
         non_negative = ("epochs", "max_steps", "max_tokens", "warmup_steps", "weight_decay", "grad_clip",

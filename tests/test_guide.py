@@ -37,7 +37,8 @@ def run(args: list[str], cwd) -> subprocess.CompletedProcess:
 def test_the_guide_has_commands_for_every_part():
     commands = guide_commands()
     assert any("pipeline.train --config nano --corpus verdict --epochs 3" in c for c in commands)
-    for sweep in ("memorization", "lr_sensitivity", "context_length", "scaling", "tokenizers", "finetune", "induction"):
+    for sweep in ("memorization", "lr_sensitivity", "context_length", "scaling", "tokenizers", "finetune", "induction",
+                  "optimizers"):
         assert f"python -m pipeline.sweep --name {sweep}" in commands
 
 

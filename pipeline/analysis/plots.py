@@ -143,12 +143,13 @@ def final_val(runs: Sequence[RunCurves], swept: Sequence[str], path: Path) -> No
 
 def bpb_by_time(runs: Sequence[RunCurves], swept: Sequence[str], path: Path) -> None:
     """val_bpb against minutes of training, one line a run: runs on different tokenizers compare at equal wall
-    time in bits per byte of the same val text (val loss in nats per token would not compare)."""
+    time in bits per byte of the same val text (val loss in nats per token would not compare); runs on different
+    optimizers by the time each took."""
     figure, ax = _figure()
     timed = [run for run in runs if run.bpb_times and not run.pruned]
     for run, colour in zip(timed, _colours(len(timed))):
         ax.plot([t / 60 for t, _ in run.bpb_times], [v for _, v in run.bpb_times], marker="o", markersize=3,
-                color=colour, label=run.label(swept[:1]))
+                color=colour, label=run.label(swept[:1] if "tokenizer" in swept[:1] else swept))
     ax.set_xlabel("minutes of training (since the run's first step)")
     ax.set_ylabel("val bits per byte (val_bpb)")
     ax.set_title("val_bpb against wall time" + (f" by {swept[0]}" if swept else ""))
