@@ -57,6 +57,7 @@ LESSONS = {
     "induction": [
         ("an induction head formed in the deeper run", lambda f: list(f["induction_formed"].values())[-1]),
         ("none in the one-layer run", lambda f: not list(f["induction_formed"].values())[0]),
+    ],
     "optimizers": [
         ("AdamW and Muon each reached the common val loss",
          lambda f: all(f["tokens_to_target"][name] is not None for name in ("adamw", "muon"))),
