@@ -15,6 +15,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from model.configs import GPTConfig
+from model.loss import chunk_positions, chunked_cross_entropy
 
 
 class CausalSelfAttention(nn.Module):
@@ -63,7 +64,7 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU()
+        self.gelu = nn.GELU(approximate=config.gelu)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -103,6 +104,8 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # Weight tying: reading a token in and predicting it out use the same vectors (and save vocab x n_embd).
         self.transformer.wte.weight = self.lm_head.weight
+        # Positions per chunk of the loss (model/loss.py); 0: the whole logits at once, as nanoGPT computes them.
+        self.loss_chunk = chunk_positions(config.vocab_size)
 
         self.apply(self._init_weights)
         # GPT-2 scales the projections that write into the residual stream by 1/sqrt(2 * n_layer),
@@ -131,8 +134,10 @@ class GPT(nn.Module):
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits for every position, and the mean cross-entropy against targets when given."""
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Without targets, the last position's logits (all generation needs). With targets, the mean
+        cross-entropy, and no logits: they are made a chunk at a time inside the loss (all of them when
+        loss_chunk is 0)."""
         B, T = idx.size()
         if T > self.config.context_length:
             raise ValueError(f"sequence of {T} tokens is longer than the context ({self.config.context_length})")
@@ -144,6 +149,8 @@ class GPT(nn.Module):
         if targets is None:
             # Generation needs only the last position: skip the big vocab matmul everywhere else.
             return self.lm_head(x[:, [-1], :]), None
+        if self.loss_chunk:
+            return None, chunked_cross_entropy(x, self.lm_head.weight, targets, self.loss_chunk)
         logits = self.lm_head(x)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss

@@ -8,6 +8,7 @@ torch nor MLflow: the model module is loaded only to resolve a config.
 from __future__ import annotations
 
 import math
+import os
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from model import GPTConfig
 
 MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "context_length", "dropout")
+OPTIMIZERS = ("adamw", "muon")
 MAX_BPE_TOKENS = 65535  # a bpe:N's end-of-text token is id N, and shards hold uint16 ids
 
 
@@ -48,10 +50,14 @@ class TrainSettings:
     lr: float = _setting(1e-3, "Peak learning rate, reached after warmup.")
     min_lr: float = _setting(1e-4, "Learning rate at the end of the cosine decay.")
     warmup_steps: int = _setting(30, "Steps of linear warmup from 0 to lr.")
-    weight_decay: float = _setting(0.1, "AdamW weight decay, applied to weight matrices only.")
+    weight_decay: float = _setting(0.1, "Weight decay of the weight matrices (under Muon, as much per step as "
+                                        "AdamW's at --lr).")
     beta1: float = _setting(0.9, "AdamW beta1.")
     beta2: float = _setting(0.95, "AdamW beta2.")
     grad_clip: float = _setting(1.0, "Clip the gradient norm to this (0 = no clipping).")
+    optimizer: str = _setting("adamw", "adamw, or muon: Muon for the blocks' weight matrices and AdamW (at --lr) "
+                                       "for the embeddings, norms and biases.")
+    muon_lr: float = _setting(0.02, "Muon's peak learning rate (--optimizer muon); warmup and decay follow --lr's.")
     seed: int = _setting(1337, "Seed for weights, window order and dropout.")
     # hardware
     device: str = _setting("auto", "auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps.")
@@ -60,6 +66,9 @@ class TrainSettings:
     log_interval: int = _setting(10, "Log train_loss, lr, grad_norm and tokens_per_sec every N steps.")
     eval_interval: int = _setting(100, "Measure val_loss every N steps.")
     val_windows: int = _setting(32, "Fixed validation windows scored at each evaluation.")
+    eval_corpus: str = _setting("", "Also score this corpus's val split at each evaluation, as val_loss/NAME and "
+                                    "val_bpb/NAME (repeatable; a corpus name or path; several joined by commas).",
+                                multiple=True)
     sample_interval: int = _setting(200, "Generate samples every N steps.")
     sample_tokens: int = _setting(48, "Tokens generated per sample.")
     inspect_interval: int = _setting(-1, "Log attention maps of the prompt and every head's induction and "
@@ -71,9 +80,14 @@ class TrainSettings:
     # MLflow
     experiment: str = _setting("pretraining", "MLflow experiment name.")
     run_name: str = _setting("", "MLflow run name (empty = CONFIG-CORPUS-lrLR).")
-    resume: str = _setting("", "MLflow run id to continue from its last checkpoint, with its own settings.")
+    resume: str = _setting("", "MLflow run id to continue from its last checkpoint, with its own settings; a "
+                               "larger --max-steps, --max-tokens or --epochs trains it longer.")
     register: str = _setting("", "Register the finished run's model in the MLflow Model Registry under this "
                                  "name (a new version each time; empty = do not register).")
+    init_from: str = _setting("", "Start from these weights with a fresh optimizer and schedule: RUN_ID, "
+                                  "RUN_ID@STEP, models:/m-ID, models:/NAME/VERSION, runs:/RUN/model, a folder "
+                                  "holding a Hugging Face GPT-2 (config.json, model.safetensors), or gpt2, "
+                                  "gpt2-medium, gpt2-large, gpt2-xl (OpenAI's). The shape is the source's.")
     # model overrides: None keeps the value of the chosen config
     n_layer: int | None = _setting(None, "Override the config's number of transformer blocks.", model=True)
     n_head: int | None = _setting(None, "Override the config's attention heads per block.", model=True)
@@ -83,7 +97,7 @@ class TrainSettings:
 
     def __post_init__(self):
         # a blank name, run id or prompt means "not given", as an empty one does
-        for name in ("run_name", "resume", "prompt", "register"):
+        for name in ("run_name", "resume", "prompt", "register", "init_from", "eval_corpus"):
             if isinstance(getattr(self, name), str) and not getattr(self, name).strip():
                 setattr(self, name, "")
 
@@ -97,6 +111,10 @@ class TrainSettings:
         """The settings whose values differ from the defaults: what the user gave."""
         defaults = TrainSettings()
         return [f.name for f in fields(self) if getattr(self, f.name) != getattr(defaults, f.name)]
+
+    def eval_corpora(self) -> list[str]:
+        """The --eval-corpus names, in order, once each."""
+        return list(dict.fromkeys(name.strip() for name in self.eval_corpus.split(",") if name.strip()))
 
     def inspection_interval(self) -> int:
         """Steps between inspections: inspect_interval, or the samples' when it is -1."""
@@ -128,6 +146,10 @@ class TrainSettings:
                 raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise SettingsError(f"lr must be a positive number, got {self.lr}")
+        if self.optimizer not in OPTIMIZERS:
+            raise SettingsError(f"unknown optimizer '{self.optimizer}' (known: {', '.join(OPTIMIZERS)})")
+        if not (self.muon_lr > 0 and math.isfinite(self.muon_lr)):
+            raise SettingsError(f"muon_lr must be a positive number, got {self.muon_lr}")
         if not (0 <= self.min_lr <= self.lr):
             raise SettingsError(f"min_lr must be between 0 and lr ({self.lr}), got {self.min_lr}")
         non_negative = ("epochs", "max_steps", "max_tokens", "warmup_steps", "weight_decay", "grad_clip",
@@ -147,7 +169,13 @@ class TrainSettings:
                 raise SettingsError(f"{name} must not be empty")
         if self.register:
             check_model_name(self.register)
-        self.model_config()
+        if self.eval_corpora() and self.tokenizer.startswith("bpe:"):
+            raise SettingsError(f"--eval-corpus needs a tokenizer that is not learned from the run's corpus "
+                                f"(gpt2, bytes): {self.tokenizer} learns other tokens from each text")
+        if self.init_from:  # the shape is the source's: the trainer checks the options against it
+            tokenizer_vocab_size(self.tokenizer)
+        else:
+            self.model_config()
         return self
 
     def as_params(self) -> dict[str, str]:
@@ -240,7 +268,10 @@ def settings_options(command):
             names.append(f"--{f.name}")
         kind = setting_type(f.name)
         default = None if f.default is MISSING else f.default
-        if kind is bool:  # `--compile` alone, or `--compile true/false` as the MLproject passes it
+        if f.metadata.get("multiple"):  # repeatable; kept as one text of names joined by commas
+            option = click.option(*names, f.name, multiple=True, default=(), callback=_joined,
+                                  help=f.metadata["help"])
+        elif kind is bool:  # `--compile` alone, or `--compile true/false` as the MLproject passes it
             option = click.option(*names, f.name, type=bool, is_flag=False, flag_value=True, default=default,
                                   show_default=True, help=f.metadata["help"])
         else:
@@ -250,16 +281,34 @@ def settings_options(command):
     return command
 
 
+def options_given(context: click.Context) -> frozenset[str]:
+    """The settings given on the command line, whatever their values. `mlflow run` passes every parameter of
+    the MLproject, so under it ($MLFLOW_RUN_ID set) a value equal to its default counts as not given."""
+    from click.core import ParameterSource
+
+    given = {f.name for f in fields(TrainSettings)
+             if context.get_parameter_source(f.name) not in (None, ParameterSource.DEFAULT)}
+    if os.environ.get("MLFLOW_RUN_ID"):
+        defaults = TrainSettings()
+        given = {name for name in given if context.params[name] != getattr(defaults, name)}
+    return frozenset(given)
+
+
+def _joined(context, parameter, values) -> str:
+    return ",".join(value for value in values if value.strip())
+
+
 def settings_from_options(options: dict) -> TrainSettings:
     return TrainSettings(**{f.name: options[f.name] for f in fields(TrainSettings)})
 
 
-def settings_to_args(settings: TrainSettings) -> list[str]:
-    """The `pipeline.train` options that reproduce settings (the inverse of settings_from_options)."""
+def settings_to_args(settings: TrainSettings, names=None) -> list[str]:
+    """The `pipeline.train` options that reproduce settings (the inverse of settings_from_options); names: only
+    these settings (a resume gives only what it changes)."""
     args = []
     for f in fields(TrainSettings):
         value = getattr(settings, f.name)
-        if value is None:
+        if value is None or (names is not None and f.name not in names):
             continue
         args += [f"--{f.name.replace('_', '-')}", str(value).lower() if isinstance(value, bool) else str(value)]
     return args

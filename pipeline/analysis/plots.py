@@ -143,12 +143,13 @@ def final_val(runs: Sequence[RunCurves], swept: Sequence[str], path: Path) -> No
 
 def bpb_by_time(runs: Sequence[RunCurves], swept: Sequence[str], path: Path) -> None:
     """val_bpb against minutes of training, one line a run: runs on different tokenizers compare at equal wall
-    time in bits per byte of the same val text (val loss in nats per token would not compare)."""
+    time in bits per byte of the same val text (val loss in nats per token would not compare); runs on different
+    optimizers by the time each took."""
     figure, ax = _figure()
     timed = [run for run in runs if run.bpb_times and not run.pruned]
     for run, colour in zip(timed, _colours(len(timed))):
         ax.plot([t / 60 for t, _ in run.bpb_times], [v for _, v in run.bpb_times], marker="o", markersize=3,
-                color=colour, label=run.label(swept[:1]))
+                color=colour, label=run.label(swept[:1] if "tokenizer" in swept[:1] else swept))
     ax.set_xlabel("minutes of training (since the run's first step)")
     ax.set_ylabel("val bits per byte (val_bpb)")
     ax.set_title("val_bpb against wall time" + (f" by {swept[0]}" if swept else ""))
@@ -207,6 +208,27 @@ def scaling(runs: Sequence[RunCurves], path: Path) -> PowerLaw | None:
     ax.legend(loc="best", fontsize="small")
     _save(figure, path)
     return fit
+
+
+def fine_tuning(pairs: Sequence, path: Path) -> None:
+    """Each fine-tuned run's val loss beside its corpus's run from scratch (solid), and both runs' val loss on the
+    other corpora they scored (dashed: what the fine-tuned run forgets), against the optimizer step.
+    pairs: analysis.finetuning.Pair."""
+    figure, ax = _figure()
+    runs = list({run.run_id: run for pair in pairs for run in (pair.tuned, pair.scratch) if run is not None}.values())
+    for run, colour in zip(runs, _colours(len(runs))):
+        curves = [(run.val, "-", f"{run.name}: val loss")]
+        curves += [(curve, "--", f"{run.name}: val loss on {name}") for name, curve in run.other_val.items()]
+        for curve, style, label in curves:
+            if curve:
+                ax.plot([s for s, _ in curve], [v for _, v in curve], linestyle=style, marker="o", markersize=3,
+                        color=colour, label=label)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("val loss (nats per token)")
+    ax.set_title("Fine-tuned against from scratch (solid), and on the other corpora (dashed)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small", frameon=False)
+    _save(figure, path)
 
 
 def loss_by_position(runs: Sequence[RunCurves], curves: dict, swept: Sequence[str], path: Path) -> None:

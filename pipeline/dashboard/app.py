@@ -11,7 +11,8 @@ JSON API (every answer is JSON; errors are {"error": "one line"} with a 4xx stat
   GET  /api/runs/RUN_ID                 one run with its train_loss/val_loss curves and newest sample
   POST /api/runs                        {setting: value, ...} any TrainSettings field -> 201 {run_id, name, pid}
   POST /api/runs/RUN_ID/stop            SIGINT to the run's trainer (it checkpoints and ends KILLED) -> 202
-  POST /api/runs/RUN_ID/resume          continue a stopped run from its last checkpoint -> 201
+  POST /api/runs/RUN_ID/resume          continue a stopped run from its last checkpoint -> 201; with
+                                        {"max_steps": N} (or max_tokens, epochs): train a run longer
   POST /api/runs/RUN_ID/register        {"name": NAME}: the run's model into the Model Registry -> 201 {name, version}
   POST /api/runs/RUN_ID/inspect         {"prompt": TEXT, "step": N}: a finished or stopped run's checkpoint looked
                                         at -> {tokens, attention[layer][head][row][col], induction, prev_token, lens}
@@ -193,7 +194,7 @@ def create_app(tracking_uri: str | None = None, state_dir: str | Path | None = N
         if not RUN_ID.match(run_id):
             return _error("not a run id", 404)
         try:
-            started = launch.start_training(dashboard, TrainSettings(resume=run_id))
+            started = launch.start_training(dashboard, launch.resume_settings(run_id, request.get_json(silent=True)))
         except LabError as problem:
             return _error(str(problem), 400)
         return jsonify(started), 201

@@ -19,20 +19,26 @@ LENS_WINDOWS = 8  # of the fixed val windows, the first: the lens on all 32 made
 @torch.no_grad()
 def losses_by_layer(model: GPT, x: torch.Tensor, y: torch.Tensor, every_layer: bool = True) -> torch.Tensor:
     """(n_layer, B, T) cross-entropy of each block's residual stream, decoded, against targets y; with
-    every_layer False, (1, B, T): the model's own."""
+    every_layer False, (1, B, T): the last block's, the model's own."""
     streams = []
-    blocks = model.transformer.h if every_layer else []
-    hooks = [block.register_forward_hook(lambda _module, _inputs, output: streams.append(output))
-             for block in blocks]
+    blocks = model.transformer.h if every_layer else model.transformer.h[-1:]
+    hooks = [block.register_forward_hook(lambda _module, _inputs, output: streams.append(output)) for block in blocks]
     try:
-        logits, _ = model(x, y)
+        model(x)  # without targets the model decodes only the last position: the streams are decoded here
     finally:
         for hook in hooks:
             hook.remove()
-    B, T = y.shape
-    decoded = [model.lm_head(model.transformer.ln_f(stream)) for stream in streams[:-1]] + [logits]
-    return torch.stack([F.cross_entropy(layer_logits.float().flatten(0, 1), y.flatten(), reduction="none").view(B, T)
-                        for layer_logits in decoded])
+    return torch.stack([decoded_losses(model, stream, y) for stream in streams])
+
+
+def decoded_losses(model: GPT, stream: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(B, T) cross-entropy of a residual stream read through the final LayerNorm and the unembedding, against y,
+    model.loss_chunk positions at a time, as the model's own loss: the logits never exist whole."""
+    hidden, targets = model.transformer.ln_f(stream).flatten(0, 1), y.flatten()
+    chunk = model.loss_chunk or len(targets)
+    return torch.cat([F.cross_entropy(model.lm_head(hidden[start:start + chunk]).float(),
+                                      targets[start:start + chunk], reduction="none")
+                      for start in range(0, len(targets), chunk)]).view(y.shape)
 
 
 @torch.no_grad()

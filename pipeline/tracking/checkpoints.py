@@ -108,8 +108,8 @@ def load_from_run(run_id: str, client=None, step: int | None = None) -> dict:
         raise CheckpointError(f"run {run_id} has no checkpoint: it is not a training run, or it never saved one")
     if step is not None:
         if step not in steps:
-            kept = ", ".join(map(str, steps))
-            raise CheckpointError(f"run {run_id} has no checkpoint of step {step}: it keeps those of steps {kept}")
+            raise CheckpointError(f"run {run_id} keeps no checkpoint of step {step} (it keeps those of steps "
+                                  f"{', '.join(map(str, steps))})")
         steps = [step]
     problems = []
     in_place = _local_artifact_dir(client.get_run(run_id).info.artifact_uri)

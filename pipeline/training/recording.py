@@ -20,6 +20,7 @@ from pipeline.interpret.record import log_inspection
 from pipeline.settings import TrainSettings
 from pipeline.tracking import MetricBuffer, beat, checkpoints, retry_until_sent
 from pipeline.tracking.runs import HEARTBEAT_SECONDS
+from pipeline.training.best import BEST_TAG, BestWeights
 from pipeline.training.sampling import completions
 from pipeline.training.state import Data, Learner, Tracked
 
@@ -41,6 +42,7 @@ class RunRecorder:
     data: Data
     tracked: Tracked
     last_beat: float = field(default_factory=time.monotonic)
+    best: BestWeights = field(default_factory=BestWeights)  # the weights of the lowest val loss so far
     readings: list[Reading] = field(default_factory=list)  # the inspections so far: when an induction head formed
     in_context_gain: float | None = None  # of the latest evaluation
     lens: dict[str, float] = field(default_factory=dict)  # of the latest evaluation
@@ -52,7 +54,7 @@ class RunRecorder:
     def log_evaluation(self, step: int) -> float:
         """Evaluates and logs the val loss, its perplexity and bits per byte, its curve by position (an artifact,
         and in_context_gain) and the logit lens; returns the val loss."""
-        curve, by_layer = self.evaluate()
+        curve, by_layer = self.evaluate(), self.read_lens()
         val_loss = curve.mean
         val_bpb = val_loss * self.data.val_tokens_per_byte / math.log(2)
         self.in_context_gain, self.lens = curve.in_context_gain, lens_scalars(by_layer)
@@ -65,16 +67,27 @@ class RunRecorder:
                                          f"val_loss_by_position/step_{step:06d}.json")
         except Exception as error:  # the store is away: the scalars are buffered, the curve of this step is lost
             log.warning("loss by position at step %d not stored (%s)", step, first_line(error))
+        self.best.observe(step, val_loss, self.learner.model, self._linked_metrics(step))
+        for other in self.data.eval_sets:  # --eval-corpus: what the model keeps (or forgets) of other text
+            loss = self.evaluate(other.val).mean
+            self.metrics.log(step, **{f"val_loss/{other.name}": loss,
+                                      f"val_bpb/{other.name}": loss * other.tokens_per_byte / math.log(2)})
+            log.info("step %d  val_loss/%s %.4f", step, other.name, loss)
         return val_loss
 
-    def evaluate(self) -> tuple[PositionCurve, torch.Tensor]:
-        """The loss at each position, the mean over the fixed val windows (its mean is val_loss), and the logit
-        lens (n_layer, T) on the first LENS_WINDOWS of them."""
-        val, model, batch, device, autocast = (self.data.val, self.learner.model, self.settings.batch_size,
-                                               self.device, self.learner.autocast)
-        own = val_losses_by_layer(model, val.x, val.y, batch, device, autocast, every_layer=False)[0]
-        by_layer = val_losses_by_layer(model, val.x[:LENS_WINDOWS], val.y[:LENS_WINDOWS], batch, device, autocast)
-        return PositionCurve(own.tolist()), by_layer
+    def evaluate(self, val=None) -> PositionCurve:
+        """The loss at each position, the mean over the fixed val windows (the run's own, or val's); its mean is
+        val_loss."""
+        val = val or self.data.val
+        own = val_losses_by_layer(self.learner.model, val.x, val.y, self.settings.batch_size, self.device,
+                                  self.learner.autocast, every_layer=False)
+        return PositionCurve(own[0].tolist())
+
+    def read_lens(self) -> torch.Tensor:
+        """(n_layer, T): the logit lens on the first LENS_WINDOWS of the run's val windows."""
+        val = self.data.val
+        return val_losses_by_layer(self.learner.model, val.x[:LENS_WINDOWS], val.y[:LENS_WINDOWS],
+                                   self.settings.batch_size, self.device, self.learner.autocast)
 
     @cached_property
     def score_pool(self) -> torch.Tensor:
@@ -158,6 +171,7 @@ class RunRecorder:
             "settings": asdict(self.settings),
             "model_config": asdict(learner.model.config),
             "tokenizer": checkpoints.tokenizer_state(self.data.shards),  # generate decodes with it
+            "best": self.best.state(step),
         }
         self.metrics.flush()
         client, run_id = self.tracked.client, self.tracked.run_id
@@ -171,22 +185,38 @@ class RunRecorder:
         except Exception as error:
             log.warning("checkpoint of step %d not stored (%s); the next one will be", step, first_line(error))
 
+    def _linked_metrics(self, step: int) -> list:
+        from pipeline.training.logged_model import LINKED_METRICS
+
+        latest = self.metrics.latest
+        return [latest[key] for key in LINKED_METRICS if key in latest and latest[key].step == step]
+
     def log_model(self, step: int) -> str | None:
-        """The final weights as the run's LoggedModel (its Models tab), with this step's losses; a store that
-        refuses it costs the model, not the run: the final checkpoint is already stored."""
-        from pipeline.training.logged_model import LINKED_METRICS, log_generator
+        """The final weights as the run's LoggedModel (its Models tab), with this step's losses, and the weights
+        of the lowest val loss as a second one when they are not the final ones; a store that refuses them costs
+        the models, not the run: the final checkpoint is already stored."""
+        from pipeline.training.logged_model import log_generator
 
         sampling = {"max_new_tokens": self.settings.sample_tokens, "temperature": self.settings.temperature,
                     "top_k": self.settings.top_k, "seed": self.settings.seed}
-        latest = self.metrics.latest
-        linked = [latest[key] for key in LINKED_METRICS if key in latest and latest[key].step == step]
-        try:
-            return log_generator(self.tracked.client, self.tracked.run_id, step, self.learner.model.state_dict(),
-                                 asdict(self.learner.model.config), sampling, linked,
-                                 checkpoints.tokenizer_state(self.data.shards))
-        except Exception as error:
-            log.warning("the model of step %d was not logged (%s); its checkpoint was", step, first_line(error))
-            return None
+        best = self.best
+        best_tag = {BEST_TAG: f"the lowest val_loss ({best.val_loss:.4f}) at step {best.step} of {step}"}
+        models = [(step, self.learner.model.state_dict(), self._linked_metrics(step),
+                   best_tag if best.step == step else {})]
+        if best.step is not None and best.step != step:
+            models.append((best.step, best.weights, best.metrics, best_tag))
+        model_ids = []
+        for model_step, weights, linked, tags in models:
+            try:
+                model_ids.append(log_generator(self.tracked.client, self.tracked.run_id, model_step, weights,
+                                               asdict(self.learner.model.config), sampling, linked,
+                                               checkpoints.tokenizer_state(self.data.shards), tags))
+            except Exception as error:
+                log.warning("the model of step %d was not logged (%s)", model_step, first_line(error))
+                model_ids.append(None)
+        if len(model_ids) > 1 and model_ids[1]:
+            log.info("best model: models:/%s (step %d, val_loss %.4f)", model_ids[1], best.step, best.val_loss)
+        return model_ids[0]
 
     def keep_heartbeat(self) -> None:
         """Beats at most every HEARTBEAT_SECONDS: a run whose beats stop counts as crashed and may be resumed."""

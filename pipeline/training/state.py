@@ -16,6 +16,7 @@ from pipeline.settings import TrainSettings
 from pipeline.tracking import MetricBuffer
 from pipeline.training.device import mixed_precision
 from pipeline.training.distributed import World
+from pipeline.training.muon import MuonWithAdamW
 from pipeline.training.optimizer import AdamW
 from pipeline.training.schedule import total_steps_for
 
@@ -60,7 +61,7 @@ class Learner:
 
     model: GPT
     step_model: torch.nn.Module
-    optimizer: AdamW
+    optimizer: AdamW | MuonWithAdamW
     autocast: object
     scaler: torch.amp.GradScaler | None
 
@@ -71,12 +72,22 @@ class Learner:
 
 
 @dataclass(frozen=True)
+class EvalSet:
+    """Another corpus's fixed val windows (--eval-corpus), scored at each evaluation beside the run's own."""
+
+    name: str
+    val: ValWindows
+    tokens_per_byte: float
+
+
+@dataclass(frozen=True)
 class Data:
     sampler: WindowSampler
     val: ValWindows
     prompt: str
     val_tokens_per_byte: float = 1.0  # of the val text: turns val_loss (nats per token) into bits per byte
     shards: Shards | None = None
+    eval_sets: tuple[EvalSet, ...] = ()
 
     @cached_property
     def encoding(self):
