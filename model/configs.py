@@ -27,6 +27,7 @@ class GPTConfig:
     vocab_size: int = padded_vocab_size(GPT2_VOCAB_SIZE)
     dropout: float = 0.0
     bias: bool = True
+    gelu: str = "none"  # "tanh": the MLP's GELU approximated as GPT-2's own weights were trained with
 
 
 NAMED_CONFIGS: dict[str, GPTConfig] = {
@@ -82,3 +83,38 @@ def with_overrides(config: GPTConfig, overrides: dict, source: str = "override")
             )
         checked[key] = value
     return replace(config, **checked)
+
+
+# OpenAI's GPT-2 as Hugging Face keeps it (GPT2LMHeadModel): the same modules under the same names, but its
+# Conv1D layers store their weights as (in, out), the transpose of nn.Linear's; the causal-mask buffers
+# (attn.bias, attn.masked_bias) are not weights; and lm_head.weight is the token embedding (tied).
+HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+HF_BUFFERS = (".attn.bias", ".attn.masked_bias")
+HF_GELU = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh", "gelu": "none"}
+
+
+def config_from_hf(hf_config: dict) -> GPTConfig:
+    """The GPTConfig of a Hugging Face GPT-2 config.json (UnknownConfigError for another model)."""
+    if hf_config.get("model_type") != "gpt2":
+        raise UnknownConfigError(f"not a GPT-2 config.json (model_type {hf_config.get('model_type')!r})")
+    activation = hf_config.get("activation_function", "gelu_new")
+    if activation not in HF_GELU:
+        raise UnknownConfigError(f"GPT-2 config.json with activation {activation!r}: known {', '.join(HF_GELU)}")
+    if hf_config.get("n_inner") not in (None, 4 * hf_config["n_embd"]):
+        raise UnknownConfigError(f"GPT-2 config.json with n_inner {hf_config['n_inner']}: this GPT's MLP is 4 x n_embd")
+    return GPTConfig(n_layer=hf_config["n_layer"], n_head=hf_config["n_head"], n_embd=hf_config["n_embd"],
+                     context_length=hf_config["n_positions"], vocab_size=hf_config["vocab_size"], dropout=0.0,
+                     bias=True, gelu=HF_GELU[activation])
+
+
+def state_from_hf(hf_state: dict) -> dict:
+    """A Hugging Face GPT-2 state dict (tensors; keys with or without "transformer.", as OpenAI's
+    model.safetensors and save_pretrained write them) in this lab's layout."""
+    state = {}
+    for key, tensor in hf_state.items():
+        if key.endswith(HF_BUFFERS) or key == "lm_head.weight":
+            continue
+        name = key if key.startswith("transformer.") else f"transformer.{key}"
+        state[name] = tensor.t().contiguous() if name.endswith(HF_TRANSPOSED) else tensor
+    state["lm_head.weight"] = state["transformer.wte.weight"]
+    return state

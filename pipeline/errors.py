@@ -38,6 +38,10 @@ class TrackingError(LabError):
     """The MLflow tracking store cannot be reached, or a run id does not exist."""
 
 
+class OutdatedModelError(TrackingError):
+    """A logged model whose own loading code imports lab modules that have moved since it was logged."""
+
+
 class CheckpointError(LabError):
     """A checkpoint that is missing, corrupt or unsafe to load."""
 

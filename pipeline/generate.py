@@ -29,21 +29,31 @@ def main(run_id, model_uri, prompt, max_new_tokens, temperature, top_k, seed, de
         raise SettingsError("give either --run-id or --model")
     if not prompt:
         raise SettingsError("prompt is empty: give some text to continue")
+    from pipeline.errors import OutdatedModelError
+
     if model_uri:
         from pipeline.tracking import connect
         from pipeline.tracking.models import load_generator
 
         connect()
-        generator = load_generator(model_uri.strip(), device)
-        params = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "seed": seed}
-        click.echo(prompt + generator.predict([prompt], params=params)[0])
-        return
+        try:
+            generator = load_generator(model_uri.strip(), device)
+            params = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "seed": seed}
+            click.echo(prompt + generator.predict([prompt], params=params)[0])
+            return
+        except OutdatedModelError as error:  # its weights are still read as --init-from reads them
+            click.echo(f"note: {error}; reading its weights directly", err=True)
     from pipeline.training.device import pick_device
     from pipeline.tracking.checkpoints import model_from_run
     from pipeline.training.sampling import complete
 
     torch_device = pick_device(device)
-    model, enc = model_from_run(run_id, torch_device)
+    if model_uri:
+        from pipeline.training.init_from import model_from_source
+
+        model, enc = model_from_source(model_uri.strip(), torch_device)
+    else:
+        model, enc = model_from_run(run_id, torch_device)
     click.echo(prompt + complete(model, enc, prompt, max_new_tokens, temperature, top_k, seed, torch_device).text)
 
 

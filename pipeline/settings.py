@@ -8,6 +8,7 @@ torch nor MLflow: the model module is loaded only to resolve a config.
 from __future__ import annotations
 
 import math
+import os
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING
@@ -65,8 +66,13 @@ class TrainSettings:
     log_interval: int = _setting(10, "Log train_loss, lr, grad_norm and tokens_per_sec every N steps.")
     eval_interval: int = _setting(100, "Measure val_loss every N steps.")
     val_windows: int = _setting(32, "Fixed validation windows scored at each evaluation.")
+    eval_corpus: str = _setting("", "Also score this corpus's val split at each evaluation, as val_loss/NAME and "
+                                    "val_bpb/NAME (repeatable; a corpus name or path; several joined by commas).",
+                                multiple=True)
     sample_interval: int = _setting(200, "Generate samples every N steps.")
     sample_tokens: int = _setting(48, "Tokens generated per sample.")
+    inspect_interval: int = _setting(-1, "Log attention maps of the prompt and every head's induction and "
+                                         "previous-token scores every N steps (-1 = with the samples).")
     temperature: float = _setting(0.8, "Sampling temperature (0 = greedy).")
     top_k: int = _setting(40, "Sample among the k likeliest tokens (0 = all).")
     prompt: str = _setting("", "Prompt for samples (empty = the corpus's own prompt).")
@@ -74,9 +80,14 @@ class TrainSettings:
     # MLflow
     experiment: str = _setting("pretraining", "MLflow experiment name.")
     run_name: str = _setting("", "MLflow run name (empty = CONFIG-CORPUS-lrLR).")
-    resume: str = _setting("", "MLflow run id to continue from its last checkpoint, with its own settings.")
+    resume: str = _setting("", "MLflow run id to continue from its last checkpoint, with its own settings; a "
+                               "larger --max-steps, --max-tokens or --epochs trains it longer.")
     register: str = _setting("", "Register the finished run's model in the MLflow Model Registry under this "
                                  "name (a new version each time; empty = do not register).")
+    init_from: str = _setting("", "Start from these weights with a fresh optimizer and schedule: RUN_ID, "
+                                  "RUN_ID@STEP, models:/m-ID, models:/NAME/VERSION, runs:/RUN/model, a folder "
+                                  "holding a Hugging Face GPT-2 (config.json, model.safetensors), or gpt2, "
+                                  "gpt2-medium, gpt2-large, gpt2-xl (OpenAI's). The shape is the source's.")
     # model overrides: None keeps the value of the chosen config
     n_layer: int | None = _setting(None, "Override the config's number of transformer blocks.", model=True)
     n_head: int | None = _setting(None, "Override the config's attention heads per block.", model=True)
@@ -86,7 +97,7 @@ class TrainSettings:
 
     def __post_init__(self):
         # a blank name, run id or prompt means "not given", as an empty one does
-        for name in ("run_name", "resume", "prompt", "register"):
+        for name in ("run_name", "resume", "prompt", "register", "init_from", "eval_corpus"):
             if isinstance(getattr(self, name), str) and not getattr(self, name).strip():
                 setattr(self, name, "")
 
@@ -100,6 +111,14 @@ class TrainSettings:
         """The settings whose values differ from the defaults: what the user gave."""
         defaults = TrainSettings()
         return [f.name for f in fields(self) if getattr(self, f.name) != getattr(defaults, f.name)]
+
+    def eval_corpora(self) -> list[str]:
+        """The --eval-corpus names, in order, once each."""
+        return list(dict.fromkeys(name.strip() for name in self.eval_corpus.split(",") if name.strip()))
+
+    def inspection_interval(self) -> int:
+        """Steps between inspections: inspect_interval, or the samples' when it is -1."""
+        return self.sample_interval if self.inspect_interval == -1 else self.inspect_interval
 
     def model_overrides(self) -> dict:
         return {name: getattr(self, name) for name in MODEL_FIELDS if getattr(self, name) is not None}
@@ -140,6 +159,8 @@ class TrainSettings:
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise SettingsError(f"{name} must be zero or more, got {value}")
+        if self.inspect_interval < -1:
+            raise SettingsError(f"inspect_interval must be -1 (with the samples) or more, got {self.inspect_interval}")
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be in [0, 1), got {getattr(self, name)}")
@@ -148,7 +169,13 @@ class TrainSettings:
                 raise SettingsError(f"{name} must not be empty")
         if self.register:
             check_model_name(self.register)
-        self.model_config()
+        if self.eval_corpora() and self.tokenizer.startswith("bpe:"):
+            raise SettingsError(f"--eval-corpus needs a tokenizer that is not learned from the run's corpus "
+                                f"(gpt2, bytes): {self.tokenizer} learns other tokens from each text")
+        if self.init_from:  # the shape is the source's: the trainer checks the options against it
+            tokenizer_vocab_size(self.tokenizer)
+        else:
+            self.model_config()
         return self
 
     def as_params(self) -> dict[str, str]:
@@ -241,7 +268,10 @@ def settings_options(command):
             names.append(f"--{f.name}")
         kind = setting_type(f.name)
         default = None if f.default is MISSING else f.default
-        if kind is bool:  # `--compile` alone, or `--compile true/false` as the MLproject passes it
+        if f.metadata.get("multiple"):  # repeatable; kept as one text of names joined by commas
+            option = click.option(*names, f.name, multiple=True, default=(), callback=_joined,
+                                  help=f.metadata["help"])
+        elif kind is bool:  # `--compile` alone, or `--compile true/false` as the MLproject passes it
             option = click.option(*names, f.name, type=bool, is_flag=False, flag_value=True, default=default,
                                   show_default=True, help=f.metadata["help"])
         else:
@@ -251,16 +281,34 @@ def settings_options(command):
     return command
 
 
+def options_given(context: click.Context) -> frozenset[str]:
+    """The settings given on the command line, whatever their values. `mlflow run` passes every parameter of
+    the MLproject, so under it ($MLFLOW_RUN_ID set) a value equal to its default counts as not given."""
+    from click.core import ParameterSource
+
+    given = {f.name for f in fields(TrainSettings)
+             if context.get_parameter_source(f.name) not in (None, ParameterSource.DEFAULT)}
+    if os.environ.get("MLFLOW_RUN_ID"):
+        defaults = TrainSettings()
+        given = {name for name in given if context.params[name] != getattr(defaults, name)}
+    return frozenset(given)
+
+
+def _joined(context, parameter, values) -> str:
+    return ",".join(value for value in values if value.strip())
+
+
 def settings_from_options(options: dict) -> TrainSettings:
     return TrainSettings(**{f.name: options[f.name] for f in fields(TrainSettings)})
 
 
-def settings_to_args(settings: TrainSettings) -> list[str]:
-    """The `pipeline.train` options that reproduce settings (the inverse of settings_from_options)."""
+def settings_to_args(settings: TrainSettings, names=None) -> list[str]:
+    """The `pipeline.train` options that reproduce settings (the inverse of settings_from_options); names: only
+    these settings (a resume gives only what it changes)."""
     args = []
     for f in fields(TrainSettings):
         value = getattr(settings, f.name)
-        if value is None:
+        if value is None or (names is not None and f.name not in names):
             continue
         args += [f"--{f.name.replace('_', '-')}", str(value).lower() if isinstance(value, bool) else str(value)]
     return args

@@ -4,7 +4,7 @@ import click
 
 from pipeline.data.corpora import resolve
 from pipeline.errors import run_cli
-from pipeline.settings import settings_from_options, settings_options
+from pipeline.settings import options_given, settings_from_options, settings_options
 
 
 @click.command()
@@ -14,22 +14,25 @@ def main(**options):
 
     Downloads and tokenizes the corpus first when its shards are missing. Training stops at the first
     budget reached (--epochs, --max-steps, --max-tokens). Ctrl-C saves a checkpoint and ends the run KILLED;
-    --resume RUN_ID continues it.
+    --resume RUN_ID continues it (the same command line plus --resume RUN_ID does too), and --resume RUN_ID
+    with a larger budget trains a run longer, finished or not.
 
     \b
-    Example:
+    Examples:
       python -m pipeline.train --config nano --corpus verdict --epochs 3
+      python -m pipeline.train --resume RUN_ID --epochs 6
     """
     settings = settings_from_options(options).validate()  # bad input is refused before torch and MLflow load
     if not settings.resume:
         # here, not in validate(): the dashboard checks its form with validate() and leaves paths to the trainer
-        resolve(settings.corpus)
+        for corpus in (settings.corpus, *settings.eval_corpora()):
+            resolve(corpus)
     from pipeline.sweeps.study import TrialHandle
     from pipeline.training.state import TrainingInterrupted
     from pipeline.training.trainer import train
 
     try:
-        result = train(settings, TrialHandle.from_env())
+        result = train(settings, TrialHandle.from_env(), given=options_given(click.get_current_context()))
     except TrainingInterrupted as stopped:
         click.echo(str(stopped), err=True)
         raise SystemExit(130)

@@ -37,7 +37,8 @@ def run(args: list[str], cwd) -> subprocess.CompletedProcess:
 def test_the_guide_has_commands_for_every_part():
     commands = guide_commands()
     assert any("pipeline.train --config nano --corpus verdict --epochs 3" in c for c in commands)
-    for sweep in ("memorization", "lr_sensitivity", "context_length", "scaling", "tokenizers", "optimizers"):
+    for sweep in ("memorization", "lr_sensitivity", "context_length", "scaling", "tokenizers", "finetune", "induction",
+                  "optimizers"):
         assert f"python -m pipeline.sweep --name {sweep}" in commands
 
 
@@ -57,16 +58,20 @@ def test_every_command_in_the_guide_runs(store, tmp_path):
             result = run([str(PROJECT_DIR / "run-dashboard.sh"), "--help"], tmp_path)
         elif words[:3] == ["mlflow", "run", "."] and "-e" in words and words[words.index("-e") + 1] == "sweep":
             result = run([*words[:2], str(PROJECT_DIR), *words[3:], "-P", "dry_run=true"], tmp_path)
+        elif module == "pipeline.train" and given[:2] == ["--resume", "RUN_ID"]:
+            assert run_id and given[2] == "--max-steps", command  # the last run, 2 steps long: trained longer
+            result = run_command(module, "--resume", run_id, "--max-steps", "4", cwd=tmp_path)
         elif module == "pipeline.train":
             # a documented run has a budget of its own: one epoch of a large corpus is days on a laptop
             assert {"--epochs", "--max-steps", "--max-tokens"} & set(given), f"no budget: {command}"
+            given = [run_id if word == "RUN_ID" else word for word in given]
             result = run_command(module, *given, *CHEAP_TRAINING, cwd=tmp_path)
         elif module == "pipeline.sweep":
             result = run_command(module, *given, "--dry-run", cwd=tmp_path)
         elif module in ("pipeline.download", "pipeline.tokenize"):
             result = run_command(module, *given, cwd=tmp_path)
-        elif module == "pipeline.generate":
-            assert run_id, "the guide generates before it trains"
+        elif module in ("pipeline.generate", "pipeline.inspect"):
+            assert run_id, f"the guide runs {module} before it trains"
             result = run_command(module, *[run_id if w == "RUN_ID" else w for w in given], cwd=tmp_path)
         elif module == "pipeline.report":
             result = run_command(module, *[parent_id if w == "PARENT_ID" else w for w in given], "--out",

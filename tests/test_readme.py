@@ -142,11 +142,15 @@ def test_every_command_in_the_readme_runs(store, tmp_path):
             result = run([str(PROJECT_DIR / "run-dashboard.sh"), "--help"], tmp_path)
         elif module == "pipeline.sweep":
             result = run_command(module, *given, *([] if "--dry-run" in given else ["--dry-run"]), cwd=tmp_path)
-        elif module == "pipeline.train" and given[:1] == ["--resume"]:
-            assert given == ["--resume", "RUN_ID"], command
+        elif module == "pipeline.train" and given == ["--resume", "RUN_ID"]:
             run_id = stopped_run(tmp_path)
             assert client.get_run(run_id).info.status == "KILLED"
             result = run_command(module, "--resume", run_id, cwd=tmp_path)
+            assert client.get_run(run_id).info.status == "FINISHED"
+        elif module == "pipeline.train" and given[:2] == ["--resume", "RUN_ID"]:
+            assert given[2:] == ["--max-steps", "600"] and run_id, command  # train the finished run longer
+            result = run_command(module, "--resume", run_id, "--max-steps", "60", cwd=tmp_path)  # its 50 steps, +10
+            assert "plan: extended from 50 to 60 steps" in result.stdout, result.stdout[-2000:]
             assert client.get_run(run_id).info.status == "FINISHED"
         elif module == "pipeline.train":
             assert {"--epochs", "--max-steps", "--max-tokens"} & set(given), f"no budget: {command}"

@@ -33,6 +33,8 @@ def same_default(param_default, option_default) -> bool:
         return str(param_default).lower() == str(option_default).lower()
     if isinstance(option_default, (int, float)):
         return float(param_default) == float(option_default)
+    if isinstance(option_default, tuple):  # a repeatable option: the MLproject joins its values with commas
+        return str(param_default) == ",".join(option_default)
     if option_default is not None and Path(option_default).is_absolute():  # a file of the project, e.g. --file
         return PROJECT_DIR / param_default == Path(option_default)
     return (param_default or None) == (option_default or None)  # "" and None both mean not given

@@ -30,6 +30,7 @@ SWEEP_PREFERENCE = (MODEL_SIZE, "tokenizer", "optimizer", "lr", "muon_lr", "cont
                     "grad_accum", "max_tokens", "max_steps", "epochs", "min_lr", "warmup_steps", "weight_decay",
                     "dropout", "grad_clip", "beta1", "beta2", "stride", "seed", "corpus")
 TAG_FALLBACKS = {"config": "lab.config", "corpus": "lab.corpus"}
+OTHER_VAL = "metrics.val_loss/"  # the val loss of another corpus (--eval-corpus), as search_runs names it
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class RunCurves:
     metrics: dict[str, float] = field(default_factory=dict)  # the last value of every metric
     artifact_uri: str = ""  # where the run's artifacts are (samples are read from there)
     bpb_times: tuple[tuple[float, float], ...] = ()  # (seconds since its first step, val_bpb) at each evaluation
+    other_val: dict[str, Curve] = field(default_factory=dict)  # --eval-corpus NAME's val_loss/NAME, by NAME
     eval_seconds: tuple[tuple[int, float], ...] = ()  # (step, seconds since its first step) of each evaluation
 
     def value(self, key: str) -> str | None:
@@ -216,6 +218,8 @@ def load_runs(client: MlflowClient, runs: pd.DataFrame | Sequence[str]) -> list[
             artifact_uri=str(row.get("artifact_uri") or ""),
             bpb_times=tuple((seconds, value) for _, seconds, value in timed),
             eval_seconds=tuple((step, seconds) for step, seconds, _ in timed),
+            other_val={k[len(OTHER_VAL):]: _history(client, run_id, k[len("metrics."):]) for k, v in row.items()
+                       if k.startswith(OTHER_VAL) and _present(v)},
             metrics={k[len("metrics."):]: float(v) for k, v in row.items() if k.startswith("metrics.") and _present(v)},
         ))
     return loaded

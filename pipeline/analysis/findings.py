@@ -3,9 +3,10 @@
 Each exercise has its reading, chosen by what differs across the runs: the corpus (memorisation against
 generalisation), the learning rate (where training becomes unstable), the context length, the model size (the
 scaling law), the tokenizer (which learned the most per second: pipeline/analysis/tokenizers.py), the optimizer
-(which reached a val loss first: pipeline/analysis/optimizers.py). Every sentence quotes the numbers it rests on;
-when the runs do not show the lesson, the finding says so and what to change. `facts` keeps those numbers for
-checks (bench/exercises.py).
+(which reached a val loss first: pipeline/analysis/optimizers.py); runs started from other weights, beside runs
+from scratch (pipeline/analysis/finetuning.py). Every sentence quotes the numbers it rests on; when the runs do not
+show the lesson, the finding says so and what to change. `facts` keeps those numbers for checks
+(bench/exercises.py).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence, TypeVar
 
-from pipeline.analysis import optimizers, tokenizers
+from pipeline.analysis import finetuning, optimizers, tokenizers
 from pipeline.analysis.curves import MODEL_SIZE, RunCurves, count_text, follows, number
 from pipeline.analysis.fits import FloorLaw, floor_fit, scaling_fit
 from pipeline.errors import ReportError
@@ -59,10 +60,15 @@ def find(runs: Sequence[RunCurves], swept: Sequence[str], metric: str = "val_los
         facts["best_run"] = best.name
     else:
         lines.append(f"No run logged {metric}: nothing to compare (did every run fail?).")
+    fine_tuned = finetuning.pairs(runs)
+    if fine_tuned:  # the corpora differ to fine-tune from one to another, not to compare memorisation
+        more, numbers = finetuning.reading(runs)
+        lines += more
+        facts.update(numbers)
     for key, reading in (("corpus", _memorisation), ("lr", _learning_rate),
                          ("context_length", _context_length), (MODEL_SIZE, _scaling),
                          ("tokenizer", tokenizers.reading), ("optimizer", optimizers.reading)):
-        if key in swept[1:] and follows(runs, swept[0], key):
+        if key in swept[1:] and follows(runs, swept[0], key) or (key == "corpus" and fine_tuned):
             continue  # set with the axis (a rate per size): part of each point's recipe, not a sweep of its own
         if key == "lr" and "optimizer" in swept:
             continue  # each optimizer's rates are read with it

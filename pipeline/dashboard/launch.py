@@ -24,6 +24,7 @@ from pipeline.errors import SettingsError
 from pipeline.sweeps.children import train_command
 from pipeline.sweeps.spec import load_sweep
 from pipeline.settings import TrainSettings, setting_type, settings_from_mapping
+from pipeline.training.resuming import BUDGET_FIELDS
 from pipeline.training.trainer import default_run_name
 
 PATH_CHOICE = ":path"  # the corpus select's "a file or folder" option; the path is in the field corpus_path
@@ -104,13 +105,27 @@ def sweep_command(name: str, workers: int, experiments_path: Path, python: str =
             "--workers", str(workers)]
 
 
+def resume_settings(run_id: str, payload) -> TrainSettings:
+    """A resume's settings from the JSON API: the run, and optionally a larger budget to train it longer
+    ({"max_steps": N}, {"max_tokens": N} or {"epochs": E}); the trainer keeps every other setting of the run."""
+    payload = payload or {}
+    if not isinstance(payload, dict) or set(payload) - set(BUDGET_FIELDS):
+        raise SettingsError(f"a resume takes only a new budget: {', '.join(BUDGET_FIELDS)}")
+    return checked(settings_from_mapping({**payload, "resume": run_id}))
+
+
 def start_training(dashboard, settings: TrainSettings) -> dict:
     """Create the MLflow run (so its id is known at once), then start the trainer in it ($MLFLOW_RUN_ID).
 
-    With settings.resume, the trainer continues that run: no run is created."""
+    With settings.resume, the trainer continues that run, given only the run id and a budget set: no run is
+    created, and the run's own settings are kept."""
     client = dashboard.client
+    names = None
     if settings.resume:
+        names = ["resume", *(name for name in BUDGET_FIELDS if getattr(settings, name))]
         run = tracking.get_run(client, settings.resume)
+        if run.info.status == tracking.STATUS_FINISHED and len(names) == 1:
+            raise SettingsError(f"run {settings.resume} is finished: give a larger budget to train it longer")
         for entry in dashboard.registry.refresh(dashboard.on_process_ended):
             if entry.get("run_id") == settings.resume and entry.get("ended_at") is None:
                 raise SettingsError(f"run {settings.resume} is still being trained (pid {entry['pid']})")
@@ -123,7 +138,7 @@ def start_training(dashboard, settings: TrainSettings) -> dict:
             LAUNCHER_TAG: "dashboard", "lab.config": settings.config, "lab.corpus": label}).info.run_id
         env = child_env(dashboard.tracking_uri, run_id)
     try:
-        entry = dashboard.registry.spawn(run_id, "train", train_command(settings, dashboard.python), env,
+        entry = dashboard.registry.spawn(run_id, "train", train_command(settings, dashboard.python, names), env,
                                          dashboard.workdir, run_id=run_id, name=name)
     except OSError as error:
         if not settings.resume:

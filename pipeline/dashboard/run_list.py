@@ -51,7 +51,7 @@ def summary(run, experiment_name: str, mlflow_url: str) -> dict:
         "config": params.get("config") or tags.get("lab.config", ""),
         "corpus": tags.get("lab.corpus") or params.get("corpus", ""),
         "lr": params.get("lr", ""),
-        "total_steps": params.get("total_steps", ""),
+        "total_steps": tags.get("lab.total_steps") or params.get("total_steps", ""),  # the tag: once extended
         "metrics": {key: data.metrics.get(key) for key in SUMMARY_METRICS},
         "diagnosis": tags.get("diagnosis", ""),
         "diagnosis_detail": tags.get("diagnosis_detail", ""),
@@ -61,6 +61,8 @@ def summary(run, experiment_name: str, mlflow_url: str) -> dict:
         "parent_run_id": tags.get("mlflow.parentRunId", ""),
         "links": {"run": run_url(mlflow_url, info.experiment_id, info.run_id)},
         "model_id": model_of(run) or "",
+        "init_from": tags.get("lab.init_from", ""),  # the weights it started from (--init-from)
+        "init_from_run": tags.get("lab.init_from_run", ""),
     }
 
 

@@ -32,9 +32,10 @@ class ChildOutcome:
     pruned: bool = False  # a trial of a bayes sweep stopped early (FINISHED, tagged lab.pruned)
 
 
-def train_command(settings: TrainSettings, python: str = sys.executable) -> list[str]:
-    """The one way the lab starts a trainer in a process of its own (a sweep's child, the dashboard's run)."""
-    return [python, "-m", "pipeline.train", *settings_to_args(settings)]
+def train_command(settings: TrainSettings, python: str = sys.executable, names=None) -> list[str]:
+    """The one way the lab starts a trainer in a process of its own (a sweep's child, the dashboard's run);
+    names: only these settings on its command line (a resume: the run id and a budget)."""
+    return [python, "-m", "pipeline.train", *settings_to_args(settings, names)]
 
 
 def point_command(point: SweepPoint) -> list[str]:

@@ -23,7 +23,7 @@ from pipeline.files import PROJECT_DIR
 from pipeline.errors import SettingsError
 from pipeline.sweeps.children import CHILD_ROLE, ChildOutcome, create_child, point_command, run_child
 from pipeline.sweeps.search import run_trials
-from pipeline.sweeps.spec import Sweep, SweepPoint
+from pipeline.sweeps.spec import Sweep, SweepPoint, source_point
 
 log = logging.getLogger(__name__)
 
@@ -121,11 +121,31 @@ def _run_points(client: MlflowClient, sweep: Sweep, parent_id: str, experiment_i
         child_ids[point.key] = create_child(client, sweep, point, parent_id, experiment_id)
     pool = ThreadPoolExecutor(max_workers=workers)
     try:
-        for outcome in pool.map(lambda p: run_child(client, p, child_ids[p.key]), todo):
-            outcomes[outcome.point.key] = outcome
+        # in rounds: a run that starts from another's weights (init_from "@NAME") waits for that one to end
+        while todo:
+            ready = [p for p in todo if source_point(p) is None or source_point(p) not in
+                     {waiting.name for waiting in todo}]
+            for outcome in pool.map(lambda p: _run_point(client, p, child_ids[p.key], outcomes), ready):
+                outcomes[outcome.point.key] = outcome
+            todo = [p for p in todo if p not in ready]
     finally:  # stopped (Ctrl-C): the points not yet started never start
         pool.shutdown(wait=True, cancel_futures=True)
     return tuple(outcomes[point.key] for point in sweep.points)
+
+
+def _run_point(client: MlflowClient, point: SweepPoint, run_id: str, outcomes: dict[str, ChildOutcome]) -> ChildOutcome:
+    """run_child, with init_from "@NAME" made the id of that run, which must have FINISHED."""
+    source = source_point(point)
+    if source is None:
+        return run_child(client, point, run_id)
+    [ended] = [outcome for outcome in outcomes.values() if outcome.point.name == source]
+    if ended.status != tracking.STATUS_FINISHED:
+        error = f"its source run {source} ended {ended.status}"
+        client.set_tag(run_id, "error", error)
+        tracking.finish_run(client, run_id, tracking.STATUS_FAILED)
+        return ChildOutcome(point, run_id, tracking.STATUS_FAILED, skipped=False, error=error)
+    resolved = replace(point, settings=replace(point.settings, init_from=ended.run_id))
+    return replace(run_child(client, resolved, run_id), point=point)
 
 
 def best_child(client: MlflowClient, sweep: Sweep, children) -> ChildOutcome | None:
@@ -210,6 +230,9 @@ def scheduler_commands(client: MlflowClient, sweep: Sweep) -> list[str]:
     if sweep.search:
         raise SettingsError(f"sweep '{sweep.name}' is a bayes search: each trial is drawn from the results before "
                             "it, so it cannot be printed as commands; run it with --workers N")
+    if any(source_point(point) is not None for point in sweep.points):
+        raise SettingsError(f"sweep '{sweep.name}' has runs that start from another of its runs' weights "
+                            "(init_from '@NAME'): run it with python -m pipeline.sweep, which runs them in order")
     sweep = placed(client, sweep)
     parent_id = _parent_run(client, sweep)
     experiment_id = client.get_run(parent_id).info.experiment_id

@@ -20,6 +20,8 @@ from pipeline.sweeps import schema
 EXPERIMENTS_PATH = project_file("experiments.yaml")
 # The scales an exercise comes in: a sweep NAME_cpu finishes in minutes on a laptop CPU, NAME_gpu is sized for a GPU
 SCALES = ("auto", "cpu", "gpu")
+# init_from: "@NAME" starts a run from the final weights of the sweep's run named NAME, which runs before it
+SWEEP_RUN = "@"
 
 
 @dataclass(frozen=True)
@@ -142,8 +144,19 @@ def parse_sweep(name: str, spec) -> Sweep:
     keys = [p.key for p in points]
     if len(set(keys)) != len(keys):
         raise SettingsError(f"{where}: two runs have the same settings")
+    for index, point in enumerate(points):
+        source = source_point(point)
+        if source is not None and source not in [earlier.name for earlier in points[:index]]:
+            raise SettingsError(f"{where}, run {index + 1}: init_from '{point.settings.init_from}' names no earlier "
+                                f"run of the sweep (its runs: {', '.join(p.name for p in points)})")
     return Sweep(name, checked.description, checked.method, checked.metric.name, checked.metric.goal,
                  tuple(points), spec, base)
+
+
+def source_point(point: SweepPoint) -> str | None:
+    """The name of the sweep's run whose final weights this point starts from (init_from: "@NAME"), or None."""
+    init_from = point.settings.init_from
+    return init_from[len(SWEEP_RUN):] if init_from.startswith(SWEEP_RUN) else None
 
 
 def _bayes(name: str, checked: schema.BayesSweep, base: TrainSettings, spec: dict) -> Sweep:

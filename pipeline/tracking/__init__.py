@@ -25,6 +25,7 @@ from pipeline.tracking.runs import (
     start_run,
     tracking_uri,
     ui_url,
+    unclaim,
     unquoted,
 )
 
@@ -33,5 +34,5 @@ __all__ = [
     "STATUS_KILLED", "beat", "check_reachable", "client_for", "connect", "experiment_id",
     "experiment_to_use", "finish_run", "get_run", "given_run", "last_logged_step", "live_trainer", "log_dataset",
     "log_params_once", "release_placeholder", "run_ui_url", "start_run", "start_system_metrics", "tracking_uri",
-    "ui_url", "unquoted",
+    "ui_url", "unclaim", "unquoted",
 ]

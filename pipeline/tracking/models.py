@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import mlflow
 
-from pipeline.errors import LabError, TrackingError, first_line
+from pipeline.errors import LabError, OutdatedModelError, TrackingError, first_line
 from pipeline.settings import check_model_name
 
 
@@ -36,5 +36,8 @@ def load_generator(uri: str, device: str = "auto"):
         return mlflow.pyfunc.load_model(uri, model_config={"device": device})
     except LabError:  # weights that fail their checksum or are not plain tensors
         raise
+    except ImportError as error:  # its generator.py, copied in when it was logged, imports a module since moved
+        raise OutdatedModelError(f"model {uri} was logged by an older version of the lab, whose loading code no "
+                                 f"longer imports ({first_line(error)})") from None
     except Exception as error:
         raise TrackingError(f"cannot load model {uri}: {first_line(error)}") from None

@@ -202,6 +202,11 @@ def beat(client: MlflowClient, run_id: str) -> None:
     client.set_tag(run_id, HEARTBEAT_TAG, f"{socket.gethostname()} {os.getpid()} {time.time():.0f}")
 
 
+def unclaim(client: MlflowClient, run_id: str) -> None:
+    """A resume refused before it trained: the run is free again (its heartbeat, this process's, removed)."""
+    client.delete_tag(run_id, HEARTBEAT_TAG)
+
+
 def live_trainer(run) -> str | None:
     """Who is training the run right now, or None when nobody is (it ended, or its trainer crashed).
 

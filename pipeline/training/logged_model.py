@@ -14,6 +14,7 @@ from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
 from pipeline.tracking import checkpoints
+from pipeline.training.init_from import LINEAGE_TAG
 
 MODEL_NAME = "model"
 GENERATOR_CODE = Path(__file__).with_name("generator.py")
@@ -32,13 +33,17 @@ LINKED_METRICS = ("train_loss", "val_loss", "val_bpb")  # a model's metrics: tho
 
 
 def log_generator(client, run_id: str, step: int, weights: dict, model_config: dict, sampling: dict,
-                  metrics: list[Metric], tokenizer: dict) -> str:
+                  metrics: list[Metric], tokenizer: dict, tags: dict | None = None) -> str:
     """Log the weights as a LoggedModel of the run at step, with the run's params and the given metric points
-    (as the run logged them) linked to it, so that search_logged_models can rank models; returns its id.
+    (as the run logged them) linked to it, so that search_logged_models can rank models, and tags besides
+    the run's lineage; returns its id.
     tokenizer: checkpoints.tokenizer_state's spec and ranks; a learned tokenizer's ranks travel as an artifact."""
     run = client.get_run(run_id)
+    # a fine-tuned model says what it was fine-tuned from: the run's --init-from tags
+    lineage = {key: value for key, value in run.data.tags.items() if key.startswith(LINEAGE_TAG)}
     model = client.create_logged_model(run.info.experiment_id, name=MODEL_NAME, source_run_id=run_id,
-                                       params=run.data.params, model_type="text-generation")
+                                       params=run.data.params, tags={**lineage, **(tags or {})},
+                                       model_type="text-generation")
     with tempfile.TemporaryDirectory() as folder:
         weights_path = Path(folder) / "weights.pt"
         checkpoints.save(weights_path, {"model": weights, "step": step})

@@ -72,6 +72,8 @@ class StepLoop:
                         break  # the sweep's pruner stopped this trial: it is behind the earlier ones
                     if self._due(self.settings.sample_interval) and self.main:
                         self.recorder.sample(self.step)
+                    if self._due(self.settings.inspection_interval()) and self.main:
+                        self.recorder.inspect(self.step, final=self._is_last())
                     stopping = self.world.any(self.stop_requested)
                     if self.main:
                         self._checkpoint_when_due(stopping)

@@ -72,12 +72,22 @@ class Learner:
 
 
 @dataclass(frozen=True)
+class EvalSet:
+    """Another corpus's fixed val windows (--eval-corpus), scored at each evaluation beside the run's own."""
+
+    name: str
+    val: ValWindows
+    tokens_per_byte: float
+
+
+@dataclass(frozen=True)
 class Data:
     sampler: WindowSampler
     val: ValWindows
     prompt: str
     val_tokens_per_byte: float = 1.0  # of the val text: turns val_loss (nats per token) into bits per byte
     shards: Shards | None = None
+    eval_sets: tuple[EvalSet, ...] = ()
 
     @cached_property
     def encoding(self):

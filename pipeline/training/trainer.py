@@ -7,12 +7,13 @@ SIGTERM, FAILED on any error. Under torchrun every process calls `train`; rank 0
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import replace
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from model import GPT
+from model import GPT, GPTConfig
 from pipeline import tracking
 from pipeline.data.batches import ValWindows, WindowSampler
 from pipeline.data.corpora import fetch
@@ -25,67 +26,89 @@ from pipeline.training import distributed
 from pipeline.training.device import check_model_fits, keep_freed_memory, pick_device
 from pipeline.training.distributed import World
 from pipeline.training.flops import flops_per_token, peak_flops
+from pipeline.training.init_from import load_source
 from pipeline.training.loop import StepLoop
+from pipeline.training.resuming import check_budget, record_extension, settings_to_resume
 from pipeline.training.run_inputs import log_run_inputs
-from pipeline.training.state import Corpus, Data, Learner, Plan, Tracked, TrainingInterrupted, TrainResult
+from pipeline.training.state import (Corpus, Data, EvalSet, Learner, Plan, Tracked, TrainingInterrupted,
+                                     TrainResult)
 from pipeline.training.optimizer import make_optimizer
 
 log = logging.getLogger(__name__)
 
 
-def train(settings: TrainSettings, trial=None) -> TrainResult:
+def train(settings: TrainSettings, trial=None, given=None) -> TrainResult:
     """Train as settings say (or resume settings.resume), tracked in MLflow. Raises LabError subclasses for
     bad input and TrainingInterrupted on Ctrl-C or SIGTERM. trial: a bayes sweep's trial that this run is
-    (sweeps.study.TrialHandle: should_stop(evaluation, val_loss) says whether to stop as behind), or None."""
+    (sweeps.study.TrialHandle: should_stop(evaluation, val_loss) says whether to stop as behind), or None.
+    given: the names of the settings the user gave (a resume compares those with the run's own); None: those
+    that differ from the defaults."""
     world = distributed.join(settings.device)
+    given = settings.changed_from_defaults() if given is None else given
     try:
-        result = _train(settings, world, trial)
+        result = _train(settings, world, trial, given)
         world.wait_for_all()  # leave together: a process that tears down early can abort the others' last sends
         return result
     finally:
         distributed.leave(world)
 
 
-def _train(settings: TrainSettings, world: World, trial) -> TrainResult:
+def _train(settings: TrainSettings, world: World, trial, given) -> TrainResult:
     # bad input is refused before the store is touched (or created: seconds that torchrun may cut short)
-    if settings.resume:
-        _refuse_settings_beside_resume(settings)
     _check(settings, world)
     client = tracking.connect() if world.is_main else None
-    settings, resume_state = _settings_to_run(settings, world, client)
+    settings, resume_state = _settings_to_run(settings, given, world, client)
     device = pick_device(settings.device)
     if device.type == "cuda" and world.active:
         device = torch.device("cuda", world.local_rank)
     if device.type == "cpu":
         keep_freed_memory()
-    model_config = settings.model_config()
+    source = load_source(settings.init_from) if settings.init_from and resume_state is None else None
+    if resume_state is not None:  # the run's own model, whatever its settings resolve to now
+        model_config = GPTConfig(**resume_state["model_config"])
+    else:
+        model_config = source.model_config(settings) if source else settings.model_config()
 
     corpus = prepare_corpus(settings.corpus, world, settings.tokenizer)
+    if source:
+        source.check_ranks(checkpoints.tokenizer_state(corpus.shards))
     data = prepare_data(settings, corpus, model_config.context_length, world)
     # The CPU probe draws random matrices: measure before seeding, so it cannot shift the run's random stream.
     peak = peak_flops(device) if world.is_main else (0.0, "")  # (FLOP/s of one process, where that comes from)
-    learner, start_step = build_model(settings, model_config, device, world, resume_state)
+    learner, start_step = build_model(settings, model_config, device, world, resume_state,
+                                      source.weights_for(model_config) if source else None)
     plan = Plan.make(settings, data.sampler, world, flops_per_token(model_config, data.sampler.length),
                      peak[0] * world.world_size, corpus.shards.train_tokens)
+    extension = None
+    if resume_state is not None:  # a finished run, or a shorter budget, is refused before the run opens
+        with _freed_if_refused(client, settings.resume, world):
+            extension = check_budget(settings, TrainSettings(**resume_state["settings"]), start_step,
+                                     plan.total_steps, data.sampler.n_windows, data.sampler.length)
 
-    tracked = open_run(settings, corpus, world, client, resume_state)
+    tracked = open_run(settings, corpus, world, client, resume_state, source.lineage_tags() if source else {})
     status, error = tracking.STATUS_FAILED, None
     system_metrics = (tracking.start_system_metrics(tracked.run_id, resume_state is not None)
                       if world.is_main else None)
     try:
         if world.is_main and resume_state is None:
             log_run_inputs(tracked, settings, learner, corpus, data, plan, world, device, peak)
+        if world.is_main and extension:
+            record_extension(client, tracked.run_id, extension)
         if world.is_main:
             n_params = learner.model.num_params()
             log.info("run %s: %s, %s parameters (%s non-embedding), %d steps of %d tokens on %s%s", tracked.run_id,
-                     settings.config, f"{n_params:,}", f"{learner.model.num_params(non_embedding=True):,}",
+                     f"from {settings.init_from}" if settings.init_from else settings.config, f"{n_params:,}",
+                     f"{learner.model.num_params(non_embedding=True):,}",
                      plan.total_steps, plan.tokens_per_step, device,
                      f" x {world.world_size} processes" if world.active else "")
-            log.info("plan: %s", plan.describe())
+            log.info("plan: %s%s", f"{extension.describe()}; " if extension else "", plan.describe())
             log.info("MLflow UI: %s", tracked.ui_url)
         if resume_state is not None and learner.scaler is not None and resume_state.get("scaler"):
             learner.scaler.load_state_dict(resume_state["scaler"])
-        result = StepLoop(settings, world, device, learner, data, plan, tracked, trial).run(start_step)
+        loop = StepLoop(settings, world, device, learner, data, plan, tracked, trial)
+        if resume_state is not None:
+            loop.recorder.best.restore(resume_state.get("best", {}), learner.model)
+        result = loop.run(start_step)
         if world.is_main and result.pruned_at is not None:
             client.set_tag(tracked.run_id, tracking.PRUNED_TAG, str(result.pruned_at))
         if world.is_main and settings.register and result.model_id:
@@ -115,23 +138,15 @@ def _register(client, run_id: str, name: str) -> None:
         log.warning("the model was not registered as '%s' (%s)", name, first_line(error))
 
 
-def _refuse_settings_beside_resume(settings: TrainSettings) -> None:
-    """A resumed run keeps its own settings, so that it continues exactly; only the device may change."""
-    given = [name for name in settings.changed_from_defaults() if name not in ("resume", "device")]
-    if given:
-        options = ", ".join("--" + name.replace("_", "-") for name in given)
-        raise SettingsError(f"--resume continues run {settings.resume} with its own settings: drop {options} "
-                            "(only --device may change)")
-
-
 def _check(settings: TrainSettings, world: World) -> None:
     """SettingsError for values out of range, and for a step that cannot split over the processes."""
     settings.validate()
     world.share_of_step(settings.batch_size * settings.grad_accum, settings.batch_size)
 
 
-def _settings_to_run(settings: TrainSettings, world: World, client) -> tuple[TrainSettings, dict | None]:
-    """The settings as given, or a resumed run's own settings (with the device asked for now) and its checkpoint."""
+def _settings_to_run(settings: TrainSettings, given, world: World, client) -> tuple[TrainSettings, dict | None]:
+    """The settings as given, or a resumed run's own settings (with the device and any budget given now, other
+    given options checked against the run's) and its checkpoint."""
     resume_state = None
     if settings.resume:
         if world.is_main:
@@ -140,12 +155,25 @@ def _settings_to_run(settings: TrainSettings, world: World, client) -> tuple[Tra
                 raise SettingsError(f"run {settings.resume} is still being trained ({trainer}): stop it before "
                                     "resuming it")
             tracking.beat(client, settings.resume)  # claim it now: a second Resume a moment later is refused
-            resume_state = checkpoints.load_from_run(settings.resume, client)
+            with _freed_if_refused(client, settings.resume, world):
+                resume_state = checkpoints.load_from_run(settings.resume, client)
         resume_state = world.share(resume_state)
-        saved = TrainSettings(**resume_state["settings"])
-        settings = replace(saved, resume=settings.resume, device=settings.device)
-        _check(settings, world)
+        with _freed_if_refused(client, settings.resume, world):
+            settings = settings_to_resume(TrainSettings(**resume_state["settings"]), resume_state["model_config"],
+                                          settings, given)
+            _check(settings, world)
     return settings, resume_state
+
+
+@contextmanager
+def _freed_if_refused(client, run_id: str, world: World):
+    """A resume refused before it trains frees the run it claimed: another resume may take it at once."""
+    try:
+        yield
+    except LabError:
+        if world.is_main:
+            tracking.unclaim(client, run_id)
+        raise
 
 
 def prepare_corpus(spec: str, world: World, tokenizer: str) -> Corpus:
@@ -181,15 +209,28 @@ def prepare_data(settings: TrainSettings, corpus: Corpus, context_length: int, w
         log.warning("the train split has %d tokens, fewer than the context (%d) + 1: windows shrink to %d",
                     corpus.shards.train_tokens, context_length, sampler.length)
     val_tokens_per_byte = tokens_per_byte(corpus.shards.split("val"), enc) if world.is_main else 1.0
-    return Data(sampler, val, prompt, val_tokens_per_byte, corpus.shards)
+    return Data(sampler, val, prompt, val_tokens_per_byte, corpus.shards,
+                tuple(_eval_set(spec, settings, context_length, world) for spec in settings.eval_corpora()))
+
+
+def _eval_set(spec: str, settings: TrainSettings, context_length: int, world: World) -> EvalSet:
+    """--eval-corpus: another corpus's fixed val windows in the run's tokenizer, and its tokens per byte."""
+    corpus = prepare_corpus(spec, world, settings.tokenizer)
+    split = corpus.shards.split("val")
+    per_byte = tokens_per_byte(split, corpus.shards.encoding) if world.is_main else 1.0
+    return EvalSet(corpus.label, ValWindows.build(split, context_length, settings.val_windows), per_byte)
 
 
 def build_model(settings: TrainSettings, model_config, device: torch.device, world: World,
-                resume_state: dict | None) -> tuple[Learner, int]:
-    """The seeded model and its optimizer, restored from the checkpoint when resuming; and the first step."""
+                resume_state: dict | None, weights: dict | None = None) -> tuple[Learner, int]:
+    """The seeded model and its optimizer, restored from the checkpoint when resuming, or started from weights
+    (--init-from); and the first step."""
     check_model_fits(model_config, device)
     torch.manual_seed(settings.seed)
-    model = GPT(model_config).to(device)
+    model = GPT(model_config)
+    if weights is not None:
+        model.load_state_dict(weights)
+    model = model.to(device)
     optimizer = make_optimizer(model, settings, device)
     start_step = 0
     if resume_state is not None:
@@ -205,8 +246,10 @@ def build_model(settings: TrainSettings, model_config, device: torch.device, wor
     return Learner.on(device, model, step_model, optimizer), start_step
 
 
-def open_run(settings: TrainSettings, corpus: Corpus, world: World, client, resume_state: dict | None) -> Tracked:
-    """Phase two: a new MLflow run, or the resumed one set RUNNING again; every process learns its id."""
+def open_run(settings: TrainSettings, corpus: Corpus, world: World, client, resume_state: dict | None,
+             lineage: dict[str, str]) -> Tracked:
+    """Phase two: a new MLflow run (tagged with where its first weights came from), or the resumed one set
+    RUNNING again; every process learns its id."""
     run_id, skip_through = None, -1
     if world.is_main:
         if resume_state is not None:
@@ -216,7 +259,8 @@ def open_run(settings: TrainSettings, corpus: Corpus, world: World, client, resu
         else:
             run_name = settings.run_name or default_run_name(settings, corpus.label)
             run_id = tracking.start_run(client, settings.experiment, run_name,
-                                        tags={"lab.config": settings.config, "lab.corpus": corpus.label})
+                                        tags={"lab.config": settings.config, "lab.corpus": corpus.label,
+                                              **lineage})
             tracking.beat(client, run_id)
     run_id = world.share(run_id)
     metrics = tracking.MetricBuffer(client, run_id, skip_through=skip_through) if world.is_main else None

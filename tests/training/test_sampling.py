@@ -61,5 +61,7 @@ def test_a_served_bpe_model_decodes_with_its_own_tokenizer(store, tmp_path):
 
 def test_resuming_with_another_tokenizer_is_one_line(store, tmp_path):
     result = train(BPE)
-    resumed = run_command("pipeline.train", "--resume", result.run_id, "--tokenizer", "bytes", cwd=tmp_path)
-    assert_one_line_error(resumed, "--tokenizer", f"continues run {result.run_id} with its own settings")
+    # gpt2 is the default: a resume is refused what the user gave, not only what differs from the defaults
+    resumed = run_command("pipeline.train", "--resume", result.run_id, "--tokenizer", "gpt2", cwd=tmp_path)
+    assert_one_line_error(resumed, "--tokenizer is bpe:300 there, gpt2 given",
+                          f"continues run {result.run_id} with its own settings")

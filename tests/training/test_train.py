@@ -145,7 +145,9 @@ def test_interrupted_run_resumes_to_the_same_loss(store):
     stopped_at = checkpoints.load_from_run(parts_run.info.run_id)["step"]
     assert 10 <= stopped_at < 60
 
-    resumed = run_module("pipeline.train", "--resume", parts_run.info.run_id, cwd=os.getcwd())
+    # the same command line plus --resume, as a user types it again
+    resumed = run_module("pipeline.train", *RESUMABLE, "--run-name", "parts", "--resume", parts_run.info.run_id,
+                         cwd=os.getcwd())
     assert resumed.returncode == 0, resumed.stderr
     assert client.get_run(parts_run.info.run_id).info.status == "FINISHED"
 

@@ -184,11 +184,16 @@
       <div class="sample-box"><span class="sample-step"></span><pre class="sample"></pre></div>
       <p class="run-error"></p>
       <p class="run-note"></p>
+      <section class="inspect-box" hidden></section>
       <footer>
         <button type="button" class="stop">Stop</button>
         <button type="button" class="resume" title="continue from its last checkpoint">Resume</button>
+        <span class="longer-box"><input class="longer-steps" type="number" min="1" placeholder="max steps"
+            aria-label="new budget in steps">
+          <button type="button" class="longer" title="resume with a larger --max-steps: the learning rate is re-planned for it">Train longer</button></span>
         <span class="register-box"><input class="register-name" placeholder="model name" aria-label="model name">
           <button type="button" class="register" title="register the run's model in the MLflow Model Registry">Register</button></span>
+        <button type="button" class="inspect" title="attention of every head, head scores and the logit lens">Inspect</button>
         <a class="run-link" target="_blank" rel="noopener">MLflow run ↗</a>
         <a class="compare-link" target="_blank" rel="noopener">Compare ↗</a>
         <span class="action-result"></span>
@@ -214,7 +219,15 @@
     diag.hidden = !run.diagnosis;
     const bits = [run.experiment, run.config, run.corpus, run.lr ? `lr ${run.lr}` : ""];
     if (run.sweep) bits.push(run.role === "sweep" ? `sweep ${run.sweep} (parent)` : `sweep ${run.sweep}`);
+    if (run.init_from) bits.push(`from ${run.init_from}`);
     $(".meta", el).textContent = bits.filter(Boolean).join(" · ");
+    const source = allRuns.find((r) => r.run_id === run.init_from_run);
+    if (source) {  // the run it started from, when listed here: a link to it in MLflow
+      const link = document.createElement("a");
+      link.href = runUrl(source); link.target = "_blank"; link.rel = "noopener";
+      link.textContent = ` ↗ ${source.name}`;
+      $(".meta", el).append(link);
+    }
     const m = run.metrics || {};
     const step = card.detail && card.detail.last_step;
     $(".numbers", el).textContent = [
@@ -237,6 +250,13 @@
     const resume = $(".resume", el);
     resume.hidden = !(run.status === "KILLED" && !(run.process && run.process.running) && run.role !== "sweep");
     resume.onclick = () => act(el, `/api/runs/${run.run_id}/resume`, "resuming");
+    $(".longer-box", el).hidden = !(["KILLED", "FINISHED"].includes(run.status)
+      && !(run.process && run.process.running) && run.role !== "sweep");
+    $(".longer", el).onclick = () => act(el, `/api/runs/${run.run_id}/resume`, "training longer",
+      {max_steps: Number($(".longer-steps", el).value)});
+    const inspect = $(".inspect", el);
+    inspect.hidden = !["FINISHED", "KILLED"].includes(run.status) || run.role === "sweep";
+    inspect.onclick = () => window.LabInspect.toggle($(".inspect-box", el), run.run_id, postJson);
     $(".register-box", el).hidden = !run.model_id;
     $(".register", el).onclick = () => {
       const name = $(".register-name", el).value.trim();
