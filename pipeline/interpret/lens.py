@@ -19,14 +19,22 @@ def losses_by_layer(model: GPT, x: torch.Tensor, y: torch.Tensor) -> torch.Tenso
     hooks = [block.register_forward_hook(lambda _module, _inputs, output: streams.append(output))
              for block in model.transformer.h]
     try:
-        logits, _ = model(x, y)
+        model(x)  # the blocks' outputs are what the lens reads; the last one decoded is the model's own logits
     finally:
         for hook in hooks:
             hook.remove()
-    B, T = y.shape
-    decoded = [model.lm_head(model.transformer.ln_f(stream)) for stream in streams[:-1]] + [logits]
-    return torch.stack([F.cross_entropy(layer_logits.float().flatten(0, 1), y.flatten(), reduction="none").view(B, T)
-                        for layer_logits in decoded])
+    return torch.stack([_decoded_losses(model, stream, y) for stream in streams])
+
+
+def _decoded_losses(model: GPT, stream: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(B, T) cross-entropy of a residual stream read through ln_f and the unembedding, a chunk of positions at a
+    time as the model's own loss is (model/loss.py): one layer's logits are never whole, let alone every layer's."""
+    hidden = model.transformer.ln_f(stream).flatten(0, 1)
+    targets = y.flatten()
+    chunk = model.loss_chunk or len(targets)
+    losses = [F.cross_entropy(model.lm_head(h).float(), t, reduction="none")
+              for h, t in zip(hidden.split(chunk), targets.split(chunk))]
+    return torch.cat(losses).view(y.shape)
 
 
 @torch.no_grad()
