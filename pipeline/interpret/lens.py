@@ -36,9 +36,9 @@ def decoded_losses(model: GPT, stream: torch.Tensor, y: torch.Tensor) -> torch.T
     model.loss_chunk positions at a time, as the model's own loss: the logits never exist whole."""
     hidden, targets = model.transformer.ln_f(stream).flatten(0, 1), y.flatten()
     chunk = model.loss_chunk or len(targets)
-    return torch.cat([F.cross_entropy(model.lm_head(hidden[start:start + chunk]).float(),
-                                      targets[start:start + chunk], reduction="none")
-                      for start in range(0, len(targets), chunk)]).view(y.shape)
+    losses = [F.cross_entropy(model.lm_head(h).float(), t, reduction="none")
+              for h, t in zip(hidden.split(chunk), targets.split(chunk))]
+    return torch.cat(losses).view(y.shape)
 
 
 @torch.no_grad()

@@ -256,15 +256,17 @@ def test_non_finite_loss_stops_at_once_and_fails_the_run(store):
 
 
 def test_out_of_memory_is_one_line_with_advice(store):
-    # 20k windows of 32 tokens: the logits alone need 129 GB, and half of them 64 GB, past the process's 16 GiB
-    result = run_module("pipeline.train", "--corpus", "tiny", "--n-layer", "1", "--n-head", "1", "--n-embd", "8",
-                        "--context-length", "32", "--batch-size", "20000", "--max-steps", "1", cwd=os.getcwd(),
+    # 400k windows of 32 tokens at width 512: the token embeddings alone need 26 GB, and half of them 13 GB twice
+    # (with the positions added), past the process's 16 GiB; they fail before any large matmul runs (the logits,
+    # made a chunk at a time, would never be the largest)
+    result = run_module("pipeline.train", "--corpus", "tiny", "--n-layer", "1", "--n-head", "1", "--n-embd", "512",
+                        "--context-length", "32", "--batch-size", "400000", "--max-steps", "1", cwd=os.getcwd(),
                         preexec_fn=limited(resource.RLIMIT_AS, 16 << 30))
     assert_one_line_error(result, "out of memory at step 1 even with the micro-batch halved", "--batch-size")
     assert run_statuses(store) == ["FAILED"]
     client = MlflowClient(store)
     [run] = client.search_runs([client.get_experiment_by_name("pretraining").experiment_id])
-    assert run.data.tags["lab.oom_adjusted"] == "batch_size 20000 -> 10000, grad_accum 1 -> 2"
+    assert run.data.tags["lab.oom_adjusted"] == "batch_size 400000 -> 200000, grad_accum 1 -> 2"
 
 
 def test_unreachable_tracking_server_fails_before_training(store, tmp_path):
