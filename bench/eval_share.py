@@ -4,7 +4,8 @@
 
 Times, alternately and --reps times each, on nano with TrainSettings' defaults:
   - one training step (bench/benchlib.py's BareLoop: the trainer's step, nothing around it);
-  - one evaluation: the trainer's own RunRecorder.evaluate (val_windows windows, batch_size at a time);
+  - one evaluation: the trainer's own RunRecorder.evaluate and read_lens (val_windows windows, batch_size at a
+    time, and the logit lens on the first eight);
   - one sample: the trainer's own RunRecorder.sample (sample_tokens tokens, the novelty score against the train
     split's 8-gram index, and the text and table stored in the run, MLflow SQLite store in a temporary folder).
 The trainer's own RunRecorder times them, built around BareLoop's model and optimizer, the val windows and a run
@@ -42,8 +43,6 @@ def main() -> int:
     benchlib.header("evaluation and sampling share of a nano run at the default intervals")
     with benchlib.scratch("bench-eval-"):
         benchlib.quiet_logging()
-        import torch
-
         from pipeline import tracking
         from pipeline.data.batches import ValWindows
         from pipeline.data.corpora import fetch
@@ -73,19 +72,12 @@ def main() -> int:
             benchlib.sync(loop.device)
             return time.perf_counter() - start
 
-        def plain_evaluation():  # the mean loss alone, as evaluations were before the logit lens
-            with torch.no_grad():
-                for start in range(0, len(data.val), s.batch_size):
-                    with loop.learner.autocast:
-                        loop.learner.model(data.val.x[start:start + s.batch_size].to(loop.device),
-                                           data.val.y[start:start + s.batch_size].to(loop.device))
-
         loop.run_step()  # warm-up
         times = {"step": [], "eval": [], "sample": [], "checkpoint": [], "plain_eval": [], "inspect": []}
         for rep in range(args.reps):
             times["step"].append(timed(loop.run_step))
-            times["eval"].append(timed(recorder.evaluate))
-            times["plain_eval"].append(timed(plain_evaluation))
+            times["eval"].append(timed(lambda: (recorder.evaluate(), recorder.read_lens())))
+            times["plain_eval"].append(timed(recorder.evaluate))
             times["inspect"].append(timed(lambda: recorder.inspect(s.inspection_interval() * (rep + 1))))
             times["sample"].append(timed(lambda: recorder.sample(s.sample_interval * (rep + 1))))
             times["checkpoint"].append(timed(lambda: recorder.checkpoint(s.checkpoint_interval * (rep + 1))))

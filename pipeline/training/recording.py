@@ -13,7 +13,7 @@ import torch
 
 from pipeline.errors import CheckpointError, ShardError, first_line
 from pipeline.interpret.heads import Reading, phase_change
-from pipeline.interpret.lens import lens_scalars, val_losses_by_layer
+from pipeline.interpret.lens import LENS_WINDOWS, lens_scalars, val_losses_by_layer
 from pipeline.interpret.positions import PositionCurve
 from pipeline.interpret.probe import previous_token_probe
 from pipeline.interpret.record import log_inspection
@@ -54,8 +54,7 @@ class RunRecorder:
     def log_evaluation(self, step: int) -> float:
         """Evaluates and logs the val loss, its perplexity and bits per byte, its curve by position (an artifact,
         and in_context_gain) and the logit lens; returns the val loss."""
-        by_layer = self.evaluate()
-        curve = PositionCurve(by_layer[-1].tolist())
+        curve, by_layer = self.evaluate(), self.read_lens()
         val_loss = curve.mean
         val_bpb = val_loss * self.data.val_tokens_per_byte / math.log(2)
         self.in_context_gain, self.lens = curve.in_context_gain, lens_scalars(by_layer)
@@ -70,18 +69,25 @@ class RunRecorder:
             log.warning("loss by position at step %d not stored (%s)", step, first_line(error))
         self.best.observe(step, val_loss, self.learner.model, self._linked_metrics(step))
         for other in self.data.eval_sets:  # --eval-corpus: what the model keeps (or forgets) of other text
-            loss = float(self.evaluate(other.val)[-1].mean())
+            loss = self.evaluate(other.val).mean
             self.metrics.log(step, **{f"val_loss/{other.name}": loss,
                                       f"val_bpb/{other.name}": loss * other.tokens_per_byte / math.log(2)})
             log.info("step %d  val_loss/%s %.4f", step, other.name, loss)
         return val_loss
 
-    def evaluate(self, val=None) -> torch.Tensor:
-        """(n_layer, T): the loss at each position read after each block (the logit lens), the mean over the
-        fixed val windows (the run's own, or val's); the last layer's is the model's own, whose mean is val_loss."""
+    def evaluate(self, val=None) -> PositionCurve:
+        """The loss at each position, the mean over the fixed val windows (the run's own, or val's); its mean is
+        val_loss."""
         val = val or self.data.val
-        return val_losses_by_layer(self.learner.model, val.x, val.y, self.settings.batch_size, self.device,
-                                   self.learner.autocast)
+        own = val_losses_by_layer(self.learner.model, val.x, val.y, self.settings.batch_size, self.device,
+                                  self.learner.autocast, every_layer=False)
+        return PositionCurve(own[0].tolist())
+
+    def read_lens(self) -> torch.Tensor:
+        """(n_layer, T): the logit lens on the first LENS_WINDOWS of the run's val windows."""
+        val = self.data.val
+        return val_losses_by_layer(self.learner.model, val.x[:LENS_WINDOWS], val.y[:LENS_WINDOWS],
+                                   self.settings.batch_size, self.device, self.learner.autocast)
 
     @cached_property
     def score_pool(self) -> torch.Tensor:

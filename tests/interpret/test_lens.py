@@ -16,7 +16,7 @@ CPU = torch.device("cpu")
 def test_the_last_layers_lens_is_the_models_own_loss_and_positions_average_to_it():
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=3, n_head=2, n_embd=32, context_length=16, vocab_size=512)).eval()
-    model.loss_chunk = 24  # a batch of 4 x 16 positions read in three chunks
+    model.loss_chunk = 24  # positions a chunk: the lens decodes as the model's loss does, never all logits at once
     x = torch.randint(0, 512, (10, 16))
     y = torch.roll(x, -1, dims=1)
     by_layer = val_losses_by_layer(model, x, y, batch_size=4, device=CPU)
@@ -24,9 +24,12 @@ def test_the_last_layers_lens_is_the_models_own_loss_and_positions_average_to_it
     _, own_loss = model(x, y)
     curve = PositionCurve(by_layer[-1].tolist())
     assert abs(curve.mean - own_loss.item()) < 1e-5
-    model.loss_chunk = 0  # the whole logits, returned beside the loss: the lens reads them a chunk at a time
-    torch.testing.assert_close(by_layer[-1], F.cross_entropy(model(x, y)[0].flatten(0, 1), y.flatten(),
+    model.loss_chunk = 0  # the whole logits, to check every position against
+    logits, _ = model(x, y)
+    torch.testing.assert_close(by_layer[-1], F.cross_entropy(logits.flatten(0, 1), y.flatten(),
                                                              reduction="none").view(10, 16).mean(dim=0))
+    own_only = val_losses_by_layer(model, x, y, batch_size=4, device=CPU, every_layer=False)
+    torch.testing.assert_close(own_only, by_layer[-1:])
     lens = lens_scalars(by_layer)
     assert list(lens) == ["lens/loss_layer_0", "lens/loss_layer_1", "lens/loss_layer_2"]
     assert abs(lens["lens/loss_layer_2"] - own_loss.item()) < 1e-5
