@@ -91,6 +91,33 @@ def prepare(settings):
     return shards, shards.split("train"), shards.split("val")
 
 
+def nanogpt_data(folder: Path, corpus: str = "tinystories") -> Path:
+    """The lab's shards of corpus (llm.c format: a 256-int32 header, then uint16 tokens) as nanoGPT's
+    data/lab_<corpus>/{train,val}.bin (the bare uint16 tokens); folder, nanoGPT's working directory."""
+    import numpy as np
+
+    from pipeline.settings import TrainSettings
+
+    shards, _, _ = prepare(TrainSettings(corpus=corpus))
+    target = folder / "data" / f"lab_{corpus}"
+    target.mkdir(parents=True)
+    for split, nanogpt_name in (("train", "train.bin"), ("val", "val.bin")):
+        tokens = np.concatenate(shards.split(split))
+        tokens.astype(np.uint16).tofile(target / nanogpt_name)
+    return folder
+
+
+def nanogpt_command(nanogpt: Path, folder: Path, overrides: dict) -> tuple[list[str], dict]:
+    """nanoGPT's train.py (a checkout of karpathy/nanoGPT) with --key=value overrides, run in folder (made by
+    nanogpt_data), and its environment: unbuffered, and without the project on its path."""
+    (folder / "configurator.py").write_text((nanogpt / "configurator.py").read_text())  # read from the cwd
+    # the project off its path, so that nanoGPT imports its own model.py; pip --target packages stay
+    paths = [path for path in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+             if path and Path(path).resolve() != PROJECT_DIR]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "PYTHONUNBUFFERED": "1"}
+    return [sys.executable, str(nanogpt / "train.py"), *(f"--{key}={value}" for key, value in overrides.items())], env
+
+
 class BareLoop:
     """The trainer's optimisation step and nothing else: the trainer's own StepLoop.train_step on the same model
     (same seed), optimizer, lr schedule and WindowSampler batches, the loss read back every step as the trainer
@@ -144,6 +171,33 @@ def run_measured(command: list[str], env: dict, cwd) -> tuple[str, int, int]:
     child.returncode = os.waitstatus_to_exitcode(status)
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
     return output, child.returncode, usage.ru_maxrss * scale
+
+
+def alternate_children(script: str, modes: list[str], reps: int, child_args: list[str]) -> tuple[dict, dict, dict]:
+    """`script --child MODE *child_args` for each mode in turn, reps times, each a process of its own that prints,
+    last, a JSON line with its step times (seconds), tokens_per_step and loss (and any val_loss). Each run printed;
+    returned: the runs by mode, and by mode the median tokens/s (of each run's median step) and peak RSS in MB."""
+    import json
+
+    env = offline_environment()
+    runs: dict[str, list[dict]] = {mode: [] for mode in modes}
+    for rep in range(reps):
+        for mode in modes:
+            output, code, peak_rss = run_measured([sys.executable, script, "--child", mode, *child_args], env,
+                                                  PROJECT_DIR)
+            if code != 0:
+                raise SystemExit(f"the {mode} child failed (exit {code}):\n{output[-3000:]}")
+            result = json.loads(output.strip().splitlines()[-1])
+            result["tokens_per_sec"] = result["tokens_per_step"] / median(result["seconds"])
+            result["peak_rss_mb"] = peak_rss / 2**20
+            runs[mode].append(result)
+            val = f", val loss {result['val_loss']:.5f}" if "val_loss" in result else ""
+            print(f"   rep {rep + 1} {mode:7s}: {result['tokens_per_sec']:,.0f} tokens/s (median step "
+                  f"{median(result['seconds']):.3f} s), peak RSS {result['peak_rss_mb']:,.0f} MB, "
+                  f"loss {result['loss']:.5f}{val}", flush=True)
+    tokens = {mode: median([r["tokens_per_sec"] for r in rs]) for mode, rs in runs.items()}
+    rss = {mode: median([r["peak_rss_mb"] for r in rs]) for mode, rs in runs.items()}
+    return runs, tokens, rss
 
 
 def sync(device) -> None:

@@ -13,6 +13,12 @@ in the store, so what is timed is the code a run executes.
 share = (eval / eval_interval + sample / sample_interval) / (step + eval / eval_interval + sample / sample_interval)
 with medians: the fraction of wall time a long run spends on them. Target: at most 10%. A checkpoint at
 checkpoint_interval is timed too and printed for information (no target).
+
+Inspection (pipeline/interpret/) is timed beside them: one inspection (attention images of the prompt, head scores,
+the HTML page, stored in the run) at its default interval (with the samples), and the logit lens's share of an
+evaluation (the evaluation against the plain mean loss over the same windows). Their ratio
+step / (step + inspect / inspection_interval + lens / eval_interval) is training's tokens/s with inspection
+against without it. Target: at least 0.97.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import time
 import benchlib
 
 MAX_SHARE = 0.10
+MIN_INSPECTION_RATIO = 0.97
 
 
 def main() -> int:
@@ -35,6 +42,8 @@ def main() -> int:
     benchlib.header("evaluation and sampling share of a nano run at the default intervals")
     with benchlib.scratch("bench-eval-"):
         benchlib.quiet_logging()
+        import torch
+
         from pipeline import tracking
         from pipeline.data.batches import ValWindows
         from pipeline.data.corpora import fetch
@@ -64,16 +73,29 @@ def main() -> int:
             benchlib.sync(loop.device)
             return time.perf_counter() - start
 
+        def plain_evaluation():  # the mean loss alone, as evaluations were before the logit lens
+            with torch.no_grad():
+                for start in range(0, len(data.val), s.batch_size):
+                    with loop.learner.autocast:
+                        loop.learner.model(data.val.x[start:start + s.batch_size].to(loop.device),
+                                           data.val.y[start:start + s.batch_size].to(loop.device))
+
         loop.run_step()  # warm-up
-        times = {"step": [], "eval": [], "sample": [], "checkpoint": []}
+        times = {"step": [], "eval": [], "sample": [], "checkpoint": [], "plain_eval": [], "inspect": []}
         for rep in range(args.reps):
             times["step"].append(timed(loop.run_step))
             times["eval"].append(timed(recorder.evaluate))
+            times["plain_eval"].append(timed(plain_evaluation))
+            times["inspect"].append(timed(lambda: recorder.inspect(s.inspection_interval() * (rep + 1))))
             times["sample"].append(timed(lambda: recorder.sample(s.sample_interval * (rep + 1))))
             times["checkpoint"].append(timed(lambda: recorder.checkpoint(s.checkpoint_interval * (rep + 1))))
         tracking.finish_run(client, run_id, tracking.STATUS_FINISHED)
 
-    step, evaluation, sample, checkpoint = (benchlib.median(times[k]) for k in ("step", "eval", "sample", "checkpoint"))
+    step, evaluation, sample, checkpoint, plain, inspection = (
+        benchlib.median(times[k]) for k in ("step", "eval", "sample", "checkpoint", "plain_eval", "inspect"))
+    lens = max(0.0, evaluation - plain)
+    inspection_ratio = step / (step + inspection / max(1, s.inspection_interval())
+                               + (lens / s.eval_interval if s.eval_interval else 0.0))
     per_step = {
         "eval": evaluation / s.eval_interval if s.eval_interval else 0.0,
         "sample": sample / s.sample_interval if s.sample_interval else 0.0,
@@ -89,9 +111,14 @@ def main() -> int:
     print(f"share of wall time: eval {per_step['eval'] / wall:.2%}, sample {per_step['sample'] / wall:.2%}, "
           f"together {share:.2%} (target <= {MAX_SHARE:.0%}); checkpoints add "
           f"{per_step['checkpoint'] / (wall + per_step['checkpoint']):.2%}")
+    print(f"inspection {inspection * 1e3:.1f} ms every {s.inspection_interval()} steps; the logit lens adds "
+          f"{lens * 1e3:.1f} ms to an evaluation ({plain * 1e3:.1f} ms without it); tokens/s with inspection "
+          f"against without: {inspection_ratio:.4f}")
     return benchlib.verdict([(f"eval + sample {share:.2%} of wall time at the default intervals "
-                              f"(target at most {MAX_SHARE:.0%})", share <= MAX_SHARE)],
-                            result=f"{share:.1%} of wall time")
+                              f"(target at most {MAX_SHARE:.0%})", share <= MAX_SHARE),
+                             (f"tokens/s with inspection at its default interval {inspection_ratio:.3f}x of without "
+                              f"(target at least {MIN_INSPECTION_RATIO})", inspection_ratio >= MIN_INSPECTION_RATIO)],
+                            result=f"{share:.1%} of wall time; inspection {inspection_ratio:.3f}x")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
-"""The six exercises at CPU scale, end to end on a fresh store, each checked for the lesson it exists to teach.
+"""The eight exercises at CPU scale, end to end on a fresh store, each checked for the lesson it exists to teach.
 
-    python bench/exercises.py [--only memorization lr_sensitivity context_length scaling tokenizers finetune]
-                              [--keep DIR]
+    python bench/exercises.py [--only memorization lr_sensitivity context_length scaling tokenizers finetune
+                              induction optimizers] [--keep DIR]
 
 Not a test (each exercise trains for minutes): it runs `pipeline.sweep`'s library on NAME_cpu from
 experiments.yaml, prints the wall time, the findings the report wrote and a PASS/MISSED line per lesson, and
@@ -37,6 +37,8 @@ LESSONS = {
     ],
     "context_length": [
         ("three contexts, each with a val loss", lambda f: len(f["context_val_loss"]) >= 3),
+        ("read by position, the longest context predicts its last tokens better than the shortest at its end",
+         lambda f: f["context_late_gain"] > 0),
     ],
     "scaling": [
         ("four sizes or more over a decade of parameters", lambda f: f["sizes"] >= 4 and f["size_span"] >= 10),
@@ -51,6 +53,17 @@ LESSONS = {
         ("the fine-tuned run starts lower than the one from scratch", lambda f: f["finetune.start_gain"] > 0),
         ("and ends lower, at the same budget", lambda f: f["finetune.end_gain"] > 0),
         ("it forgot some TinyStories: its val loss there rose", lambda f: f["finetune.forgot"] > 0),
+    ],
+    "induction": [
+        ("an induction head formed in the deeper run", lambda f: list(f["induction_formed"].values())[-1]),
+        ("none in the one-layer run", lambda f: not list(f["induction_formed"].values())[0]),
+    ],
+    "optimizers": [
+        ("AdamW and Muon each reached the common val loss",
+         lambda f: all(f["tokens_to_target"][name] is not None for name in ("adamw", "muon"))),
+        ("neither best rate at the edge of the rates tried",
+         lambda f: f["best_rate"]["adamw"] == 0.003 and f["best_rate"]["muon"] == 0.02),
+        ("one optimizer got there first in tokens", lambda f: f["first_in_tokens"] is not None),
     ],
 }
 

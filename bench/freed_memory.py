@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 import benchlib
 
@@ -45,18 +44,6 @@ def child(mode: str, steps: int) -> None:
         print(json.dumps({"seconds": seconds, "loss": loss, "tokens_per_step": loop.tokens_per_step}))
 
 
-def measure(mode: str, steps: int) -> dict:
-    env = benchlib.offline_environment()
-    output, code, peak_rss = benchlib.run_measured(
-        [sys.executable, __file__, "--child", mode, "--steps", str(steps)], env, benchlib.PROJECT_DIR)
-    if code != 0:
-        raise SystemExit(f"the {mode} child failed (exit {code}):\n{output[-3000:]}")
-    result = json.loads(output.strip().splitlines()[-1])
-    result["tokens_per_sec"] = result["tokens_per_step"] / benchlib.median(result["seconds"])
-    result["peak_rss_mb"] = peak_rss / 2**20
-    return result
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8)
@@ -70,16 +57,8 @@ def main() -> int:
     benchlib.offline_environment()
     benchlib.header(f"keeping freed memory: nano steps with glibc's defaults against keep_freed_memory() "
                     f"({args.steps} steps, {args.reps} reps each, alternating)")
-    runs: dict[str, list[dict]] = {"glibc": [], "kept": []}
-    for rep in range(args.reps):
-        for mode in runs:
-            result = measure(mode, args.steps)
-            runs[mode].append(result)
-            print(f"   rep {rep + 1} {mode:5s}: {result['tokens_per_sec']:,.0f} tokens/s (median step "
-                  f"{benchlib.median(result['seconds']):.3f} s), peak RSS {result['peak_rss_mb']:,.0f} MB, "
-                  f"loss {result['loss']:.4f}")
-    tokens = {mode: benchlib.median([r["tokens_per_sec"] for r in rs]) for mode, rs in runs.items()}
-    rss = {mode: benchlib.median([r["peak_rss_mb"] for r in rs]) for mode, rs in runs.items()}
+    runs, tokens, rss = benchlib.alternate_children(__file__, ["glibc", "kept"], args.reps,
+                                                    ["--steps", str(args.steps)])
     speedup, growth = tokens["kept"] / tokens["glibc"], rss["kept"] / rss["glibc"]
     losses = {r["loss"] for rs in runs.values() for r in rs}
     print(f"glibc: {tokens['glibc']:,.0f} tokens/s, peak RSS {rss['glibc']:,.0f} MB")

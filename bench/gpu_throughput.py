@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import statistics
 import subprocess
@@ -62,22 +61,6 @@ def lab_run(size: str, batch: int, compiled: bool, steps: int, device: str, env:
             "final_train_loss": history("train_loss")[-1]}
 
 
-def nanogpt_data(folder: Path) -> Path:
-    """The lab's TinyStories shards (llm.c format: a 256-int32 header, then uint16 tokens) as nanoGPT's
-    data/<dataset>/{train,val}.bin (the bare uint16 tokens)."""
-    import numpy as np
-
-    from pipeline.settings import TrainSettings
-
-    shards, _, _ = benchlib.prepare(TrainSettings(corpus="tinystories"))
-    target = folder / "data" / "lab_tinystories"
-    target.mkdir(parents=True)
-    for split, nanogpt_name in (("train", "train.bin"), ("val", "val.bin")):
-        tokens = np.concatenate(shards.split(split))
-        tokens.astype(np.uint16).tofile(target / nanogpt_name)
-    return folder
-
-
 def nanogpt_run(nanogpt: Path, data_folder: Path, size: str, batch: int, steps: int, device: str) -> dict:
     """nanoGPT's train.py on the lab's shape and tokens; its tokens/s from the iterations it printed."""
     from model import NAMED_CONFIGS
@@ -91,12 +74,7 @@ def nanogpt_run(nanogpt: Path, data_folder: Path, size: str, batch: int, steps: 
                  "lr_decay_iters": steps, "warmup_iters": 5, "eval_interval": 10 * steps, "eval_iters": 1,
                  "log_interval": 1, "always_save_checkpoint": False, "device": device, "compile": on_gpu,
                  "dtype": "bfloat16" if on_gpu else "float32"}
-    (data_folder / "configurator.py").write_text((nanogpt / "configurator.py").read_text())  # read from the cwd
-    # the project off its path, so that nanoGPT imports its own model.py; pip --target packages stay
-    paths = [path for path in os.environ.get("PYTHONPATH", "").split(os.pathsep)
-             if path and Path(path).resolve() != benchlib.PROJECT_DIR]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
-    command = [sys.executable, str(nanogpt / "train.py"), *(f"--{key}={value}" for key, value in overrides.items())]
+    command, env = benchlib.nanogpt_command(nanogpt, data_folder, overrides)
     result = subprocess.run(command, env=env, cwd=data_folder, capture_output=True, text=True, timeout=RUN_TIMEOUT)
     iterations = [(int(m.group(1)), float(m.group(2))) for m in map(NANOGPT_LINE.match, result.stdout.splitlines())
                   if m]
@@ -151,7 +129,7 @@ def main() -> int:
 
     with benchlib.scratch("bench-gpu-") as folder:
         env = {**benchlib.offline_environment(), "PYTHONUNBUFFERED": "1"}
-        nanogpt_folder = nanogpt_data(folder / "nanogpt") if nanogpt else None
+        nanogpt_folder = benchlib.nanogpt_data(folder / "nanogpt") if nanogpt else None
         for size, batch in shapes:
             lab = {mode: record("lab", size, batch, mode, lab_run(size, batch, mode == "compiled", args.steps,
                                                                    args.device, env, folder)) for mode in modes}

@@ -15,6 +15,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from model.configs import GPTConfig
+from model.loss import chunk_positions, chunked_cross_entropy
 
 
 class CausalSelfAttention(nn.Module):
@@ -27,6 +28,10 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
+        # Set by a reader of the model (pipeline/interpret/): the attention weights are then written out and kept
+        # in self.attention (B, n_head, T, T). Training leaves it off and keeps the fused kernel.
+        self.keep_attention = False
+        self.attention: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.size()  # batch, time (positions), channels (n_embd)
@@ -35,12 +40,24 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        # softmax(q k^T / sqrt(head_size)) v with a causal mask; flash attention where the device has it
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
-        )
+        if self.keep_attention:
+            y = self._attention_written_out(q, k, v)
+        else:
+            # softmax(q k^T / sqrt(head_size)) v with a causal mask; flash attention where the device has it
+            y = F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+            )
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
         return self.resid_dropout(self.c_proj(y))
+
+    def _attention_written_out(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """What scaled_dot_product_attention computes (without dropout), with the weights kept to look at."""
+        T = q.size(-2)
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))
+        future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(diagonal=1)
+        weights = scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+        self.attention = weights.detach()
+        return weights @ v
 
 
 class MLP(nn.Module):
@@ -87,6 +104,8 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # Weight tying: reading a token in and predicting it out use the same vectors (and save vocab x n_embd).
         self.transformer.wte.weight = self.lm_head.weight
+        # Positions per chunk of the loss (model/loss.py); 0: the whole logits at once, as nanoGPT computes them.
+        self.loss_chunk = chunk_positions(config.vocab_size)
 
         self.apply(self._init_weights)
         # GPT-2 scales the projections that write into the residual stream by 1/sqrt(2 * n_layer),
@@ -115,8 +134,10 @@ class GPT(nn.Module):
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits for every position, and the mean cross-entropy against targets when given."""
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Without targets, the last position's logits (all generation needs). With targets, the mean
+        cross-entropy, and no logits: they are made a chunk at a time inside the loss (all of them when
+        loss_chunk is 0)."""
         B, T = idx.size()
         if T > self.config.context_length:
             raise ValueError(f"sequence of {T} tokens is longer than the context ({self.config.context_length})")
@@ -128,6 +149,8 @@ class GPT(nn.Module):
         if targets is None:
             # Generation needs only the last position: skip the big vocab matmul everywhere else.
             return self.lm_head(x[:, [-1], :]), None
+        if self.loss_chunk:
+            return None, chunked_cross_entropy(x, self.lm_head.weight, targets, self.loss_chunk)
         logits = self.lm_head(x)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss

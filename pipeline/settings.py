@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from model import GPTConfig
 
 MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "context_length", "dropout")
+OPTIMIZERS = ("adamw", "muon")
 MAX_BPE_TOKENS = 65535  # a bpe:N's end-of-text token is id N, and shards hold uint16 ids
 
 
@@ -49,10 +50,14 @@ class TrainSettings:
     lr: float = _setting(1e-3, "Peak learning rate, reached after warmup.")
     min_lr: float = _setting(1e-4, "Learning rate at the end of the cosine decay.")
     warmup_steps: int = _setting(30, "Steps of linear warmup from 0 to lr.")
-    weight_decay: float = _setting(0.1, "AdamW weight decay, applied to weight matrices only.")
+    weight_decay: float = _setting(0.1, "Weight decay of the weight matrices (under Muon, as much per step as "
+                                        "AdamW's at --lr).")
     beta1: float = _setting(0.9, "AdamW beta1.")
     beta2: float = _setting(0.95, "AdamW beta2.")
     grad_clip: float = _setting(1.0, "Clip the gradient norm to this (0 = no clipping).")
+    optimizer: str = _setting("adamw", "adamw, or muon: Muon for the blocks' weight matrices and AdamW (at --lr) "
+                                       "for the embeddings, norms and biases.")
+    muon_lr: float = _setting(0.02, "Muon's peak learning rate (--optimizer muon); warmup and decay follow --lr's.")
     seed: int = _setting(1337, "Seed for weights, window order and dropout.")
     # hardware
     device: str = _setting("auto", "auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps.")
@@ -66,6 +71,8 @@ class TrainSettings:
                                 multiple=True)
     sample_interval: int = _setting(200, "Generate samples every N steps.")
     sample_tokens: int = _setting(48, "Tokens generated per sample.")
+    inspect_interval: int = _setting(-1, "Log attention maps of the prompt and every head's induction and "
+                                         "previous-token scores every N steps (-1 = with the samples).")
     temperature: float = _setting(0.8, "Sampling temperature (0 = greedy).")
     top_k: int = _setting(40, "Sample among the k likeliest tokens (0 = all).")
     prompt: str = _setting("", "Prompt for samples (empty = the corpus's own prompt).")
@@ -109,6 +116,10 @@ class TrainSettings:
         """The --eval-corpus names, in order, once each."""
         return list(dict.fromkeys(name.strip() for name in self.eval_corpus.split(",") if name.strip()))
 
+    def inspection_interval(self) -> int:
+        """Steps between inspections: inspect_interval, or the samples' when it is -1."""
+        return self.sample_interval if self.inspect_interval == -1 else self.inspect_interval
+
     def model_overrides(self) -> dict:
         return {name: getattr(self, name) for name in MODEL_FIELDS if getattr(self, name) is not None}
 
@@ -135,6 +146,10 @@ class TrainSettings:
                 raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise SettingsError(f"lr must be a positive number, got {self.lr}")
+        if self.optimizer not in OPTIMIZERS:
+            raise SettingsError(f"unknown optimizer '{self.optimizer}' (known: {', '.join(OPTIMIZERS)})")
+        if not (self.muon_lr > 0 and math.isfinite(self.muon_lr)):
+            raise SettingsError(f"muon_lr must be a positive number, got {self.muon_lr}")
         if not (0 <= self.min_lr <= self.lr):
             raise SettingsError(f"min_lr must be between 0 and lr ({self.lr}), got {self.min_lr}")
         non_negative = ("epochs", "max_steps", "max_tokens", "warmup_steps", "weight_decay", "grad_clip",
@@ -144,6 +159,8 @@ class TrainSettings:
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise SettingsError(f"{name} must be zero or more, got {value}")
+        if self.inspect_interval < -1:
+            raise SettingsError(f"inspect_interval must be -1 (with the samples) or more, got {self.inspect_interval}")
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be in [0, 1), got {getattr(self, name)}")

@@ -37,7 +37,8 @@ def run(args: list[str], cwd) -> subprocess.CompletedProcess:
 def test_the_guide_has_commands_for_every_part():
     commands = guide_commands()
     assert any("pipeline.train --config nano --corpus verdict --epochs 3" in c for c in commands)
-    for sweep in ("memorization", "lr_sensitivity", "context_length", "scaling", "tokenizers", "finetune"):
+    for sweep in ("memorization", "lr_sensitivity", "context_length", "scaling", "tokenizers", "finetune", "induction",
+                  "optimizers"):
         assert f"python -m pipeline.sweep --name {sweep}" in commands
 
 
@@ -69,8 +70,8 @@ def test_every_command_in_the_guide_runs(store, tmp_path):
             result = run_command(module, *given, "--dry-run", cwd=tmp_path)
         elif module in ("pipeline.download", "pipeline.tokenize"):
             result = run_command(module, *given, cwd=tmp_path)
-        elif module == "pipeline.generate":
-            assert run_id, "the guide generates before it trains"
+        elif module in ("pipeline.generate", "pipeline.inspect"):
+            assert run_id, f"the guide runs {module} before it trains"
             result = run_command(module, *[run_id if w == "RUN_ID" else w for w in given], cwd=tmp_path)
         elif module == "pipeline.report":
             result = run_command(module, *[parent_id if w == "PARENT_ID" else w for w in given], "--out",

@@ -16,10 +16,11 @@ PACKAGES = ("pipeline", "model")
 # From the top: a module may import its own layer and the layers below it, never one above.
 LAYERS = [
     ("commands", ("pipeline", "pipeline.download", "pipeline.tokenize", "pipeline.train", "pipeline.generate",
-                  "pipeline.sweep", "pipeline.report", "pipeline.dashboard")),
+                  "pipeline.inspect", "pipeline.sweep", "pipeline.report", "pipeline.dashboard")),
     ("sweeps", ("pipeline.sweeps",)),
     ("analysis", ("pipeline.analysis",)),
     ("training", ("pipeline.training",)),
+    ("interpret", ("pipeline.interpret",)),
     ("tracking", ("pipeline.tracking",)),
     ("data", ("pipeline.data",)),
     ("base", ("pipeline.settings", "pipeline.errors", "pipeline.files", "pipeline.memo", "pipeline.machine")),

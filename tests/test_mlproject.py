@@ -55,7 +55,8 @@ def runs_by_experiment(client: MlflowClient) -> dict[str, list]:
 def test_mlflow_run_train_lands_in_our_experiment_with_the_params_as_given(store, tmp_path):
     client = MlflowClient(store)
     experiments_with_artifacts_in(client, tmp_path, "pretraining")
-    done = mlflow_run("train", *TINY, "-P", "prompt=I had", uri=store)  # no --experiment-name: MLflow's Default
+    done = mlflow_run("train", *TINY, "-P", "prompt=I had", "-P", "optimizer=muon", "-P", "muon_lr=0.05",
+                      uri=store)  # no --experiment-name: MLflow's Default
     assert done.returncode == 0, done.stderr[-3000:]
 
     runs = runs_by_experiment(client)
@@ -66,10 +67,10 @@ def test_mlflow_run_train_lands_in_our_experiment_with_the_params_as_given(store
     assert run.data.tags["lab.replaces"] == placeholder.info.run_id
     assert run.data.tags["mlflow.project.entryPoint"] == "train" and run.data.tags["lab.corpus"] == "tiny"
     as_given = {"prompt": "I had", "run_name": "", "resume": "", "max_steps": "2", "n_layer": "2",
-                "experiment": "pretraining"}
+                "experiment": "pretraining", "optimizer": "muon", "muon_lr": "0.05"}
     assert {key: run.data.params[key] for key in as_given} == as_given
     assert (placeholder.data.params["prompt"], placeholder.data.params["resume"]) == ("'I had'", "''")  # mlflow#6811
-    assert run.info.run_name == "nano-tiny-lr1e-3" and client.get_metric_history(run.info.run_id, "train_loss")
+    assert run.info.run_name == "nano-tiny-muon5e-2-lr1e-3" and client.get_metric_history(run.info.run_id, "train_loss")
 
 
 @pytest.mark.slow

@@ -49,6 +49,7 @@ def test_residual_projections_get_the_scaled_init():
 def test_attention_is_causal():
     torch.manual_seed(0)
     model = GPT(SMALL).eval()
+    model.loss_chunk = 0  # the whole logits, returned beside the loss
     idx = torch.randint(0, 1000, (1, 16))
     changed = idx.clone()
     changed[0, 10] = (changed[0, 10] + 1) % 1000
@@ -112,3 +113,18 @@ def test_bad_yaml_configs_are_refused(tmp_path, text, message):
 def test_unknown_config_name_lists_the_known_ones():
     with pytest.raises(UnknownConfigError, match="nano, small, medium"):
         load_config("huge")
+
+
+def test_attention_written_out_gives_the_fused_kernels_output_and_keeps_causal_weights():
+    torch.manual_seed(0)
+    model = GPT(SMALL).eval()
+    idx = torch.randint(0, GPT2_VOCAB_SIZE, (3, 16))
+    fused, _ = model(idx, idx)
+    for block in model.transformer.h:
+        block.attn.keep_attention = True
+    written_out, _ = model(idx, idx)
+    torch.testing.assert_close(written_out, fused, rtol=1e-5, atol=1e-5)
+    weights = model.transformer.h[1].attn.attention
+    assert weights.shape == (3, SMALL.n_head, 16, 16)
+    torch.testing.assert_close(weights.sum(dim=-1), torch.ones(3, SMALL.n_head, 16))
+    assert weights.triu(diagonal=1).abs().max() == 0  # no position reads a later one

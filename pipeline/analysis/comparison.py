@@ -6,11 +6,16 @@ Files written to the report folder:
   loss_curves.png     train (solid) and val (dashed) loss of every run against tokens seen, one colour a run
   final_val_loss.png  final val loss against the swept setting (the first of SWEEP_PREFERENCE whose values differ),
                       one line per combination of the other swept settings
-  val_bpb_by_time.png instead, when tokenizers differ: val_bpb against minutes of training, one line a run
+  val_bpb_by_time.png instead, when tokenizers or optimizers differ: val_bpb against minutes of training, one
+                      line a run
   scaling.png         only when model sizes differ: final val loss against non-embedding parameters N on log-log
                       axes, with the fitted power law L(N) = (Nc/N)^alpha (the best run at each size is fitted)
   fine_tuning.png     only when a run started from other weights (--init-from): its val loss beside the run from
                       scratch on its corpus, and both runs' val loss on the other corpora they scored
+  loss_by_position.png  the val loss at each position of the context, each run's last evaluation
+  induction_over_training.png  when runs scored their heads: val loss, in_context_gain and the best induction
+                      score against tokens seen; induction_head_{before,after}_RUN.png, the attention of the layer
+                      where an induction head formed, before it formed and at the end
   runs.csv, runs.md   one row a run: name, status, key params, final and best losses, tokens seen, diagnosis
   samples.csv         the last sample of every run, with its step and novelty
 
@@ -32,12 +37,13 @@ from pipeline.analysis import finetuning, plots
 from pipeline.analysis.curves import MODEL_SIZE, RunCurves, load_runs, number, sort_key, swept_params
 from pipeline.analysis.findings import Findings, comparable_metric, find
 from pipeline.analysis.fits import PowerLaw
+from pipeline.analysis.inside import read_inside
 from pipeline.tracking.diagnosis import diagnose
 from pipeline.tracking.samples import SampleReader
 
 # the params shown in the table, as logged by the trainer
-TABLE_PARAMS = ("config", "corpus", "tokenizer", "lr", "context_length", "batch_size", "max_steps", "epochs", "max_tokens",
-                MODEL_SIZE, "init_from")
+TABLE_PARAMS = ("config", "corpus", "tokenizer", "optimizer", "lr", "muon_lr", "context_length", "batch_size",
+                "max_steps", "epochs", "max_tokens", MODEL_SIZE, "init_from")
 # MLflow keeps tag values up to this many characters
 MAX_TAG_LENGTH = 8000
 TABLE_COLUMNS = ("run_name", "run_id", "status", *TABLE_PARAMS, "final_train_loss", "final_val_loss",
@@ -89,7 +95,8 @@ def build_report(client: MlflowClient, runs: pd.DataFrame | Sequence[str], out_d
 
     plots.loss_curves(loaded, swept, out_dir / "loss_curves.png")
     files.append(out_dir / "loss_curves.png")
-    if "tokenizer" in swept and any(run.bpb_times for run in loaded):  # nats per token differ by tokenizer
+    # nats per token differ by tokenizer; optimizers differ in speed, so they also compare at equal wall time
+    if ("tokenizer" in swept or "optimizer" in swept) and any(run.bpb_times for run in loaded):
         plots.bpb_by_time(loaded, swept, out_dir / "val_bpb_by_time.png")
         files.append(out_dir / "val_bpb_by_time.png")
     elif any(run.final_val is not None for run in loaded):
@@ -105,6 +112,9 @@ def build_report(client: MlflowClient, runs: pd.DataFrame | Sequence[str], out_d
         fit = plots.scaling(loaded, out_dir / "scaling.png")
         files.append(out_dir / "scaling.png")
 
+    inside = read_inside(client, loaded, swept, out_dir)
+    files += inside.files
+    findings = Findings(findings.lines + inside.lines, {**findings.facts, **inside.facts})
     (out_dir / "report.md").write_text(_document(findings, files, table, samples))
     files.insert(0, out_dir / "report.md")
 

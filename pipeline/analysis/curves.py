@@ -25,10 +25,10 @@ MODEL_SIZE = "n_params_non_embedding"
 MODEL_SIZE_PARAMS = ("config", "n_layer", "n_head", "n_embd", MODEL_SIZE)
 # The settings a sweep may vary, most telling first: the first one that differs is the x axis of final_val_loss.
 # Model size leads: a scaling sweep also sets each size's own lr, and its axis is still N. The tokenizer comes next:
-# a tokenizers sweep sets each one's context and budget with it.
-SWEEP_PREFERENCE = (MODEL_SIZE, "tokenizer", "lr", "context_length", "batch_size", "grad_accum", "max_tokens",
-                    "max_steps", "epochs", "min_lr", "warmup_steps", "weight_decay", "dropout", "grad_clip", "beta1", "beta2",
-                    "stride", "seed", "corpus")
+# a tokenizers sweep sets each one's context and budget with it; then the optimizer, each tried at its own rates.
+SWEEP_PREFERENCE = (MODEL_SIZE, "tokenizer", "optimizer", "lr", "muon_lr", "context_length", "batch_size",
+                    "grad_accum", "max_tokens", "max_steps", "epochs", "min_lr", "warmup_steps", "weight_decay",
+                    "dropout", "grad_clip", "beta1", "beta2", "stride", "seed", "corpus")
 TAG_FALLBACKS = {"config": "lab.config", "corpus": "lab.corpus"}
 OTHER_VAL = "metrics.val_loss/"  # the val loss of another corpus (--eval-corpus), as search_runs names it
 
@@ -51,8 +51,13 @@ class RunCurves:
     artifact_uri: str = ""  # where the run's artifacts are (samples are read from there)
     bpb_times: tuple[tuple[float, float], ...] = ()  # (seconds since its first step, val_bpb) at each evaluation
     other_val: dict[str, Curve] = field(default_factory=dict)  # --eval-corpus NAME's val_loss/NAME, by NAME
+    eval_seconds: tuple[tuple[int, float], ...] = ()  # (step, seconds since its first step) of each evaluation
 
     def value(self, key: str) -> str | None:
+        """A param as logged (config and corpus from tags for older runs); None when missing or unused: every run
+        logs muon_lr, only a Muon run trains with it."""
+        if key == "muon_lr" and self.params.get("optimizer") != "muon":
+            return None
         value = self.params.get(key)
         if value in (None, "") and key in TAG_FALLBACKS:
             value = self.tags.get(TAG_FALLBACKS[key])
@@ -197,6 +202,7 @@ def load_runs(client: MlflowClient, runs: pd.DataFrame | Sequence[str]) -> list[
         params = {k[len("params."):]: str(v) for k, v in row.items() if k.startswith("params.") and _present(v)}
         tags = {k[len("tags."):]: str(v) for k, v in row.items() if k.startswith("tags.") and _present(v)}
         run_id = str(row["run_id"])
+        timed = _timed_history(client, run_id, "val_bpb")
         loaded.append(RunCurves(
             run_id=run_id,
             name=tags.get("mlflow.runName") or run_id[:8],
@@ -210,7 +216,8 @@ def load_runs(client: MlflowClient, runs: pd.DataFrame | Sequence[str]) -> list[
             tokens=[] if number(params.get("tokens_per_step")) else _history(client, run_id, "tokens_seen"),
             novelty=_history(client, run_id, "novelty"),
             artifact_uri=str(row.get("artifact_uri") or ""),
-            bpb_times=_timed_history(client, run_id, "val_bpb"),
+            bpb_times=tuple((seconds, value) for _, seconds, value in timed),
+            eval_seconds=tuple((step, seconds) for step, seconds, _ in timed),
             other_val={k[len(OTHER_VAL):]: _history(client, run_id, k[len("metrics."):]) for k, v in row.items()
                        if k.startswith(OTHER_VAL) and _present(v)},
             metrics={k[len("metrics."):]: float(v) for k, v in row.items() if k.startswith("metrics.") and _present(v)},
@@ -225,8 +232,9 @@ def _history(client: MlflowClient, run_id: str, key: str) -> Curve:
     return sorted(by_step.items())
 
 
-def _timed_history(client: MlflowClient, run_id: str, key: str) -> tuple[tuple[float, float], ...]:
-    """A metric against wall time: seconds from the run's first training step to each value's timestamp. A sweep
+def _timed_history(client: MlflowClient, run_id: str, key: str) -> tuple[tuple[int, float, float], ...]:
+    """A metric against wall time: (step, seconds from the run's first training step to the value's timestamp,
+    value), in time order. A sweep
     opens its children's runs together, so a run's start_time is not when it began training: the first step's time
     is extrapolated back from its first two train_loss logs (their steps and timestamps)."""
     train = sorted((m.step, m.timestamp) for m in client.get_metric_history(run_id, "train_loss"))
@@ -234,7 +242,8 @@ def _timed_history(client: MlflowClient, run_id: str, key: str) -> tuple[tuple[f
         return ()
     (step1, ms1), (step2, ms2) = train[0], train[1]
     start_ms = ms1 - step1 * (ms2 - ms1) / (step2 - step1)
-    return tuple(sorted(((m.timestamp - start_ms) / 1000, m.value) for m in client.get_metric_history(run_id, key)))
+    timed = ((m.step, (m.timestamp - start_ms) / 1000, m.value) for m in client.get_metric_history(run_id, key))
+    return tuple(sorted(timed, key=lambda item: item[1]))
 
 
 def swept_params(runs: Sequence[RunCurves]) -> list[str]:

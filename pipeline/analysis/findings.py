@@ -2,9 +2,11 @@
 
 Each exercise has its reading, chosen by what differs across the runs: the corpus (memorisation against
 generalisation), the learning rate (where training becomes unstable), the context length, the model size (the
-scaling law), the tokenizer (which learned the most per second: pipeline/analysis/tokenizers.py); runs started
-from other weights, beside runs from scratch (pipeline/analysis/finetuning.py). Every sentence quotes the numbers it rests on; when the runs do not show the lesson, the finding
-says so and what to change. `facts` keeps those numbers for checks (bench/exercises.py).
+scaling law), the tokenizer (which learned the most per second: pipeline/analysis/tokenizers.py), the optimizer
+(which reached a val loss first: pipeline/analysis/optimizers.py); runs started from other weights, beside runs
+from scratch (pipeline/analysis/finetuning.py). Every sentence quotes the numbers it rests on; when the runs do not
+show the lesson, the finding says so and what to change. `facts` keeps those numbers for checks
+(bench/exercises.py).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence, TypeVar
 
-from pipeline.analysis import finetuning, tokenizers
+from pipeline.analysis import finetuning, optimizers, tokenizers
 from pipeline.analysis.curves import MODEL_SIZE, RunCurves, count_text, follows, number
 from pipeline.analysis.fits import FloorLaw, floor_fit, scaling_fit
 from pipeline.errors import ReportError
@@ -65,9 +67,11 @@ def find(runs: Sequence[RunCurves], swept: Sequence[str], metric: str = "val_los
         facts.update(numbers)
     for key, reading in (("corpus", _memorisation), ("lr", _learning_rate),
                          ("context_length", _context_length), (MODEL_SIZE, _scaling),
-                         ("tokenizer", tokenizers.reading)):
+                         ("tokenizer", tokenizers.reading), ("optimizer", optimizers.reading)):
         if key in swept[1:] and follows(runs, swept[0], key) or (key == "corpus" and fine_tuned):
             continue  # set with the axis (a rate per size): part of each point's recipe, not a sweep of its own
+        if key == "lr" and "optimizer" in swept:
+            continue  # each optimizer's rates are read with it
         if key in swept:
             more, numbers = reading(runs)
             lines += more

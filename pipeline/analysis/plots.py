@@ -143,12 +143,13 @@ def final_val(runs: Sequence[RunCurves], swept: Sequence[str], path: Path) -> No
 
 def bpb_by_time(runs: Sequence[RunCurves], swept: Sequence[str], path: Path) -> None:
     """val_bpb against minutes of training, one line a run: runs on different tokenizers compare at equal wall
-    time in bits per byte of the same val text (val loss in nats per token would not compare)."""
+    time in bits per byte of the same val text (val loss in nats per token would not compare); runs on different
+    optimizers by the time each took."""
     figure, ax = _figure()
     timed = [run for run in runs if run.bpb_times and not run.pruned]
     for run, colour in zip(timed, _colours(len(timed))):
         ax.plot([t / 60 for t, _ in run.bpb_times], [v for _, v in run.bpb_times], marker="o", markersize=3,
-                color=colour, label=run.label(swept[:1]))
+                color=colour, label=run.label(swept[:1] if "tokenizer" in swept[:1] else swept))
     ax.set_xlabel("minutes of training (since the run's first step)")
     ax.set_ylabel("val bits per byte (val_bpb)")
     ax.set_title("val_bpb against wall time" + (f" by {swept[0]}" if swept else ""))
@@ -227,4 +228,55 @@ def fine_tuning(pairs: Sequence, path: Path) -> None:
     ax.set_title("Fine-tuned against from scratch (solid), and on the other corpora (dashed)")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small", frameon=False)
+    _save(figure, path)
+
+
+def loss_by_position(runs: Sequence[RunCurves], curves: dict, swept: Sequence[str], path: Path) -> None:
+    """The newest val loss at each position of the context, one line a run (curves: run id -> PositionCurve)."""
+    figure, ax = _figure()
+    shown = [run for run in runs if run.run_id in curves]
+    for run, colour in zip(shown, _colours(len(shown))):
+        losses = curves[run.run_id].losses
+        ax.plot(range(1, len(losses) + 1), losses, color=colour, linewidth=1.4, label=run.label(swept))
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("tokens of context read (position + 1)")
+    ax.set_ylabel("val loss at that position (nats per token)")
+    ax.set_title("Loss by position in the context, at each run's last evaluation")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper right", fontsize="small", frameon=False)
+    _save(figure, path)
+
+
+def inside_over_training(runs: Sequence[RunCurves], readings: dict, swept: Sequence[str], path: Path) -> None:
+    """Val loss, in_context_gain and the best head's induction score against tokens seen, one colour a run
+    (readings: run id -> the run's inspections, interpret.heads.Reading)."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import EngFormatter
+
+    figure = Figure(figsize=(9.0, 9.0))
+    axes = figure.subplots(3, 1, sharex=True)
+    shown = [run for run in runs if run.run_id in readings]
+    for run, colour in zip(shown, _colours(len(shown))):
+        found = readings[run.run_id]
+        steps = [reading.step for reading in found]
+        tokens = run.tokens_at(steps)
+        x = tokens if tokens is not None else steps
+        label = run.label(swept)
+        if run.val:
+            val_tokens = run.tokens_at([s for s, _ in run.val])
+            axes[0].plot(val_tokens if val_tokens is not None else [s for s, _ in run.val],
+                         [v for _, v in run.val], color=colour, marker="o", markersize=3, label=label)
+        gains = [(xi, r.in_context_gain) for xi, r in zip(x, found) if r.in_context_gain is not None]
+        axes[1].plot([g[0] for g in gains], [g[1] for g in gains], color=colour, marker="o", markersize=3)
+        axes[2].plot(x, [r.scores.best("induction")[2] for r in found], color=colour, marker="o", markersize=3)
+        axes[2].axhline(found[-1].scores.chance, color=colour, linestyle=":", linewidth=1)
+    axes[0].set_ylabel("val loss")
+    axes[1].set_ylabel("in_context_gain\n(early - late loss)")
+    axes[2].set_ylabel("best induction score\n(dotted: chance)")
+    axes[2].set_xlabel("tokens seen")
+    axes[2].xaxis.set_major_formatter(EngFormatter())
+    axes[0].set_title("The phase change: loss, in-context learning and the induction head, over training")
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(loc="upper right", fontsize="small", frameon=False)
     _save(figure, path)

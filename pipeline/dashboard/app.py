@@ -14,6 +14,8 @@ JSON API (every answer is JSON; errors are {"error": "one line"} with a 4xx stat
   POST /api/runs/RUN_ID/resume          continue a stopped run from its last checkpoint -> 201; with
                                         {"max_steps": N} (or max_tokens, epochs): train a run longer
   POST /api/runs/RUN_ID/register        {"name": NAME}: the run's model into the Model Registry -> 201 {name, version}
+  POST /api/runs/RUN_ID/inspect         {"prompt": TEXT, "step": N}: a finished or stopped run's checkpoint looked
+                                        at -> {tokens, attention[layer][head][row][col], induction, prev_token, lens}
   POST /api/sweeps                      {"name": NAME, "workers": N} -> 201 {id, sweep, workers, pid}
   POST /api/sweeps/ID/stop              SIGINT to the sweep's process group (Ctrl-C) -> 202
 """
@@ -216,6 +218,29 @@ def create_app(tracking_uri: str | None = None, state_dir: str | Path | None = N
         except LabError as problem:
             return _error(str(problem), 400)
         return jsonify(name=name.strip(), version=version), 201
+
+    @app.post("/api/runs/<run_id>/inspect")
+    def inspect_run(run_id):
+        import torch
+
+        from pipeline.interpret.stored import inspection_data
+
+        if not RUN_ID.match(run_id):
+            return _error("not a run id", 404)
+        payload = request.get_json(silent=True)
+        prompt, step = (payload.get("prompt", ""), payload.get("step")) if isinstance(payload, dict) else (None, None)
+        if not isinstance(prompt, str) or not (step is None or (isinstance(step, int) and not isinstance(step, bool))):
+            return _error('expected a JSON object: {"prompt": TEXT, "step": N or null (the newest)}', 400)
+        try:
+            run = tracking.get_run(dashboard.client, run_id)
+        except LabError as problem:
+            return _error(str(problem), 404)
+        if run.info.status not in ("FINISHED", "KILLED"):
+            return _error(f"run {run_id} is {run.info.status}: only a finished or stopped run is inspected here", 409)
+        try:
+            return jsonify(inspection_data(dashboard.client, run_id, step, prompt.strip(), torch.device("cpu")))
+        except LabError as problem:
+            return _error(str(problem), 400)
 
     @app.post("/api/sweeps")
     def start_sweep_api():

@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
+from pipeline.data import synthetic
 from pipeline.errors import CorpusError, first_line
 from pipeline.files import atomic_path, cache_root, project_file, sha256_of
 from pipeline.memo import file_sha256
@@ -43,6 +44,7 @@ class CorpusEntry:
     url: str | None = None
     sha256: str | None = None
     hf_dataset: str | None = None
+    synthetic: str | None = None  # a corpus the lab writes itself (data/synthetic.py)
     hf_config: str | None = None
     text_field: str = "text"
     join_rows: bool = False
@@ -52,6 +54,8 @@ class CorpusEntry:
 
     @property
     def source(self) -> str:
+        if self.synthetic:
+            return f"pipeline/data/synthetic.py:{self.synthetic}"
         if self.url:
             return self.url
         if self.hf_dataset and Path(self.hf_dataset).is_absolute():  # a dataset folder on this machine
@@ -124,6 +128,12 @@ def fetch(spec: str, cache: Path | None = None, registry: dict[str, CorpusEntry]
                         entry.prompt, entry.source)
     if all(p.exists() for p in wanted.values()) and _checksum_ok(entry, wanted["train"], file_sha256):
         return FetchResult(corpus, "already present")
+    if entry.synthetic:
+        try:
+            synthetic.write(entry.synthetic, wanted["train"])
+        except OSError as error:
+            raise CorpusError(f"could not write {entry.name} to {folder}: {error.strerror or error}") from None
+        return FetchResult(corpus, "written")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         if _copy_from_mirror(entry, wanted):

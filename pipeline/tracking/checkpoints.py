@@ -86,7 +86,7 @@ def store(client, run_id: str, state: dict) -> None:
             if error.errno not in _DISK_FULL:  # e.g. a tracking server that is away: the caller decides
                 raise
             raise CheckpointError(f"could not store checkpoint {path.name}: {error.strerror}") from None
-    steps = _logged_steps(client, run_id)
+    steps = logged_steps(client, run_id)
     if len(steps) > KEEP:
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
@@ -103,7 +103,7 @@ def load_from_run(run_id: str, client=None, step: int | None = None) -> dict:
     from mlflow.tracking import MlflowClient
 
     client = client or MlflowClient()
-    steps = _logged_steps(client, run_id)
+    steps = logged_steps(client, run_id)
     if not steps:
         raise CheckpointError(f"run {run_id} has no checkpoint: it is not a training run, or it never saved one")
     if step is not None:
@@ -135,7 +135,11 @@ def model_from_run(run_id: str, device: torch.device):
     """The model of a run's last checkpoint, and the tiktoken encoding it reads and writes."""
     client = connect()
     get_run(client, run_id)
-    state = load_from_run(run_id, client)
+    return model_from_state(load_from_run(run_id, client), device)
+
+
+def model_from_state(state: dict, device: torch.device):
+    """The model a checkpoint holds, on device, and the tiktoken encoding it reads and writes."""
     model = GPT(GPTConfig(**state["model_config"]))
     model.load_state_dict(state["model"])
     return model.to(device), encoding_from_state(state.get("tokenizer"))
@@ -153,7 +157,8 @@ def encoding_from_state(tokenizer: dict | None):
     return encoding_for(tokenizer["spec"], tokenizer["ranks"].encode() or None)
 
 
-def _logged_steps(client, run_id: str) -> list[int]:
+def logged_steps(client, run_id: str) -> list[int]:
+    """The steps of the checkpoints a run keeps, oldest first."""
     names = [Path(a.path).name for a in client.list_artifacts(run_id, ARTIFACT_DIR)]
     return sorted(int(m.group(1)) for m in map(_NAME.match, names) if m)
 

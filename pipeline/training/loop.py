@@ -72,6 +72,8 @@ class StepLoop:
                         break  # the sweep's pruner stopped this trial: it is behind the earlier ones
                     if self._due(self.settings.sample_interval) and self.main:
                         self.recorder.sample(self.step)
+                    if self._due(self.settings.inspection_interval()) and self.main:
+                        self.recorder.inspect(self.step, final=self._is_last())
                     stopping = self.world.any(self.stop_requested)
                     if self.main:
                         self._checkpoint_when_due(stopping)
@@ -182,8 +184,7 @@ class StepLoop:
     def train_step(self, step: int, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step over the step's windows; returns the mean loss and the gradient norm (on device)."""
         s, learner = self.settings, self.learner
-        for group in learner.optimizer.param_groups:
-            group["lr"] = lr
+        learner.optimizer.set_lr(lr)
         windows_per_step = s.batch_size * s.grad_accum
         micro_batches = self.world.share_of_step(windows_per_step, s.batch_size)
         my_windows = sum(count for _, count in micro_batches)

@@ -4,7 +4,8 @@ small optimizer of our own.
 Why not `torch.optim.AdamW` itself: any `torch.optim.Optimizer` imports `torch._dynamo` when it is made and at
 its first step, about a second of every run's start on a laptop CPU (a third of importing torch and MLflow),
 though a run never compiles its optimizer. The update is torch's, so a step is bit for bit the same, and the
-state dict has torch's layout, so checkpoints load into either. `make_optimizer` gives it a run's groups.
+state dict has torch's layout, so checkpoints load into either. `make_optimizer` gives it a run's groups, or
+hands the blocks' matrices to Muon (training/muon.py) for --optimizer muon.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch.optim.adamw import adamw
 
 from model import GPT
 from pipeline.settings import TrainSettings
+from pipeline.training.muon import MuonWithAdamW
 
 # torch.optim.AdamW's group keys, saved alongside ours so that torch's AdamW can load our state dicts
 TORCH_GROUP_FLAGS = {"amsgrad": False, "maximize": False, "foreach": None, "capturable": False,
@@ -35,6 +37,11 @@ class AdamW:
         self.param_groups = [{**defaults, **group, "params": list(group["params"])} for group in groups]
         self.fused = fused
         self.state: dict[torch.Tensor, dict[str, torch.Tensor]] = {}
+
+    def set_lr(self, lr: float) -> None:
+        """The step's learning rate, for every group."""
+        for group in self.param_groups:
+            group["lr"] = lr
 
     def _parameters(self) -> list[torch.Tensor]:
         return [p for group in self.param_groups for p in group["params"]]
@@ -95,11 +102,18 @@ class AdamW:
             }
 
 
-def make_optimizer(model: GPT, settings: TrainSettings, device: torch.device) -> AdamW:
-    """AdamW with weight decay on weight matrices only: biases, LayerNorm gains are left alone."""
+def make_optimizer(model: GPT, settings: TrainSettings, device: torch.device) -> AdamW | MuonWithAdamW:
+    """AdamW with weight decay on weight matrices only (biases, LayerNorm gains are left alone); or, for
+    --optimizer muon, Muon on the blocks' weight matrices and that AdamW on the other parameters."""
     params = [p for p in model.parameters() if p.requires_grad]
+    block_matrices = [p for p in model.transformer.h.parameters() if p.requires_grad and p.dim() == 2]
+    if settings.optimizer == "muon":
+        params = [p for p in params if all(p is not m for m in block_matrices)]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": settings.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return AdamW(groups, lr=settings.lr, betas=(settings.beta1, settings.beta2), fused=device.type == "cuda")
+    adamw = AdamW(groups, lr=settings.lr, betas=(settings.beta1, settings.beta2), fused=device.type == "cuda")
+    if settings.optimizer == "muon":
+        return MuonWithAdamW(block_matrices, adamw, settings.lr, settings.muon_lr, settings.weight_decay)
+    return adamw

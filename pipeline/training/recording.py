@@ -7,10 +7,16 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 
 import torch
 
 from pipeline.errors import CheckpointError, ShardError, first_line
+from pipeline.interpret.heads import Reading, phase_change
+from pipeline.interpret.lens import lens_scalars, val_losses_by_layer
+from pipeline.interpret.positions import PositionCurve
+from pipeline.interpret.probe import previous_token_probe
+from pipeline.interpret.record import log_inspection
 from pipeline.settings import TrainSettings
 from pipeline.tracking import MetricBuffer, beat, checkpoints, retry_until_sent
 from pipeline.tracking.runs import HEARTBEAT_SECONDS
@@ -37,40 +43,80 @@ class RunRecorder:
     tracked: Tracked
     last_beat: float = field(default_factory=time.monotonic)
     best: BestWeights = field(default_factory=BestWeights)  # the weights of the lowest val loss so far
+    readings: list[Reading] = field(default_factory=list)  # the inspections so far: when an induction head formed
+    in_context_gain: float | None = None  # of the latest evaluation
+    lens: dict[str, float] = field(default_factory=dict)  # of the latest evaluation
 
     @property
     def metrics(self) -> MetricBuffer:
         return self.tracked.metrics
 
     def log_evaluation(self, step: int) -> float:
-        """Evaluates and logs the val loss, its perplexity and bits per byte; returns the val loss."""
-        val_loss = self.evaluate()
+        """Evaluates and logs the val loss, its perplexity and bits per byte, its curve by position (an artifact,
+        and in_context_gain) and the logit lens; returns the val loss."""
+        by_layer = self.evaluate()
+        curve = PositionCurve(by_layer[-1].tolist())
+        val_loss = curve.mean
         val_bpb = val_loss * self.data.val_tokens_per_byte / math.log(2)
-        self.metrics.log(step, val_loss=val_loss, val_perplexity=math.exp(min(val_loss, 50.0)), val_bpb=val_bpb)
-        log.info("step %d  val_loss %.4f  val_bpb %.4f", step, val_loss, val_bpb)
+        self.in_context_gain, self.lens = curve.in_context_gain, lens_scalars(by_layer)
+        self.metrics.log(step, val_loss=val_loss, val_perplexity=math.exp(min(val_loss, 50.0)), val_bpb=val_bpb,
+                         **curve.scalars(), **self.lens)
+        log.info("step %d  val_loss %.4f  val_bpb %.4f  in_context_gain %.3f", step, val_loss, val_bpb,
+                 curve.in_context_gain)
+        try:
+            self.tracked.client.log_dict(self.tracked.run_id, curve.as_json(step),
+                                         f"val_loss_by_position/step_{step:06d}.json")
+        except Exception as error:  # the store is away: the scalars are buffered, the curve of this step is lost
+            log.warning("loss by position at step %d not stored (%s)", step, first_line(error))
         self.best.observe(step, val_loss, self.learner.model, self._linked_metrics(step))
         for other in self.data.eval_sets:  # --eval-corpus: what the model keeps (or forgets) of other text
-            loss = self.evaluate(other.val)
+            loss = float(self.evaluate(other.val)[-1].mean())
             self.metrics.log(step, **{f"val_loss/{other.name}": loss,
                                       f"val_bpb/{other.name}": loss * other.tokens_per_byte / math.log(2)})
             log.info("step %d  val_loss/%s %.4f", step, other.name, loss)
         return val_loss
 
-    @torch.no_grad()
-    def evaluate(self, val=None) -> float:
-        """The mean loss over the fixed val windows (the run's own, or val's)."""
-        step_model, val, batch = self.learner.step_model, val or self.data.val, self.settings.batch_size
-        step_model.eval()
-        total, count = 0.0, 0
-        for start in range(0, len(val), batch):
-            x = val.x[start : start + batch].to(self.device)
-            y = val.y[start : start + batch].to(self.device)
+    def evaluate(self, val=None) -> torch.Tensor:
+        """(n_layer, T): the loss at each position read after each block (the logit lens), the mean over the
+        fixed val windows (the run's own, or val's); the last layer's is the model's own, whose mean is val_loss."""
+        val = val or self.data.val
+        return val_losses_by_layer(self.learner.model, val.x, val.y, self.settings.batch_size, self.device,
+                                   self.learner.autocast)
+
+    @cached_property
+    def score_pool(self) -> torch.Tensor:
+        """The token ids of the val text: the head scores' random tokens are drawn from them, as a token the run
+        never trained on has an embedding no head learned to read (a BPE's unused merges, most of GPT-2's ids)."""
+        return torch.unique(self.data.val.x)
+
+    def inspect(self, step: int, final: bool = False) -> None:
+        """Attention over the prompt as images, every head's scores, and the step an induction head formed; at
+        the final step also the linear probe (seconds of scikit-learn: once a run)."""
+        if step <= self.tracked.skip_through:
+            return
+        client, run_id = self.tracked.client, self.tracked.run_id
+        model = self.learner.model
+        probe = previous_token_probe(model, self.data.val.x, self.device, self.learner.autocast) if final else None
+        if probe:
+            self.metrics.log(step, **probe.scalars())
+        try:
             with self.learner.autocast:
-                _, loss = step_model(x, y)
-            total += loss.item() * len(x)
-            count += len(x)
-        step_model.train()
-        return total / count
+                scores = log_inspection(client, run_id, step, model, self.data.encoding, self.data.prompt,
+                                        self.device, self.lens, probe, self.score_pool)
+        except Exception as error:  # the store is away: this inspection is skipped, training goes on
+            log.warning("inspection at step %d not stored (%s)", step, first_line(error))
+            return
+        self.metrics.log(step, **scores.scalars())
+        formed_before = phase_change(self.readings)
+        self.readings.append(Reading(step, scores, self.in_context_gain))
+        formed = phase_change(self.readings)
+        if formed and not formed_before:
+            words = formed.describe()
+            log.info("%s", words)
+            try:
+                client.set_tag(run_id, "lab.induction_head", words)
+            except Exception as error:
+                log.warning("induction head at step %d not tagged (%s)", step, first_line(error))
 
     @torch.no_grad()
     def sample(self, step: int) -> None:

@@ -16,6 +16,7 @@ from pipeline.settings import TrainSettings
 from pipeline.tracking import MetricBuffer
 from pipeline.training.device import mixed_precision
 from pipeline.training.distributed import World
+from pipeline.training.muon import MuonWithAdamW
 from pipeline.training.optimizer import AdamW
 from pipeline.training.schedule import total_steps_for
 
@@ -60,7 +61,7 @@ class Learner:
 
     model: GPT
     step_model: torch.nn.Module
-    optimizer: AdamW
+    optimizer: AdamW | MuonWithAdamW
     autocast: object
     scaler: torch.amp.GradScaler | None
 

@@ -296,4 +296,5 @@ def _finish(client, run_id: str) -> None:
 
 def default_run_name(settings: TrainSettings, corpus_label: str) -> str:
     config_label = settings.config.rsplit("/", 1)[-1].removesuffix(".yaml").removesuffix(".yml")
-    return f"{config_label}-{corpus_label}-lr{short_number(settings.lr)}"
+    muon = f"-muon{short_number(settings.muon_lr)}" if settings.optimizer == "muon" else ""
+    return f"{config_label}-{corpus_label}{muon}-lr{short_number(settings.lr)}"

@@ -122,6 +122,8 @@ def test_bad_settings_get_the_cli_message_and_stop_signals_only_its_own_processe
         ({"n_layers": 2}, "settings: unknown setting 'n_layers'"),
         ({"lr": "fast"}, "settings: 'lr' must be float, got 'fast'"),
         ({"config": "/etc/model.yaml"}, "the dashboard trains the named configs"),
+        ({"optimizer": "sgd"}, "unknown optimizer 'sgd' (known: adamw, muon)"),
+        ({"optimizer": "muon", "muon_lr": -1}, "muon_lr must be a positive number, got -1.0"),
     ]:
         response = web.post("/api/runs", json={**TINY_RUN, **fields})
         assert response.status_code == 400, fields

@@ -43,9 +43,12 @@ def test_registry_entries_are_complete():
     for name, entry in registry.items():
         assert entry.name == name
         assert entry.description.strip() and entry.license.strip() and entry.prompt.strip(), name
-        assert sum(bool(x) for x in (entry.file, entry.url, entry.hf_dataset)) == 1, name
+        assert sum(bool(x) for x in (entry.file, entry.url, entry.hf_dataset, entry.synthetic)) == 1, name
         if entry.file:
             assert (REGISTRY_PATH.parent / entry.file).is_file(), name
+            continue
+        if entry.synthetic:
+            assert entry.source == f"pipeline/data/synthetic.py:{entry.synthetic}", name
             continue
         assert entry.source.startswith("https://"), name  # every downloadable entry names where it comes from
         if entry.url:

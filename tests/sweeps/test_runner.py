@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from pipeline import tracking
@@ -13,7 +14,7 @@ from pipeline.files import child_python_path
 from pipeline.sweeps.children import CHILD_ROLE
 from pipeline.sweeps.runner import describe, plan, run_sweep, scheduler_commands
 from pipeline.sweeps.spec import load_sweep
-from tests.conftest import run_module
+from tests.conftest import PROJECT_DIR, run_module
 from tests.sweeps.test_spec import EXERCISES, TINY_BASE, write_sweeps
 
 
@@ -134,3 +135,24 @@ def test_ctrl_c_ends_a_sweep_even_when_started_ignoring_it(store, tmp_path):
         "long-01-lr=1e-2": "KILLED", "long-02-lr=3e-3": "KILLED"}
     assert "train_loss" in children["long-01-lr=1e-2"].data.metrics
     assert not children["long-02-lr=3e-3"].data.metrics  # never started
+
+
+@pytest.mark.slow
+def test_the_optimizers_exercise_runs_end_to_end_at_a_tiny_size_and_says_who_got_there_first(store, tmp_path):
+    """optimizers_cpu as shipped, its runs (AdamW and Muon at their rates) on a test-sized model for 6 steps."""
+    exercise = yaml.safe_load((PROJECT_DIR / "experiments.yaml").read_text())["sweeps"]["optimizers_cpu"]
+    tiny = {**exercise, "base": {**TINY_BASE, "eval_interval": 2, "sample_interval": 0}}
+    path = write_sweeps(tmp_path / "e.yaml", {"optimizers_cpu": tiny})
+    client = tracking.connect()
+    result = run_sweep(client, load_sweep("optimizers", path, scale="cpu"), workers=2)
+    assert result.status == "FINISHED" and not result.failures
+    facts = result.findings.facts
+    assert set(facts["best_rate"]) == {"adamw", "muon"} and facts["target_val_loss"] > 0
+    for measure in ("tokens_to_target", "seconds_to_target"):
+        assert all(value is not None and value > 0 for value in facts[measure].values()), facts
+    assert "first_in_tokens" in facts and "first_in_seconds" in facts
+    assert "(the higher of the best runs' final val losses)" in result.findings.text
+    report = {a.path for a in client.list_artifacts(result.parent_run_id, "report")}
+    assert {"report/loss_curves.png", "report/val_bpb_by_time.png"} <= report
+    optimizers = sorted(c.data.params["optimizer"] for c in children_of(client, result.parent_run_id))
+    assert optimizers == ["adamw"] * 3 + ["muon"] * 3

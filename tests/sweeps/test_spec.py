@@ -20,7 +20,7 @@ def write_sweeps(path, sweeps: dict):
     return path
 
 
-EXERCISES = ("memorization", "lr_sensitivity", "context_length", "scaling")
+EXERCISES = ("memorization", "lr_sensitivity", "context_length", "scaling", "optimizers")
 
 
 def test_shipped_sweeps_cover_the_learning_exercises_at_both_scales():

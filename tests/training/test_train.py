@@ -109,6 +109,7 @@ def test_run_names_read_like_the_settings():
     assert default_run_name(TrainSettings(lr=3e-4), "verdict") == "nano-verdict-lr3e-4"
     assert default_run_name(TrainSettings(), "verdict") == "nano-verdict-lr1e-3"
     assert default_run_name(TrainSettings(config="conf/big.yaml", lr=2.5e-3), "tiny") == "big-tiny-lr2.5e-3"
+    assert default_run_name(TrainSettings(optimizer="muon", muon_lr=0.05), "tiny") == "nano-tiny-muon5e-2-lr1e-3"
 
 
 def _start_cli(store: str, *args: str) -> subprocess.Popen:
@@ -159,6 +160,42 @@ def test_interrupted_run_resumes_to_the_same_loss(store):
     assert steps == list(range(1, 61)), "every step logged exactly once across the interruption"
 
 
+@pytest.mark.slow
+def test_a_muon_run_resumes_exactly_after_ctrl_c_and_after_kill_9(store):
+    client = MlflowClient(store)
+    muon = [*RESUMABLE, "--max-steps", "40", "--optimizer", "muon", "--muon-lr", "0.03", "--checkpoint-interval", "10"]
+    whole = run_command("pipeline.train", *muon, "--run-name", "whole")
+    assert whole.returncode == 0, whole.stderr
+    experiment = client.get_experiment_by_name("pretraining").experiment_id
+    [whole_run] = client.search_runs([experiment], filter_string="attributes.run_name = 'whole'")
+
+    process = _start_cli(store, *muon, "--run-name", "parts")
+    _stop_at(process, "step 10/", signal.SIGINT)
+    assert process.returncode == 130
+    [parts] = client.search_runs([experiment], filter_string="attributes.run_name = 'parts'")
+    process = _start_cli(store, "--resume", parts.info.run_id)
+    _stop_at(process, "step 22/", signal.SIGKILL)  # no checkpoint at the end: it resumes from an interval's
+    assert client.get_run(parts.info.run_id).info.status == "RUNNING"
+    assert checkpoints.load_from_run(parts.info.run_id)["step"] in (20, 30)
+    resumed = run_module("pipeline.train", "--resume", parts.info.run_id, cwd=os.getcwd())
+    assert resumed.returncode == 0, resumed.stderr
+
+    def losses(run_id):
+        return {m.step: m.value for m in client.get_metric_history(run_id, "train_loss")}
+
+    assert sorted(losses(parts.info.run_id)) == list(range(1, 41))
+    assert losses(parts.info.run_id)[40] == pytest.approx(losses(whole_run.info.run_id)[40], abs=1e-6)
+    assert client.get_run(parts.info.run_id).data.params["optimizer"] == "muon"
+
+
+def _stop_at(process: subprocess.Popen, prefix: str, sig: signal.Signals) -> None:
+    for line in process.stdout:
+        if line.startswith(prefix):
+            process.send_signal(sig)
+            break
+    process.communicate(timeout=600)
+
+
 def test_sigterm_also_checkpoints_and_ends_killed(store):
     process = _start_cli(store, *RESUMABLE, "--max-steps", "100000", "--run-name", "term")
     for line in process.stdout:
@@ -177,6 +214,8 @@ def test_sigterm_also_checkpoints_and_ends_killed(store):
     (["--n-layers", "2"], "No such option"),
     (["--lr", "0"], "lr must be a positive number"),
     (["--lr", "-1e-3"], "lr must be a positive number"),
+    (["--optimizer", "sgd"], "unknown optimizer 'sgd' (known: adamw, muon)"),
+    (["--muon-lr", "0"], "muon_lr must be a positive number"),
     (["--batch-size", "0"], "batch_size must be at least 1"),
     (["--epochs", "-1"], "epochs must be zero or more"),
     (["--max-steps", "-5"], "max_steps must be zero or more"),

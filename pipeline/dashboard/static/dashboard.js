@@ -184,6 +184,7 @@
       <div class="sample-box"><span class="sample-step"></span><pre class="sample"></pre></div>
       <p class="run-error"></p>
       <p class="run-note"></p>
+      <section class="inspect-box" hidden></section>
       <footer>
         <button type="button" class="stop">Stop</button>
         <button type="button" class="resume" title="continue from its last checkpoint">Resume</button>
@@ -192,6 +193,7 @@
           <button type="button" class="longer" title="resume with a larger --max-steps: the learning rate is re-planned for it">Train longer</button></span>
         <span class="register-box"><input class="register-name" placeholder="model name" aria-label="model name">
           <button type="button" class="register" title="register the run's model in the MLflow Model Registry">Register</button></span>
+        <button type="button" class="inspect" title="attention of every head, head scores and the logit lens">Inspect</button>
         <a class="run-link" target="_blank" rel="noopener">MLflow run ↗</a>
         <a class="compare-link" target="_blank" rel="noopener">Compare ↗</a>
         <span class="action-result"></span>
@@ -252,6 +254,9 @@
       && !(run.process && run.process.running) && run.role !== "sweep");
     $(".longer", el).onclick = () => act(el, `/api/runs/${run.run_id}/resume`, "training longer",
       {max_steps: Number($(".longer-steps", el).value)});
+    const inspect = $(".inspect", el);
+    inspect.hidden = !["FINISHED", "KILLED"].includes(run.status) || run.role === "sweep";
+    inspect.onclick = () => window.LabInspect.toggle($(".inspect-box", el), run.run_id, postJson);
     $(".register-box", el).hidden = !run.model_id;
     $(".register", el).onclick = () => {
       const name = $(".register-name", el).value.trim();

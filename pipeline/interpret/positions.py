@@ -1,0 +1,46 @@
+"""Loss by position: how well the model predicts the token at each place in the context, over the fixed val
+windows. Its mean is val_loss; how it falls along the context is what a longer context buys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PositionCurve:
+    """The mean val loss at each position of the context (position 0 predicts from one token alone)."""
+
+    losses: list[float]
+
+    @property
+    def mean(self) -> float:
+        return sum(self.losses) / len(self.losses)
+
+    def _band(self, start: int, stop: int) -> float:
+        band = self.losses[start:max(stop, start + 1)]
+        return sum(band) / len(band)
+
+    @property
+    def first_eighth(self) -> float:
+        return self._band(0, len(self.losses) // 8)
+
+    @property
+    def last_eighth(self) -> float:
+        n = len(self.losses)
+        return self._band(n - max(1, n // 8), n)
+
+    @property
+    def in_context_gain(self) -> float:
+        """Olsson et al.'s in-context learning score turned round and scaled to the context: the loss around a
+        tenth of the way in (their 50th of 512 tokens; positions T/16 to T/8) minus the loss over the last eighth
+        (their 500th). Positive: later tokens are predicted better because more of the context is seen."""
+        n = len(self.losses)
+        return self._band(n // 16, n // 8) - self.last_eighth
+
+    def scalars(self) -> dict[str, float]:
+        """What an evaluation logs beside val_loss."""
+        return {"val_loss_first_eighth": self.first_eighth, "val_loss_last_eighth": self.last_eighth,
+                "in_context_gain": self.in_context_gain}
+
+    def as_json(self, step: int) -> dict:
+        return {"step": step, "val_loss": self.mean, **self.scalars(), "loss_by_position": self.losses}
