@@ -19,12 +19,12 @@ def losses_by_layer(model: GPT, x: torch.Tensor, y: torch.Tensor) -> torch.Tenso
     hooks = [block.register_forward_hook(lambda _module, _inputs, output: streams.append(output))
              for block in model.transformer.h]
     try:
-        logits, _ = model(x, y)
+        model(x)  # the streams are what is read; the model's own logits (chunked inside its loss) are not kept
     finally:
         for hook in hooks:
             hook.remove()
     B, T = y.shape
-    decoded = [model.lm_head(model.transformer.ln_f(stream)) for stream in streams[:-1]] + [logits]
+    decoded = [model.lm_head(model.transformer.ln_f(stream)) for stream in streams]  # the last: the model's logits
     return torch.stack([F.cross_entropy(layer_logits.float().flatten(0, 1), y.flatten(), reduction="none").view(B, T)
                         for layer_logits in decoded])
 

@@ -23,6 +23,7 @@ def test_the_last_layers_lens_is_the_models_own_loss_and_positions_average_to_it
     _, own_loss = model(x, y)
     curve = PositionCurve(by_layer[-1].tolist())
     assert abs(curve.mean - own_loss.item()) < 1e-5
+    model.loss_chunk = 0  # the whole logits at once, to compare with
     torch.testing.assert_close(by_layer[-1], F.cross_entropy(model(x, y)[0].flatten(0, 1), y.flatten(),
                                                              reduction="none").view(10, 16).mean(dim=0))
     lens = lens_scalars(by_layer)
