@@ -164,3 +164,27 @@ def test_a_yaml_vocabulary_smaller_than_the_tokenizers_is_refused(tmp_path):
     assert TrainSettings(config=str(path), tokenizer="bytes").model_config().vocab_size == 300
     with pytest.raises(SettingsError, match="hold the tokenizer's 50257 tokens"):
         TrainSettings(config=str(path)).validate()
+
+
+def test_options_given_are_those_on_the_command_line_even_at_their_defaults(monkeypatch):
+    """A resume compares what the user gave with the run's own: --tokenizer gpt2 is given, though the default.
+    `mlflow run` passes every MLproject parameter: under it ($MLFLOW_RUN_ID) a default counts as not given."""
+    import click
+    from click.testing import CliRunner
+
+    from pipeline.settings import options_given, settings_options
+
+    seen = {}
+
+    @click.command()
+    @settings_options
+    def command(**options):
+        seen["given"] = options_given(click.get_current_context())
+
+    args = ["--resume", "r", "--tokenizer", "gpt2", "--lr", "0.01", "--eval-corpus", "verdict"]
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    assert CliRunner().invoke(command, args).exit_code == 0
+    assert seen["given"] == {"resume", "tokenizer", "lr", "eval_corpus"}
+    monkeypatch.setenv("MLFLOW_RUN_ID", "0" * 32)
+    assert CliRunner().invoke(command, args).exit_code == 0
+    assert seen["given"] == {"resume", "lr", "eval_corpus"}

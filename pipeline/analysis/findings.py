@@ -61,9 +61,9 @@ def find(runs: Sequence[RunCurves], swept: Sequence[str], metric: str = "val_los
     else:
         lines.append(f"No run logged {metric}: nothing to compare (did every run fail?).")
     fine_tuned = finetuning.pairs(runs)
-    if fine_tuned:  # the corpora differ to fine-tune from one to another, not to compare memorisation
+    if fine_tuned:  # the lesson, first; the corpora differ to fine-tune from one to another, not to compare memorisation
         more, numbers = finetuning.reading(runs)
-        lines += more
+        lines[:0] = more
         facts.update(numbers)
     for key, reading in (("corpus", _memorisation), ("lr", _learning_rate),
                          ("context_length", _context_length), (MODEL_SIZE, _scaling),

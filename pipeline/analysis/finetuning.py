@@ -44,8 +44,8 @@ def reading(runs: Sequence[RunCurves]) -> tuple[list[str], dict]:
         (step, tuned_first), (_, scratch_first) = tuned.val[0], scratch.val[0]
         start_gain, end_gain = scratch_first - tuned_first, scratch.final_val - tuned.final_val
         lines.append(f"Fine-tuned from {origin}, {tuned.name} starts at val loss {tuned_first:.3f} at step {step}, "
-                     f"{start_gain:.3f} below {scratch.name} from scratch ({scratch_first:.3f}), and ends at "
-                     f"{tuned.final_val:.3f} against {scratch.final_val:.3f}: "
+                     f"{start_gain:.3f} below the run from scratch ({scratch.name}: {scratch_first:.3f}), and ends "
+                     f"at {tuned.final_val:.3f} against {scratch.final_val:.3f}: "
                      + (f"{end_gain:.3f} lower." if end_gain > 0 else f"{-end_gain:.3f} higher."))
         if end_gain <= 0:
             lines.append("The head start did not last to the end of the budget: fine-tune at a lower lr than training "

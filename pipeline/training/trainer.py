@@ -106,7 +106,7 @@ def _train(settings: TrainSettings, world: World, trial, given) -> TrainResult:
         if resume_state is not None and learner.scaler is not None and resume_state.get("scaler"):
             learner.scaler.load_state_dict(resume_state["scaler"])
         loop = StepLoop(settings, world, device, learner, data, plan, tracked, trial)
-        if resume_state is not None:
+        if resume_state is not None and world.is_main:  # rank 0 alone evaluates and logs models
             loop.recorder.best.restore(resume_state.get("best", {}), learner.model)
         result = loop.run(start_step)
         if world.is_main and result.pruned_at is not None:

@@ -7,7 +7,7 @@ import os
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import TINY_MODEL, run_module, wait_for
-from tests.dashboard.test_dashboard import dashboard, detail  # noqa: F401 (the fixture)
+from tests.dashboard.test_dashboard import browser, dashboard, detail, server  # noqa: F401 (fixtures)
 
 FOUR_STEPS = ["--corpus", "tiny", *TINY_MODEL, "--max-steps", "4", "--log-interval", "1", "--eval-interval", "0",
               "--sample-interval", "0", "--checkpoint-interval", "0"]
@@ -39,3 +39,25 @@ def test_a_finished_run_is_trained_longer_with_a_new_budget(dashboard, store):  
     done = wait_for(lambda: trained_longer_or_failed(web, run_id), what="the run trained to step 8")
     assert done["total_steps"] == "8"
     assert [p[0] for p in done["curves"]["train_loss"]] == list(range(1, 9))
+
+
+def test_the_cards_train_longer_button_extends_a_finished_run(store, server, browser):  # noqa: F811
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    trained = run_module("pipeline.train", *FOUR_STEPS, "--run-name", "four", cwd=os.getcwd())
+    assert trained.returncode == 0, trained.stderr
+    client = MlflowClient(store)
+    [run] = client.search_runs([client.get_experiment_by_name("pretraining").experiment_id])
+    browser.get(server)
+    card = WebDriverWait(browser, 600, 0.5).until(
+        lambda d: d.find_elements(By.XPATH, f"//article[@data-run-id='{run.info.run_id}']"))[0]
+    assert not card.find_element(By.CSS_SELECTOR, "button.resume").is_displayed()  # finished: only longer
+    card.find_element(By.CSS_SELECTOR, "input.longer-steps").send_keys("6")
+    card.find_element(By.CSS_SELECTOR, "button.longer").click()
+    WebDriverWait(browser, 600, 0.5).until(
+        lambda d: card.find_element(By.CSS_SELECTOR, ".action-result").text == "training longer")
+    wait_for(lambda: (r := client.get_run(run.info.run_id)).info.status == "FINISHED"
+             and r.data.tags.get("lab.total_steps") == "6", what="the run trained to step 6")
+    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train_loss"))
+    assert steps == [1, 2, 3, 4, 5, 6]

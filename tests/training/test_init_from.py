@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 from model import GPT
 from pipeline.settings import TrainSettings
 from pipeline.tracking import checkpoints
+from pipeline.tracking.models import register
 from pipeline.training.init_from import load_source
 from pipeline.training.trainer import train
 from tests.conftest import TINY_MODEL_FIELDS, assert_one_line_error, run_command, run_module
@@ -98,6 +99,7 @@ def test_a_run_starts_from_another_runs_checkpoint_or_model_and_records_it(store
     source = train(SOURCE)
     source_weights = checkpoints.load_from_run(source.run_id)["model"]
     at_step_2 = checkpoints.load_from_run(source.run_id, step=2)["model"]
+    assert register(client, source.run_id, "tiny-source") == 1
     missing = run_command("pipeline.train", *STILL, "--init-from", f"{source.run_id}@3", cwd=tmp_path)
     assert_one_line_error(missing, "keeps no checkpoint of step 3 (it keeps those of steps 2, 4)")
 
@@ -106,6 +108,7 @@ def test_a_run_starts_from_another_runs_checkpoint_or_model_and_records_it(store
         (f"models:/{source.model_id}", source_weights,
          {"lab.init_from_run": source.run_id, "lab.init_from_model": source.model_id}),
         (f"runs:/{source.run_id}/model", source_weights, {"lab.init_from_model": source.model_id}),
+        ("models:/tiny-source/1", source_weights, {"lab.init_from_model": source.model_id}),
     ]:
         tuned = run_command("pipeline.train", *STILL, "--init-from", spec, "--run-name", spec, cwd=tmp_path)
         assert tuned.returncode == 0, (spec, tuned.stderr)
