@@ -43,7 +43,10 @@ def read_inside(client: MlflowClient, runs: Sequence[RunCurves], swept: Sequence
         if "context_length" in swept:
             lines += context_by_position(runs, curves, facts)
     readings = {run.run_id: found for run in runs if (found := head_readings(client, run))}
-    if readings:
+    # every run scores its heads with its samples; only a sweep that asked (inspect_interval) or saw a head form
+    # hears about induction heads: elsewhere "none formed" is true of every small run and says nothing
+    asked = any(run.params.get("inspect_interval") not in (None, "-1") for run in runs)
+    if readings and (asked or any(phase_change(found) for found in readings.values())):
         plots.inside_over_training(runs, readings, swept, out_dir / "induction_over_training.png")
         files.append(out_dir / "induction_over_training.png")
         facts["induction_formed"] = {}

@@ -60,3 +60,16 @@ def test_runs_that_logged_nothing_inside_add_nothing(store, tmp_path):
     client.log_metric(run_id, "train_loss", 3.0, step=1)
     inside = read_inside(client, load_runs(client, [run_id]), [], tmp_path)
     assert (inside.files, inside.lines, inside.facts) == ((), (), {})
+
+
+def test_heads_that_formed_nothing_go_unmentioned_unless_the_runs_asked_for_them(store, tmp_path):
+    client = MlflowClient(store)
+    experiment = client.create_experiment("quiet heads")
+    run_id = logged_run(client, experiment, "plain", 16, [0.05, 0.1, 0.12], late_loss=5.5)
+    inside = read_inside(client, load_runs(client, [run_id]), [], tmp_path)
+    assert not any("induction" in line for line in inside.lines)
+    assert [path.name for path in inside.files] == ["loss_by_position.png"]
+
+    client.log_param(run_id, "inspect_interval", "100")
+    inside = read_inside(client, load_runs(client, [run_id]), [], tmp_path)
+    assert any("no induction head formed" in line for line in inside.lines)
