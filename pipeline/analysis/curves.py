@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline import tracking
 from pipeline.errors import ReportError, TrackingError, first_line
-from pipeline.tracking.diagnosis import diagnose
+from pipeline.tracking.diagnosis import diagnose, vocab_size_of
 
 Curve = list[tuple[int, float]]
 
@@ -75,7 +75,7 @@ class RunCurves:
         """'diverged' (failed, or a non-finite loss), 'unstable' (its diagnosis: a loss spike), else ''."""
         if self.status == "FAILED" or (self.final_train is not None and not math.isfinite(self.final_train)):
             return "diverged"
-        tag = self.tags.get("diagnosis") or diagnose(self.train, self.val).tag
+        tag = self.tags.get("diagnosis") or diagnose(self.train, self.val, vocab_size_of(self.params)).tag
         return "unstable" if tag == "unstable" else ""
 
     @property

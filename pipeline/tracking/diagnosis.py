@@ -31,8 +31,9 @@ Curve = list[tuple[int, float]]
 # GPT-2's vocabulary: a model guessing every token equally has loss ln(50257) = 10.82 nats.
 VOCAB_SIZE = 50257
 UNIFORM_LOSS = math.log(VOCAB_SIZE)
-# A train loss that never gets under 90% of uniform guessing (9.74 nats) has learned next to nothing.
-NOT_LEARNING_LOSS = 0.9 * UNIFORM_LOSS
+# A train loss that never gets under 90% of uniform guessing (9.74 nats for GPT-2's) has learned next to nothing.
+NOT_LEARNING_FRACTION = 0.9
+NOT_LEARNING_LOSS = NOT_LEARNING_FRACTION * UNIFORM_LOSS
 # A train loss that never falls 5% below its first logged value is flat: the model is not learning.
 NOT_LEARNING_DROP = 0.05
 # A jump: a point this many nats above the lowest (running-median) train loss so far...
@@ -58,9 +59,11 @@ class Diagnosis:
     overfitting_step: int | None = None  # the step of the val minimum, when tag == "overfitting"
 
 
-def diagnose(train: Curve, val: Curve) -> Diagnosis:
-    """The tag and sentence for a run's train and val loss curves, given as (step, loss) points in any order."""
+def diagnose(train: Curve, val: Curve, vocab_size: int = VOCAB_SIZE) -> Diagnosis:
+    """The tag and sentence for a run's train and val loss curves, given as (step, loss) points in any order;
+    vocab_size: the model's output width (uniform guessing scores ln of it)."""
     train, val = _clean(train), _clean(val)
+    uniform = math.log(vocab_size)
     if len(train) < MIN_POINTS:
         return Diagnosis("too_short", f"only {len(train)} train-loss point(s) were logged; at least {MIN_POINTS} "
                                       "are needed to read a curve (train longer or lower --log-interval)")
@@ -69,10 +72,16 @@ def diagnose(train: Curve, val: Curve) -> Diagnosis:
 
     finite = [v for _, v in train if math.isfinite(v)]
     lowest = min(_rolling_median(finite)) if finite else math.inf
-    if lowest >= first * (1 - NOT_LEARNING_DROP) or lowest > NOT_LEARNING_LOSS:
+    blown = _above_uniform(train, uniform)
+    if blown is not None:  # before not_learning: a rate that high often leaves the loss flat afterwards
+        step, value = blown
+        return Diagnosis("unstable", f"train loss rose to {value:.2f} at step {step}, above uniform guessing "
+                                     f"({uniform:.2f}): the learning rate is probably too high (lower --lr or raise "
+                                     "--warmup-steps)")
+    if lowest >= first * (1 - NOT_LEARNING_DROP) or lowest > NOT_LEARNING_FRACTION * uniform:
         return Diagnosis("not_learning", f"train loss stayed high and flat (from {first:.2f} at step {first_step} "
                                          f"to {final:.2f}, never under {lowest:.2f}; uniform guessing is "
-                                         f"{UNIFORM_LOSS:.2f}): try a higher --lr, and check the data")
+                                         f"{uniform:.2f}): try a higher --lr, and check the data")
 
     jump = _first_jump(train)
     if jump is not None:
@@ -99,10 +108,18 @@ def diagnose(train: Curve, val: Curve) -> Diagnosis:
 
 def diagnose_run(client: MlflowClient, run_id: str) -> Diagnosis:
     """diagnose() on a run's logged train_loss and val_loss histories. Raises TrackingError for an unknown run."""
-    get_run(client, run_id)
+    run = get_run(client, run_id)
     train = [(m.step, m.value) for m in client.get_metric_history(run_id, "train_loss")]
     val = [(m.step, m.value) for m in client.get_metric_history(run_id, "val_loss")]
-    return diagnose(train, val)
+    return diagnose(train, val, vocab_size_of(run.data.params))
+
+
+def vocab_size_of(params: dict) -> int:
+    """The output width a run logged (its vocab_size param), or GPT-2's for runs from before it was logged."""
+    try:
+        return int(params["vocab_size"])
+    except (KeyError, ValueError):
+        return VOCAB_SIZE
 
 
 def tag_run(client: MlflowClient, run_id: str, diagnosis: Diagnosis) -> None:
@@ -140,6 +157,14 @@ def _median(values: list[float]) -> float:
 def _rolling_median(values: list[float]) -> list[float]:
     half = SMOOTH_POINTS // 2
     return [_median(values[max(0, i - half): i + half + 1]) for i in range(len(values))]
+
+
+def _above_uniform(train: Curve, uniform: float) -> tuple[int, float] | None:
+    """(step, value) of the first train loss well above uniform guessing: an initialised model starts near it, so
+    a loss that far above it was pushed there by the updates (a rate that blows up in the first steps, before the
+    curve had fallen for _first_jump to see a jump)."""
+    return next(((step, value) for step, value in train if math.isfinite(value) and value > uniform + UNSTABLE_RISE),
+                None)
 
 
 def _first_jump(train: Curve) -> tuple[int, float, float] | None:

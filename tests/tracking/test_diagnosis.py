@@ -159,3 +159,21 @@ def test_diagnose_run_and_tag_run(store):
     assert tags["diagnosis"] == "healthy" and "overfitting_step" not in tags
     with pytest.raises(TrackingError):
         diagnose_run(client, "0" * 32)
+
+
+def test_a_loss_pushed_above_uniform_guessing_is_unstable_for_the_runs_own_vocabulary():
+    # lr_sensitivity_cpu at lr 0.1 with bpe:4096 (2026-12-07): from 8.3 at initialisation to 10.6 by step 5, then a
+    # high plateau; the curve never fell before it rose, so only the uniform-guessing line shows the blow-up
+    train = [(5, 10.61), (10, 9.96), (15, 6.88), (20, 6.37)] + [(s, 6.0 - s / 1000) for s in range(25, 400, 5)]
+    small = diagnose(train, [], vocab_size=4160)
+    assert small.tag == "unstable" and "rose to 10.61 at step 5, above uniform guessing (8.33)" in small.detail
+    assert diagnose(train, []).tag == "healthy"  # under GPT-2's 50,257-way guessing (10.82), 10.61 is a start
+
+
+def test_diagnose_run_reads_the_runs_vocabulary(store):
+    client = MlflowClient(store)
+    run_id = client.create_run(client.create_experiment("vocab")).info.run_id
+    client.log_param(run_id, "vocab_size", "4160")
+    for step, value in [(5, 10.61), (10, 9.96)] + [(s, 6.0 - s / 1000) for s in range(15, 400, 5)]:
+        client.log_metric(run_id, "train_loss", value, step=step)
+    assert diagnose_run(client, run_id).tag == "unstable"
