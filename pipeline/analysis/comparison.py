@@ -38,7 +38,6 @@ from pipeline.analysis.curves import MODEL_SIZE, RunCurves, load_runs, number, s
 from pipeline.analysis.findings import Findings, comparable_metric, find
 from pipeline.analysis.fits import PowerLaw
 from pipeline.analysis.inside import read_inside
-from pipeline.tracking.diagnosis import diagnose, vocab_size_of
 from pipeline.tracking.samples import SampleReader
 
 # the params shown in the table, as logged by the trainer
@@ -148,13 +147,12 @@ def run_table(runs: Sequence[RunCurves], swept: Sequence[str] = ()) -> pd.DataFr
     `diagnosis` tag, else worked out from its curves."""
     rows = []
     for run in runs:
-        diagnosis = run.tags.get("diagnosis") or diagnose(run.train, run.val, vocab_size_of(run.params)).tag
         rows.append({
             "run_name": run.name, "run_id": run.run_id, "status": run.status,
             **{key: run.value(key) for key in TABLE_PARAMS},
             "final_train_loss": run.final_train, "final_val_loss": run.final_val, "min_val_loss": run.min_val,
             "final_val_bpb": run.metrics.get("val_bpb"), "tokens_seen": run.tokens_seen,
-            "tokens_per_sec": run.metrics.get("tokens_per_sec"), "diagnosis": diagnosis,
+            "tokens_per_sec": run.metrics.get("tokens_per_sec"), "diagnosis": run.diagnosis,
         })
     table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
     table["tokens_seen"] = table["tokens_seen"].astype("Int64")  # whole numbers, blank where unknown

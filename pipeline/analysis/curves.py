@@ -75,8 +75,12 @@ class RunCurves:
         """'diverged' (failed, or a non-finite loss), 'unstable' (its diagnosis: a loss spike), else ''."""
         if self.status == "FAILED" or (self.final_train is not None and not math.isfinite(self.final_train)):
             return "diverged"
-        tag = self.tags.get("diagnosis") or diagnose(self.train, self.val, vocab_size_of(self.params)).tag
-        return "unstable" if tag == "unstable" else ""
+        return "unstable" if self.diagnosis == "unstable" else ""
+
+    @property
+    def diagnosis(self) -> str:
+        """The run's `diagnosis` tag, else worked out from its curves (runs logged before the tag was written)."""
+        return self.tags.get("diagnosis") or diagnose(self.train, self.val, vocab_size_of(self.params)).tag
 
     @property
     def pruned(self) -> bool:
