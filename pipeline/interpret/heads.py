@@ -1,7 +1,12 @@
-"""Heads by role. On a sequence of random tokens repeated once, an induction head attends from a token of the
-second copy to the token that followed it in the first (and so predicts it); a previous-token head attends to the
-position just before. Each head's score is its mean attention to that place (Olsson et al., 2022): 1 is a
-head that does nothing else, and a head that spreads its attention evenly scores `chance`."""
+"""Heads by role. On a run of random tokens said again and again, an induction head attends from a token to the
+tokens that followed its earlier occurrences (and so predicts the next one); a previous-token head attends to the
+position just before. Each head's score is its mean attention to those places (Olsson et al., 2022): 1 is a
+head that does nothing else, and a head that spreads its attention evenly scores `chance`.
+
+The runs are short (PERIODS tokens) and differ in length: a model trained on text where repeats come close (the
+`repeats` corpus: 4-12 words) copies from a few tokens back and ignores a match 32 tokens away, which it learned
+belongs to another document; it scored 0.02 on one 32-token sequence said twice while its induction head put
+0.8 on the copy from 6 tokens back. Different lengths keep a head that reads a fixed offset from scoring high."""
 
 from __future__ import annotations
 
@@ -12,8 +17,8 @@ import torch
 from model import GPT
 from pipeline.interpret.attention import attention_patterns
 
-SEQUENCES = 4  # repeated random sequences scored together
-MAX_HALF = 64  # tokens in the first copy: short enough to score in milliseconds on a CPU
+PERIODS = (7, 9, 11, 13)  # one sequence per length: that many distinct random tokens, repeated
+MAX_LENGTH = 128  # tokens a sequence: short enough to score in milliseconds on a CPU
 FORMED = 0.3  # a best induction score from here on counts as a formed induction head (chance is ~0.02)
 
 
@@ -36,13 +41,33 @@ class HeadScores:
         return {"step": step, "induction": self.induction, "prev_token": self.prev_token, "chance": self.chance}
 
 
-def repeated_random_tokens(pool: torch.Tensor, context_length: int, seed: int = 0) -> torch.Tensor:
-    """(SEQUENCES, 2n) token ids drawn from pool: n random ones, then the same n again (n at most half the
-    context)."""
-    half = min(MAX_HALF, context_length // 2)
+def repeated_random_tokens(pool: torch.Tensor, context_length: int, seed: int = 0) -> tuple[torch.Tensor, list[int]]:
+    """(len(PERIODS), T) token ids from pool, each row `period` distinct random ones repeated to T tokens (T the
+    context up to MAX_LENGTH; a period at most T / 2, so every row holds two copies), and the rows' periods."""
+    length = min(MAX_LENGTH, context_length)
     generator = torch.Generator().manual_seed(seed)
-    first = pool[torch.randint(0, len(pool), (SEQUENCES, half), generator=generator)]
-    return torch.cat([first, first], dim=1)
+    rows, periods = [], []
+    for period in PERIODS:
+        period = max(2, min(period, length // 2, len(pool)))
+        first = pool[torch.randperm(len(pool), generator=generator)[:period]]
+        rows.append(first.repeat(length // period + 1)[:length])
+        periods.append(period)
+    return torch.stack(rows), periods
+
+
+def induction_scores(patterns: torch.Tensor, periods: list[int]) -> tuple[torch.Tensor, float]:
+    """patterns (rows, layers, heads, T, T) over repeated_random_tokens' rows: every head's mean attention from
+    a repeated token to the tokens after its earlier occurrences, and the same for attention spread evenly."""
+    length = patterns.size(-1)
+    scores, chances = [], []
+    for row, period in enumerate(periods):
+        successors = torch.zeros(length, length)
+        for i in range(period, length):
+            successors[i, torch.arange(i - period + 1, 0, -period)] = 1.0
+        repeated = torch.arange(period, length)
+        scores.append((patterns[row] * successors).sum(dim=-1)[:, :, repeated].mean(dim=-1))
+        chances.append(float((successors.sum(dim=-1)[repeated] / (repeated + 1)).mean()))
+    return torch.stack(scores).mean(dim=0), sum(chances) / len(chances)
 
 
 @torch.no_grad()
@@ -52,14 +77,11 @@ def head_scores(model: GPT, pool: torch.Tensor | int, device: torch.device, seed
     and pool give the same sequences, so scores along training compare."""
     if isinstance(pool, int):
         pool = torch.arange(pool)
-    tokens = repeated_random_tokens(pool, model.config.context_length, seed)
-    patterns = attention_patterns(model, tokens.to(device)).mean(dim=0)  # (n_layer, n_head, 2n, 2n)
-    half = tokens.size(1) // 2
-    second = torch.arange(half, 2 * half)
-    induction = patterns[:, :, second, second - half + 1].mean(dim=-1)
-    later = torch.arange(1, 2 * half)
-    prev_token = patterns[:, :, later, later - 1].mean(dim=-1)
-    chance = float((1.0 / (second + 1).float()).mean())
+    tokens, periods = repeated_random_tokens(pool, model.config.context_length, seed)
+    patterns = attention_patterns(model, tokens.to(device)).float().cpu()  # (rows, n_layer, n_head, T, T)
+    induction, chance = induction_scores(patterns, periods)
+    later = torch.arange(1, tokens.size(1))
+    prev_token = patterns.mean(dim=0)[:, :, later, later - 1].mean(dim=-1)
     return HeadScores(induction.tolist(), prev_token.tolist(), chance)
 
 

@@ -57,6 +57,9 @@ class StepLoop:
         It ends after the last step, when a sweep prunes the run, or on Ctrl-C/SIGTERM (TrainingInterrupted)."""
         self.step = start_step
         try:
+            if start_step == 0 and self.settings.inspection_interval() and self.main:
+                # the untrained model's attention: the "before" picture, and MLflow's image view opens at step 0
+                self.recorder.inspect(0)
             with self._stop_on_signals():
                 self.learner.step_model.train()
                 self.window_started = time.perf_counter()

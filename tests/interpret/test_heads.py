@@ -7,7 +7,8 @@ import torch
 
 from model import GPT, GPTConfig
 from pipeline.interpret.attention import attention_patterns
-from pipeline.interpret.heads import FORMED, HeadScores, Reading, head_scores, phase_change
+from pipeline.interpret.heads import (FORMED, PERIODS, HeadScores, Reading, head_scores, induction_scores, phase_change,
+                                       repeated_random_tokens)
 
 CPU = torch.device("cpu")
 VOCAB = 1000
@@ -79,3 +80,31 @@ def test_the_phase_change_names_the_head_the_span_and_what_in_context_gain_did()
     assert "layer 0 head 1" in words and "between step 200 and step 300" in words
     assert "0.05 -> 0.60" in words and "in_context_gain went 0.10 -> 0.70" in words
     assert "between 200K tokens and 300K tokens" in formed.describe(lambda step: f"{step // 100 * 100}K tokens")
+
+
+def _pattern_attending(targets) -> torch.Tensor:
+    """(1, 1, 1, T, T) attention of one head: each query position i on the positions targets(i) evenly."""
+    length = 40
+    pattern = torch.zeros(1, 1, 1, length, length)
+    for i in range(length):
+        chosen = targets(i) or [i]
+        pattern[0, 0, 0, i, chosen] = 1.0 / len(chosen)
+    return pattern
+
+
+def test_an_ideal_induction_head_scores_one_and_a_fixed_offset_head_does_not():
+    period = 9
+    ideal = _pattern_attending(lambda i: list(range(i - period + 1, 0, -period)))
+    assert induction_scores(ideal, [period])[0].item() > 0.999
+    # a head that always reads 8 back matches one of PERIODS' lengths, and scores on that row only
+    patterns = torch.cat([_pattern_attending(lambda i: [i - 8] if i >= 8 else [])] * len(PERIODS))
+    offset_score, chance = induction_scores(patterns, [7, 9, 11, 13])
+    assert offset_score.item() < 0.3 and 0 < chance < 0.2
+
+
+def test_repeated_random_tokens_repeat_distinct_runs_of_each_period():
+    tokens, periods = repeated_random_tokens(torch.arange(100, 400), context_length=64)
+    assert periods == list(PERIODS) and tokens.shape == (len(PERIODS), 64)
+    for row, period in zip(tokens, periods):
+        assert len(set(row[:period].tolist())) == period
+        assert torch.equal(row[period:], row[:-period])

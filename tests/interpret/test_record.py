@@ -33,9 +33,10 @@ def test_training_logs_attention_images_head_scores_lens_and_loss_by_position(st
     result = train(INSPECTED)
     client = MlflowClient(store)
     run_id = result.run_id
-    assert image_steps(client, run_id) == [(layer, step) for layer in (0, 1) for step in (10, 20)]
+    # step 0 is the untrained model: the "before" picture, and the step MLflow's image view opens at
+    assert image_steps(client, run_id) == [(layer, step) for layer in (0, 1) for step in (0, 10, 20)]
     for key in ("heads/induction_max", "heads/prev_token_max"):
-        assert metric_steps(client, run_id, key) == [10, 20], key
+        assert metric_steps(client, run_id, key) == [0, 10, 20], key
     for key in ("lens/loss_layer_0", "lens/loss_layer_1", "in_context_gain", "val_loss_first_eighth",
                 "val_loss_last_eighth"):
         assert metric_steps(client, run_id, key) == [10, 20], key
