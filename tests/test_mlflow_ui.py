@@ -1,5 +1,6 @@
 """What a learner sees in the MLflow UI: a finished tiny run's page, opened through the link the trainer prints,
-in a real headless Chromium against a real `mlflow ui`. Screenshots are saved beside the test's files."""
+in a real headless Chromium against a real `mlflow ui`: its overview, a loss chart, the attention images, the
+samples and the system metrics. Screenshots are saved beside the test's files."""
 
 from __future__ import annotations
 
@@ -27,6 +28,13 @@ let card = title;
 while (card && !card.querySelector('.scatterlayer')) card = card.parentElement;
 if (!card) return 0;
 return Math.max(0, ...[...card.querySelectorAll('.scatterlayer path.js-line')].map(p => (p.getAttribute('d') || '').length));
+"""
+
+IMAGE_SHOWN = """
+const title = [...document.querySelectorAll('*')].find(e => e.children.length === 0 && e.textContent === arguments[0]);
+if (!title) return 0;
+title.scrollIntoView({block: 'start'});
+return [...document.querySelectorAll('img')].filter(i => i.src.includes('get-artifact') && i.naturalWidth > 0).length;
 """
 
 
@@ -74,6 +82,13 @@ def test_a_finished_runs_page_shows_its_curves_samples_dataset_system_metrics_an
         search.send_keys("train_loss", Keys.ENTER)
         wait.until(lambda d: d.execute_script(CHART_DRAWN, "train_loss") > 100)
         shot("train-loss")
+
+        # the attention images: the image view opens at step 0, which training inspects before its first step
+        browser.get(page + "/model-metrics?workflowType=machine_learning")
+        search = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "input[placeholder*='Search metric']"))[0]
+        search.send_keys("attention", Keys.ENTER)
+        wait.until(lambda d: d.execute_script(IMAGE_SHOWN, "attention/layer_0") > 0)
+        shot("attention")
 
         # the samples table, step by step
         browser.get(page + "/artifacts/samples.json?workflowType=machine_learning")

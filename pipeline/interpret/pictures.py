@@ -1,5 +1,5 @@
-"""Attention patterns as pictures: one image per layer, its heads side by side, the prompt's tokens on both axes
-(rows: the position reading, columns: the position read). Drawn with matplotlib's object API on the Agg canvas,
+"""Attention patterns as pictures: one image per layer, its heads in a near-square grid, the prompt's tokens on
+both axes (rows: the position reading, columns: the position read). Drawn with matplotlib's object API on the Agg canvas,
 as the report's plots are: no display, no global backend change."""
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import math
 import numpy as np
 
 LABELLED_TOKENS = 40  # past this many tokens the axes carry no labels: they would overlap
-HEADS_PER_ROW = 4
 DPI = 100
 
 
@@ -26,7 +25,7 @@ def layer_image(weights, labels: list[str], title: str) -> np.ndarray:
 
     weights = np.asarray(weights)
     n_head, T = weights.shape[0], weights.shape[-1]
-    columns = min(HEADS_PER_ROW, n_head)
+    columns = math.ceil(math.sqrt(n_head))  # near square: MLflow's image view draws each image in a square
     rows = math.ceil(n_head / columns)
     side = 2.2 + 0.12 * min(T, LABELLED_TOKENS)
     figure = Figure(figsize=(side * columns, side * rows + 0.5), dpi=DPI)
