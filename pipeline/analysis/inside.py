@@ -60,8 +60,9 @@ def read_inside(client: MlflowClient, runs: Sequence[RunCurves], swept: Sequence
 
 
 def context_by_position(runs: Sequence[RunCurves], curves: dict[str, PositionCurve], facts: dict) -> list[str]:
-    """Whether the longest context predicts its later tokens better than the shortest can at its own end, and
-    whether the mean loss hides it (the longer context's early positions pull its mean up)."""
+    """Whether the longest context predicts its later tokens better than the shortest can at its own end, whether
+    the mean loss hides it (the longer context's early positions pull its mean up), and how much the longest
+    context's loss falls past the shortest's end."""
     by_length = sorted((int(length), curves[run.run_id]) for run in runs if run.run_id in curves
                        and (length := number(run.value("context_length"))) is not None)
     if len(by_length) < 2:
@@ -76,11 +77,23 @@ def context_by_position(runs: Sequence[RunCurves], curves: dict[str, PositionCur
                "end: reading more of the text before a token helps" if gain > 0 else
                f"the longest context predicts its last tokens {-gain:.3f} worse than the shortest at its own end: "
                "at this budget it has not learned to use the extra context; raise max_tokens")
+    # within the longest context, what its tokens past the shortest's end buy: a comparison of one model with
+    # itself, which holds however far behind the shortest it is overall (less trained per window at equal tokens)
+    before_end = long_curve.band(short // 2, short)
+    beyond = before_end - long_curve.last_eighth
+    facts["context_beyond_gain"] = beyond
+    past = (f"Past position {short}, where the shortest context ends, the {long}-token context's loss keeps falling: "
+            f"{before_end:.3f} over positions {short // 2}-{short - 1}, {long_curve.last_eighth:.3f} over its last "
+            f"eighth, {beyond:.3f} lower: what reading more of the text buys, which a {short}-token context cannot "
+            "have" if beyond > 0 else
+            f"Past position {short}, where the shortest context ends, the {long}-token context's loss does not fall "
+            f"({before_end:.3f} over positions {short // 2}-{short - 1}, {long_curve.last_eighth:.3f} over its last "
+            "eighth): it has not learned to use the extra context; raise max_tokens")
     return [f"Loss over the last eighth of each context: {ends}; {verdict}. Over the first {short} positions, "
             f"which both read, the longest context's loss is {shared.mean:.3f} against the shortest's "
             f"{short_curve.mean:.3f} (mean val loss {long_curve.mean:.3f} against {short_curve.mean:.3f}): "
             f"in_context_gain {short_curve.in_context_gain:.3f} at {short} tokens, {long_curve.in_context_gain:.3f} "
-            f"at {long}."]
+            f"at {long}.", past + "."]
 
 
 def newest_position_curve(client: MlflowClient, run_id: str) -> PositionCurve | None:

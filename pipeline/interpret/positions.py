@@ -16,18 +16,19 @@ class PositionCurve:
     def mean(self) -> float:
         return sum(self.losses) / len(self.losses)
 
-    def _band(self, start: int, stop: int) -> float:
+    def band(self, start: int, stop: int) -> float:
+        """The mean loss over positions start to stop - 1 (at least one position)."""
         band = self.losses[start:max(stop, start + 1)]
         return sum(band) / len(band)
 
     @property
     def first_eighth(self) -> float:
-        return self._band(0, len(self.losses) // 8)
+        return self.band(0, len(self.losses) // 8)
 
     @property
     def last_eighth(self) -> float:
         n = len(self.losses)
-        return self._band(n - max(1, n // 8), n)
+        return self.band(n - max(1, n // 8), n)
 
     @property
     def in_context_gain(self) -> float:
@@ -35,7 +36,7 @@ class PositionCurve:
         tenth of the way in (their 50th of 512 tokens; positions T/16 to T/8) minus the loss over the last eighth
         (their 500th). Positive: later tokens are predicted better because more of the context is seen."""
         n = len(self.losses)
-        return self._band(n // 16, n // 8) - self.last_eighth
+        return self.band(n // 16, n // 8) - self.last_eighth
 
     def scalars(self) -> dict[str, float]:
         """What an evaluation logs beside val_loss."""
