@@ -37,8 +37,8 @@ LESSONS = {
     ],
     "context_length": [
         ("three contexts, each with a val loss", lambda f: len(f["context_val_loss"]) >= 3),
-        ("read by position, the longest context's loss keeps falling past the shortest context's end",
-         lambda f: f["context_beyond_gain"] > 0),
+        ("read by position, the longest context's loss keeps falling past the shortest context's end, by more "
+         "than twice its noise", lambda f: f["context_beyond_gain"] > 2 * f["context_beyond_error"]),
     ],
     "scaling": [
         ("four sizes or more over a decade of parameters", lambda f: f["sizes"] >= 4 and f["size_span"] >= 10),

@@ -232,12 +232,15 @@ def fine_tuning(pairs: Sequence, path: Path) -> None:
 
 
 def loss_by_position(runs: Sequence[RunCurves], curves: dict, swept: Sequence[str], path: Path) -> None:
-    """The newest val loss at each position of the context, one line a run (curves: run id -> PositionCurve)."""
+    """The newest val loss at each position of the context, one colour a run (curves: run id -> PositionCurve):
+    each position faint, their means over quarter-octave bins bold."""
     figure, ax = _figure()
     shown = [run for run in runs if run.run_id in curves]
     for run, colour in zip(shown, _colours(len(shown))):
         losses = curves[run.run_id].losses
-        ax.plot(range(1, len(losses) + 1), losses, color=colour, linewidth=1.4, label=run.label(swept))
+        ax.plot(range(1, len(losses) + 1), losses, color=colour, linewidth=0.8, alpha=0.25)
+        ax.plot(*curves[run.run_id].binned(), color=colour, linewidth=2.0, marker="o", markersize=3,
+                label=run.label(swept))
     ax.set_xscale("log", base=2)
     ax.set_xlabel("tokens of context read (position + 1)")
     ax.set_ylabel("val loss at that position (nats per token)")

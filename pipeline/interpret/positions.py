@@ -3,6 +3,7 @@ windows. Its mean is val_loss; how it falls along the context is what a longer c
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -37,6 +38,15 @@ class PositionCurve:
         (their 500th). Positive: later tokens are predicted better because more of the context is seen."""
         n = len(self.losses)
         return self.band(n // 16, n // 8) - self.last_eighth
+
+    def binned(self, per_octave: int = 4) -> tuple[list[float], list[float]]:
+        """(tokens read, mean loss) over bins a quarter of an octave wide: a position's loss is a mean over the val
+        windows' tokens there and swings by tenths of a nat from one position to the next, a bin's much less."""
+        bins: dict[int, list[int]] = {}
+        for position in range(len(self.losses)):
+            bins.setdefault(math.floor(per_octave * math.log2(position + 1)), []).append(position)
+        return ([sum(p + 1 for p in members) / len(members) for members in bins.values()],
+                [self.band(members[0], members[-1] + 1) for members in bins.values()])
 
     def scalars(self) -> dict[str, float]:
         """What an evaluation logs beside val_loss."""

@@ -47,7 +47,7 @@ def test_the_report_names_the_span_an_induction_head_formed_and_reads_contexts_b
     context, past, first, second = inside.lines
     assert "16 -> 5.500, 32 -> 4.500" in context and "1.000 better than the shortest" in context
     assert past.startswith("Past position 16, where the shortest context ends, the 32-token context's loss keeps "
-                           "falling: 6.000 over positions 8-15, 4.500 over its last eighth, 1.500 lower")
+                           "falling: 6.000 over positions 8-15, 4.500 over its last eighth, 1.500 ± 0.000 lower")
     assert inside.facts["context_beyond_gain"] == 1.5
     assert "context_length=16: no induction head formed (best score 0.12, layer 1 head 1" in first
     assert "raise max_tokens" in first

@@ -44,3 +44,11 @@ def test_in_context_gain_is_the_early_loss_minus_the_late():
     scalars = curve.scalars()
     assert set(scalars) == {"val_loss_first_eighth", "val_loss_last_eighth", "in_context_gain"}
     assert PositionCurve([4.0, 2.0]).in_context_gain == 2.0  # a context too short for eighths still reads
+
+
+def test_binned_positions_average_quarter_octaves():
+    curve = PositionCurve([float(position) for position in range(64)])
+    tokens_read, losses = curve.binned()
+    assert tokens_read[:4] == [1.0, 2.0, 3.0, 4.0]  # one position a bin while a quarter octave holds no more
+    assert tokens_read[-2:] == [58.5, 64.0]  # 54 to 63 tokens read share a bin; 64 starts the next octave
+    assert all(loss == read - 1 for read, loss in zip(tokens_read, losses))  # each bin's mean position and loss
