@@ -5,7 +5,7 @@
 Times, alternately and --reps times each, on nano with TrainSettings' defaults:
   - one training step (bench/benchlib.py's BareLoop: the trainer's step, nothing around it);
   - one evaluation: the trainer's own RunRecorder.evaluate and read_lens (val_windows windows, batch_size at a
-    time, and the logit lens on the first eight);
+    time, and the logit lens on the first LENS_WINDOWS);
   - one sample: the trainer's own RunRecorder.sample (sample_tokens tokens, the novelty score against the train
     split's 8-gram index, and the text and table stored in the run, MLflow SQLite store in a temporary folder).
 The trainer's own RunRecorder times them, built around BareLoop's model and optimizer, the val windows and a run
