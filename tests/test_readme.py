@@ -152,6 +152,10 @@ def test_every_command_in_the_readme_runs(store, tmp_path):
             result = run_command(module, "--resume", run_id, "--max-steps", "60", cwd=tmp_path)  # its 50 steps, +10
             assert "plan: extended from 50 to 60 steps" in result.stdout, result.stdout[-2000:]
             assert client.get_run(run_id).info.status == "FINISHED"
+        elif module == "pipeline.inspect" and given[:2] == ["--run-id", "RUN_ID"]:
+            assert run_id, command  # the resumed run above, checkpointed at its last step
+            result = run_command(module, "--run-id", run_id, *given[2:], cwd=tmp_path)
+            assert "logged as attention/layer_N" in result.stdout, result.stdout[-2000:]
         elif module == "pipeline.train":
             assert {"--epochs", "--max-steps", "--max-tokens"} & set(given), f"no budget: {command}"
             result = run_command(module, *given, *CHEAP_TRAINING, cwd=tmp_path)
