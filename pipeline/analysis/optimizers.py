@@ -77,6 +77,8 @@ def reading(runs: Sequence[RunCurves]) -> tuple[list[str], dict]:
     target = max(run.final_val for run in best.values())  # every best run got at least this low
     reaches = [Reach(name, run, *first_reach(run, target)) for name, run in best.items()]
     facts = {"target_val_loss": target, "best_rate": {name: rate_of(run) for name, run in best.items()},
+             "rates_tried": {name: sorted(rate for run in group if (rate := rate_of(run)) is not None)
+                             for name, group in by_optimizer.items()},
              "tokens_to_target": {r.optimizer: r.tokens for r in reaches},
              "seconds_to_target": {r.optimizer: r.seconds for r in reaches}}
     lines.append(f"To val loss {target:.3f} (the higher of the best runs' final val losses): " + "; ".join(

@@ -42,6 +42,7 @@ def test_muon_reaching_adamws_best_loss_in_fewer_tokens_and_seconds_is_named_fir
     findings = find(runs, swept)
     facts = findings.facts
     assert facts["best_rate"] == {"adamw": 0.003, "muon": 0.02} and facts["target_val_loss"] == pytest.approx(4.0)
+    assert facts["rates_tried"] == {"adamw": [0.001, 0.003, 0.01], "muon": [0.01, 0.02, 0.05]}
     # muon falls 0.24 an evaluation: 4.0 after 8.33 evaluations, 833 steps
     assert facts["tokens_to_target"] == pytest.approx({"adamw": 1_000_000, "muon": 833_333}, rel=1e-3)
     assert facts["seconds_to_target"] == pytest.approx({"adamw": 100.0, "muon": 100.0}, rel=1e-3)
