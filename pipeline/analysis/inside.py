@@ -9,7 +9,6 @@ import json
 import math
 import re
 import shutil
-import statistics
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,9 +82,8 @@ def context_by_position(runs: Sequence[RunCurves], curves: dict[str, PositionCur
     # itself, which holds however far behind the shortest it is overall (less trained per window at equal tokens)
     before_end = long_curve.band(short // 2, short)
     beyond = before_end - long_curve.last_eighth
-    # each position's loss is a mean over the val windows: its scatter around the band's mean is that mean's noise
-    late = len(long_curve.losses) - max(1, len(long_curve.losses) // 8)
-    error = math.hypot(_standard_error(long_curve.losses[short // 2:short]), _standard_error(long_curve.losses[late:]))
+    error = math.hypot(long_curve.band_error(short // 2, short),
+                       long_curve.band_error(long_curve.last_eighth_start, len(long_curve.losses)))
     facts["context_beyond_gain"], facts["context_beyond_error"] = beyond, error
     past = (f"Past position {short}, where the shortest context ends, the {long}-token context's loss keeps falling: "
             f"{before_end:.3f} over positions {short // 2}-{short - 1}, {long_curve.last_eighth:.3f} over its last "
@@ -99,10 +97,6 @@ def context_by_position(runs: Sequence[RunCurves], curves: dict[str, PositionCur
             f"{short_curve.mean:.3f} (mean val loss {long_curve.mean:.3f} against {short_curve.mean:.3f}): "
             f"in_context_gain {short_curve.in_context_gain:.3f} at {short} tokens, {long_curve.in_context_gain:.3f} "
             f"at {long}.", past + "."]
-
-
-def _standard_error(values: list[float]) -> float:
-    return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
 
 
 def newest_position_curve(client: MlflowClient, run_id: str) -> PositionCurve | None:

@@ -1,6 +1,6 @@
 """Attention patterns as pictures: one image per layer, its heads in a near-square grid, the prompt's tokens on
-both axes (rows: the position reading, columns: the position read). Drawn with matplotlib's object API on the Agg canvas,
-as the report's plots are: no display, no global backend change."""
+both axes (rows: the position reading, columns: the position read). Drawn with matplotlib's object API on the Agg
+canvas, as the report's plots are: no display, no global backend change."""
 
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ windows. Its mean is val_loss; how it falls along the context is what a longer c
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 
 
@@ -22,14 +23,24 @@ class PositionCurve:
         band = self.losses[start:max(stop, start + 1)]
         return sum(band) / len(band)
 
+    def band_error(self, start: int, stop: int) -> float:
+        """The standard error of band(start, stop): each position's loss is a mean over the val windows, and its
+        scatter around the band's mean is that mean's noise."""
+        band = self.losses[start:max(stop, start + 1)]
+        return statistics.stdev(band) / math.sqrt(len(band)) if len(band) > 1 else 0.0
+
+    @property
+    def last_eighth_start(self) -> int:
+        n = len(self.losses)
+        return n - max(1, n // 8)
+
     @property
     def first_eighth(self) -> float:
         return self.band(0, len(self.losses) // 8)
 
     @property
     def last_eighth(self) -> float:
-        n = len(self.losses)
-        return self.band(n - max(1, n // 8), n)
+        return self.band(self.last_eighth_start, len(self.losses))
 
     @property
     def in_context_gain(self) -> float:

@@ -52,3 +52,5 @@ def test_binned_positions_average_quarter_octaves():
     assert tokens_read[:4] == [1.0, 2.0, 3.0, 4.0]  # one position a bin while a quarter octave holds no more
     assert tokens_read[-2:] == [58.5, 64.0]  # 54 to 63 tokens read share a bin; 64 starts the next octave
     assert all(loss == read - 1 for read, loss in zip(tokens_read, losses))  # each bin's mean position and loss
+    assert PositionCurve([1.0, 3.0, 5.0]).band_error(0, 2) == 1.0  # stdev 1.414 over sqrt(2) positions
+    assert PositionCurve([1.0, 3.0, 5.0]).last_eighth_start == 2  # a context too short for eighths: its last
