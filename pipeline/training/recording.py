@@ -95,7 +95,7 @@ class RunRecorder:
         never trained on has an embedding no head learned to read (a BPE's unused merges, most of GPT-2's ids).
         End-of-text is left out: a model reads what follows it as a new document, with nothing to copy from."""
         ids = torch.unique(self.data.val.x)
-        return ids[ids != self.data.encoding.n_vocab - 1]
+        return ids[ids != self.data.encoding.eot_token]
 
     def inspect(self, step: int, final: bool = False) -> None:
         """Attention over the prompt as images, every head's scores, and the step an induction head formed; at
