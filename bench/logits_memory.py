@@ -1,6 +1,6 @@
 """The chunked cross-entropy (model/loss.py) against the whole logits: nano's peak RSS and tokens/s on a CPU.
 
-    python bench/logits_memory.py [--steps 6] [--reps 2] [--batch-size 8]
+    python bench/logits_memory.py [--steps 8] [--reps 3] [--batch-size 8]
 
 Each run is a child process of its own (a process's peak RSS only grows) that trains nano (6 layers, 160 wide,
 context 256) on verdict with the trainer's own step (bench/benchlib.py's BareLoop), freed memory kept as the
@@ -65,8 +65,8 @@ def evaluate(model, val, batch_size: int) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--child", choices=["whole", "chunked"], help=argparse.SUPPRESS)
     args = parser.parse_args()
