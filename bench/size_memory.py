@@ -1,7 +1,7 @@
 """Peak RSS of training each named size on a CPU, and the largest batch that fits 8 GB and 16 GB of memory: the
 figures of the guide's model-size table.
 
-    python bench/size_memory.py [--configs small medium] [--batches 2 4] [--steps 2] [--whole]
+    python bench/size_memory.py [--configs small medium] [--batches 2 4 8] [--steps 2] [--whole]
 
 Each (config, batch) is a child process of its own training --steps steps on verdict with the trainer's step
 (bench/benchlib.py's BareLoop, freed memory kept as the trainer keeps it), its peak RSS read from wait4. Peak RSS
@@ -47,7 +47,7 @@ def peak_rss_gb(config: str, batch_size: int, steps: int, whole: bool) -> float:
 
 
 def largest_batch(points: list[tuple[int, float]], limit_gb: float) -> int:
-    """The largest batch under limit_gb on the line through the first and last measured (batch, GB)."""
+    """The largest batch under limit_gb on the line through the smallest and largest measured (batch, GB)."""
     (b0, m0), (b1, m1) = points[0], points[-1]
     per_window = (m1 - m0) / (b1 - b0)
     return max(0, int((limit_gb - m0) / per_window) + b0) if per_window > 0 else 0
@@ -56,8 +56,9 @@ def largest_batch(points: list[tuple[int, float]], limit_gb: float) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=["small", "medium"])
-    # two batches of several chunks each: the line through them holds for larger batches
-    parser.add_argument("--batches", nargs="+", type=int, default=[2, 4], help="at least two batch sizes")
+    # the line runs through the smallest and the largest: 2 and 4 alone put small's 8 GB batch anywhere from 32
+    # to 47 from one run to the next, as a peak RSS swings by 100-200 MB
+    parser.add_argument("--batches", nargs="+", type=int, default=[2, 4, 8], help="at least two batch sizes")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--whole", action="store_true", help="also the whole logits (GPT.loss_chunk = 0)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
