@@ -73,7 +73,7 @@ def test_kill_9_then_resume_continues_from_the_last_checkpoint(store):
     for key in ("train_loss", "lr", "tokens_seen"):
         steps = [m.step for m in client.get_metric_history(killed.info.run_id, key)]
         assert sorted(steps) == list(range(1, 101)), key  # nothing twice, nothing missing
-    assert sorted(m.step for m in client.get_metric_history(killed.info.run_id, "val_loss")) == [20, 40, 60, 80, 100]
+    assert sorted(m.step for m in client.get_metric_history(killed.info.run_id, "val_loss")) == [0, 20, 40, 60, 80, 100]
 
 
 def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(store, caplog):
@@ -184,4 +184,4 @@ def test_two_sweeps_and_a_run_writing_to_one_store_lose_nothing(store, tmp_path)
     assert len(runs) == 5 and all(r.info.status == "FINISHED" for r in runs)
     for run in runs:
         assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train_loss")) == list(range(1, 16))
-        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_loss")) == [5, 10, 15]
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_loss")) == [0, 5, 10, 15]

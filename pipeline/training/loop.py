@@ -57,9 +57,8 @@ class StepLoop:
         It ends after the last step, when a sweep prunes the run, or on Ctrl-C/SIGTERM (TrainingInterrupted)."""
         self.step = start_step
         try:
-            if start_step == 0 and self.settings.inspection_interval() and self.main:
-                # the untrained model's attention: the "before" picture, and MLflow's image view opens at step 0
-                self.recorder.inspect(0)
+            if start_step == 0 and self.main:
+                self._before_the_first_step()
             with self._stop_on_signals():
                 self.learner.step_model.train()
                 self.window_started = time.perf_counter()
@@ -93,6 +92,15 @@ class StepLoop:
         return TrainResult(self.main, self.tracked.run_id, self.step, self.step * self.plan.tokens_per_step,
                            self.train_loss, self.val_loss, "FINISHED", pruned_at=self.pruned_at,
                            model_id=self.model_id)
+
+    def _before_the_first_step(self) -> None:
+        """As nanoGPT, a new run evaluates before it trains: every val curve starts where its weights start (ln
+        50,304 = 10.8 from scratch; what --init-from brings, before a step on the new corpus). Its attention then
+        is the "before" picture, and MLflow's image view opens at step 0."""
+        if self.settings.eval_interval:
+            self.val_loss = self.recorder.log_evaluation(0)
+        if self.settings.inspection_interval():
+            self.recorder.inspect(0)
 
     def _is_last(self) -> bool:
         return self.step == self.plan.total_steps

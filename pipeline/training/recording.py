@@ -67,7 +67,8 @@ class RunRecorder:
                                          f"val_loss_by_position/step_{step:06d}.json")
         except Exception as error:  # the store is away: the scalars are buffered, the curve of this step is lost
             log.warning("loss by position at step %d not stored (%s)", step, first_line(error))
-        self.best.observe(step, val_loss, self.learner.model, self._linked_metrics(step))
+        if step > 0:  # the weights a run starts from are not its own to offer as its best
+            self.best.observe(step, val_loss, self.learner.model, self._linked_metrics(step))
         for other in self.data.eval_sets:  # --eval-corpus: what the model keeps (or forgets) of other text
             loss = self.evaluate(other.val).mean
             self.metrics.log(step, **{f"val_loss/{other.name}": loss,

@@ -73,7 +73,7 @@ def test_a_run_started_through_the_api_shows_its_curve_and_sample_and_another_is
     assert seen["sample"]["step"] % 5 == 0
     done = wait_for(lambda: (d := detail(web, tiny_id))["status"] == "FINISHED" and d, what="the tiny run to finish")
     assert [p[0] for p in done["curves"]["train_loss"]] == list(range(1, 21))
-    assert [p[0] for p in done["curves"]["val_loss"]] == [5, 10, 15, 20]
+    assert [p[0] for p in done["curves"]["val_loss"]] == [0, 5, 10, 15, 20]
     assert done["curves"]["train_loss"][-1][1] < done["curves"]["train_loss"][0][1]
     assert done["sample"]["step"] == 20 and done["last_step"] == 20
     assert done["metrics"]["tokens_per_sec"] > 0

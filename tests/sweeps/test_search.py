@@ -95,10 +95,10 @@ def test_a_bayes_sweep_prunes_a_trial_behind_the_others_and_a_rerun_continues_it
     assert pruned, [(c.data.params["lr"], c.data.tags.get(tracking.PRUNED_TAG)) for c in children]
     for child in pruned:  # stopped at its first evaluation (step 2 of 6), cleanly: FINISHED and diagnosed
         assert child.data.tags[tracking.PRUNED_TAG] == "2" and float(child.data.params["lr"]) == 1e-6
-        assert [m.step for m in client.get_metric_history(child.info.run_id, "val_loss")] == [2]
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "val_loss")] == [0, 2]
         assert child.data.tags.get("diagnosis")
     kept = [c for c in children if c not in pruned]
-    assert all(sorted(m.step for m in client.get_metric_history(c.info.run_id, "val_loss")) == [2, 4, 6]
+    assert all(sorted(m.step for m in client.get_metric_history(c.info.run_id, "val_loss")) == [0, 2, 4, 6]
                for c in kept)
     parent = client.get_run(result.parent_run_id)
     assert parent.data.tags["lab.best_run"] in {c.info.run_id for c in kept}  # by val_loss, pruned left out

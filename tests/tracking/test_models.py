@@ -51,7 +51,7 @@ def test_a_finished_run_logs_a_model_linked_to_its_step_and_metrics_that_predict
     assert 0.15 < per_byte < 0.5  # GPT-2 BPE on English: 2-6 bytes a token
     bpb = {m.step: m.value for m in client.get_metric_history(good.run_id, "val_bpb")}
     loss = {m.step: m.value for m in client.get_metric_history(good.run_id, "val_loss")}
-    assert set(bpb) == set(loss) == {10, 20}
+    assert set(bpb) == set(loss) == {0, 10, 20}  # step 0: before the first step, as nanoGPT
     assert all(bpb[s] == pytest.approx(loss[s] * per_byte / math.log(2), rel=1e-5) for s in bpb)
 
     # system metrics in the run's System metrics tab

@@ -54,8 +54,8 @@ def test_loss_falls_on_tiny_and_the_run_records_everything(store):
     for key in ("lr", "grad_norm", "tokens_per_sec", "tokens_seen", "peak_rss_mb", "mfu"):
         assert len(client.get_metric_history(result.run_id, key)) == 40, key
     val_steps = [m.step for m in client.get_metric_history(result.run_id, "val_loss")]
-    assert sorted(val_steps) == [10, 20, 30, 40]
-    assert len(client.get_metric_history(result.run_id, "val_perplexity")) == 4
+    assert sorted(val_steps) == [0, 10, 20, 30, 40]  # step 0: before the first step, as nanoGPT
+    assert len(client.get_metric_history(result.run_id, "val_perplexity")) == 5
     tokens_seen = client.get_metric_history(result.run_id, "tokens_seen")
     assert max(m.value for m in tokens_seen) == 40 * 8 * 32
     assert all(0 < m.value < 1 for m in client.get_metric_history(result.run_id, "mfu"))
