@@ -34,8 +34,10 @@ def main(run_id, step, model_uri, prompt, device):
     done = inspect_stored(run_id.strip(), None if step == -1 else step, model_uri.strip(), prompt,
                           pick_device(device))
     layer, head, score = done.scores.best("induction")
+    pool = ("the run's val tokens, as in training" if done.scored_on_val_text
+            else "every token id: the run logged no score pool, so these may read lower than training's")
     click.echo(f"step {done.step}: attention over {done.prompt!r} logged as attention/layer_N; best induction "
-               f"head: layer {layer} head {head} ({score:.3f}, chance {done.scores.chance:.3f})")
+               f"head: layer {layer} head {head} ({score:.3f}, chance {done.scores.chance:.3f}; scored on {pool})")
     click.echo(f"view: {done.page} in {done.ui_url}")
 
 

@@ -5,6 +5,10 @@ buffer): this returns them."""
 
 from __future__ import annotations
 
+import json
+import tempfile
+from pathlib import Path
+
 import torch
 
 from model import GPT
@@ -14,6 +18,32 @@ from pipeline.interpret.heads import HeadScores, head_scores
 from pipeline.interpret.pictures import layer_image, png_bytes, token_labels
 from pipeline.interpret.probe import ProbeReading
 from pipeline.interpret.view import inspection_html
+
+
+# The token ids a run's head scores draw their random sequences from (its val text's), logged by training so that
+# `pipeline.inspect` scores a checkpoint on the same sequences and its numbers read as training's.
+SCORE_POOL = "heads/score_pool.json"
+
+
+def log_score_pool(client, run_id: str, pool: torch.Tensor) -> None:
+    client.log_dict(run_id, {"token_ids": pool.tolist()}, SCORE_POOL)
+
+
+def logged_score_pool(client, run_id: str) -> torch.Tensor | None:
+    """The pool training logged to the run; None for a run that logged none (older runs)."""
+    if SCORE_POOL not in {artifact.path for artifact in client.list_artifacts(run_id, "heads")}:
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(client.download_artifacts(run_id, SCORE_POOL, folder))
+        return torch.tensor(json.loads(path.read_text())["token_ids"])
+
+
+def score_heads(model: GPT, encoding, pool: torch.Tensor | None, device: torch.device) -> HeadScores:
+    """Every head's scores on random tokens from pool; None: from every id of the tokenizer but end-of-text."""
+    if pool is None:
+        every_id = torch.arange(encoding.n_vocab)
+        pool = every_id[every_id != encoding.eot_token]
+    return head_scores(model, pool, device)
 
 
 def prompt_tokens(encoding, prompt: str, context_length: int) -> list[int]:
@@ -42,7 +72,7 @@ def log_inspection(client, run_id: str, step: int, model: GPT, encoding, prompt:
     the run; returns the head scores. pool: the token ids the head scores draw from (training passes those of its
     val text); None: every id of the tokenizer but end-of-text, which no text holds twice."""
     images = attention_images(model, encoding, prompt, device, f"step {step}")
-    scores = head_scores(model, encoding.n_vocab - 1 if pool is None else pool, device)
+    scores = score_heads(model, encoding, pool, device)
     for layer, image in enumerate(images):
         client.log_image(run_id, image, key=f"attention/layer_{layer}", step=step, synchronous=True)
     client.log_dict(run_id, scores.as_json(step), f"heads/step_{step:06d}.json")

@@ -10,10 +10,10 @@ import torch
 from pipeline.data.corpora import CorpusEntry, resolve
 from pipeline.errors import CorpusError, TrackingError
 from pipeline.interpret.attention import attention_patterns
-from pipeline.interpret.heads import HeadScores, head_scores
+from pipeline.interpret.heads import HeadScores
 from pipeline.interpret.lens import losses_by_layer
 from pipeline.interpret.pictures import token_labels
-from pipeline.interpret.record import log_inspection, prompt_tokens
+from pipeline.interpret.record import log_inspection, logged_score_pool, prompt_tokens, score_heads
 from pipeline.tracking import connect, get_run, run_ui_url
 from pipeline.tracking.checkpoints import load_from_run, logged_steps, model_from_state
 
@@ -24,6 +24,7 @@ class Inspected:
     step: int
     prompt: str
     scores: HeadScores
+    scored_on_val_text: bool  # the head scores drew from the run's val tokens, as training's; else from every id
     page: str  # the artifact path of the HTML view
     ui_url: str
 
@@ -42,9 +43,10 @@ def inspect_stored(run_id: str, step: int | None, model_uri: str, prompt: str, d
     run = get_run(client, run_id)
     prompt = prompt or _run_prompt(run.data.params)
     model.eval()
-    scores = log_inspection(client, run_id, step, model, encoding, prompt, device)
+    pool = logged_score_pool(client, run_id)
+    scores = log_inspection(client, run_id, step, model, encoding, prompt, device, pool=pool)
     client.log_batch(run_id, metrics=_metrics(scores.scalars(), step))
-    return Inspected(run_id, step, prompt, scores, f"inspect/step_{step:06d}.html",
+    return Inspected(run_id, step, prompt, scores, pool is not None, f"inspect/step_{step:06d}.html",
                      run_ui_url(run.info.experiment_id, run_id))
 
 
@@ -58,7 +60,7 @@ def inspection_data(client, run_id: str, step: int | None, prompt: str, device: 
     tokens = prompt_tokens(encoding, prompt, model.config.context_length)
     ids = torch.tensor([tokens], device=device)
     patterns = attention_patterns(model, ids)[0]
-    scores = head_scores(model, encoding.n_vocab - 1, device)
+    scores = score_heads(model, encoding, logged_score_pool(client, run_id), device)
     lens = (losses_by_layer(model.eval(), ids[:, :-1], ids[:, 1:]).mean(dim=(1, 2)).tolist()
             if len(tokens) > 1 else [])
     return {"run_id": run_id, "step": int(state["step"]), "steps": logged_steps(client, run_id), "prompt": prompt,

@@ -16,7 +16,7 @@ from pipeline.interpret.heads import Reading, phase_change
 from pipeline.interpret.lens import LENS_WINDOWS, lens_scalars, val_losses_by_layer
 from pipeline.interpret.positions import PositionCurve
 from pipeline.interpret.probe import previous_token_probe
-from pipeline.interpret.record import log_inspection
+from pipeline.interpret.record import log_inspection, log_score_pool
 from pipeline.settings import TrainSettings
 from pipeline.tracking import MetricBuffer, beat, checkpoints, retry_until_sent
 from pipeline.tracking.runs import HEARTBEAT_SECONDS
@@ -46,6 +46,7 @@ class RunRecorder:
     readings: list[Reading] = field(default_factory=list)  # the inspections so far: when an induction head formed
     in_context_gain: float | None = None  # of the latest evaluation
     lens: dict[str, float] = field(default_factory=dict)  # of the latest evaluation
+    pool_logged: bool = False  # the head scores' pool is stored with the run's first inspection
 
     @property
     def metrics(self) -> MetricBuffer:
@@ -112,6 +113,9 @@ class RunRecorder:
             with self.learner.autocast:
                 scores = log_inspection(client, run_id, step, model, self.data.encoding, self.data.prompt,
                                         self.device, self.lens, probe, self.score_pool)
+                if not self.pool_logged:
+                    log_score_pool(client, run_id, self.score_pool)
+                    self.pool_logged = True
         except Exception as error:  # the store is away: this inspection is skipped, training goes on
             log.warning("inspection at step %d not stored (%s)", step, first_line(error))
             return

@@ -8,6 +8,7 @@ import re
 from dataclasses import replace
 
 import mlflow
+import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.training.trainer import train
@@ -63,10 +64,16 @@ def test_training_logs_attention_images_head_scores_lens_and_loss_by_position(st
 def test_inspect_command_logs_a_checkpoints_attention_at_its_step(store, tmp_path):
     result = train(INSPECTED)
     client = MlflowClient(store)
+    trained = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/heads/step_000010.json")
     done = run_module("pipeline.inspect", "--run-id", result.run_id, "--step", "10", "--prompt",
                       "A language model is a model", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "step 10:" in done.stdout and "best induction head: layer" in done.stdout
+    # the checkpoint of step 10 scored on training's logged pool: the very numbers training logged at step 10
+    assert "scored on the run's val tokens" in done.stdout
+    inspected = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/heads/step_000010.json")
+    for key in ("induction", "prev_token"):
+        assert sum(inspected[key], []) == pytest.approx(sum(trained[key], []), abs=1e-5), key
     page = mlflow.artifacts.load_text(f"runs:/{result.run_id}/inspect/step_000010.html")
     assert "A language model is a model" in page  # the command's prompt replaced training's page of step 10
     assert len([step for _, step in image_steps(client, result.run_id) if step == 10]) == 4  # training's and ours
