@@ -46,7 +46,6 @@ class RunRecorder:
     readings: list[Reading] = field(default_factory=list)  # the inspections so far: when an induction head formed
     in_context_gain: float | None = None  # of the latest evaluation
     lens: dict[str, float] = field(default_factory=dict)  # of the latest evaluation
-    pool_logged: bool = False  # the head scores' pool is stored with the run's first inspection
 
     @property
     def metrics(self) -> MetricBuffer:
@@ -113,9 +112,8 @@ class RunRecorder:
             with self.learner.autocast:
                 scores = log_inspection(client, run_id, step, model, self.data.encoding, self.data.prompt,
                                         self.device, self.lens, probe, self.score_pool)
-                if not self.pool_logged:
+                if not self.readings:  # this process's first inspection: pipeline.inspect scores on the same pool
                     log_score_pool(client, run_id, self.score_pool)
-                    self.pool_logged = True
         except Exception as error:  # the store is away: this inspection is skipped, training goes on
             log.warning("inspection at step %d not stored (%s)", step, first_line(error))
             return
